@@ -1,0 +1,1 @@
+"""Readers of users' data files (svmlight/LIBSVM, MovieLens, MNIST, CIFAR-10, ...)."""

@@ -1,0 +1,244 @@
+"""Typed options of solvers, problems and runs; resolution of TOML files and ``--set`` overrides.
+
+Every configurable key is an :class:`Option` declared by a solver, a problem or the run itself.
+A resolved configuration is a plain dict ``{"solver": {...}, "problem": {...}, "run": {...}}``.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import InputError
+
+SECTIONS = ("solver", "problem", "run")
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configurable key.
+
+    ``type`` is one of bool, int, float, str. ``choices`` restricts values; ``low``/``high`` bound
+    numbers (inclusive unless ``low_open``/``high_open``); ``nullable`` admits ``none``.
+    """
+
+    name: str
+    default: Any
+    help: str
+    type: type | None = None
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    nullable: bool = False
+
+    @property
+    def kind(self) -> type:
+        if self.type is not None:
+            return self.type
+        if self.default is None:
+            return str
+        return type(self.default)
+
+    def coerce(self, value: Any, where: str) -> Any:
+        """Return ``value`` converted to this option's type, or raise InputError naming ``where``."""
+        kind = self.kind
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and kind is not str):
+            if self.nullable:
+                return None
+            raise InputError(f"{where}: a value is required (got none)")
+        if isinstance(value, str) and value.lower() in ("none", "null") and kind is str and self.nullable:
+            return None
+        if kind is bool:
+            if isinstance(value, bool):
+                out = value
+            elif isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
+                out = True
+            elif isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
+                out = False
+            else:
+                raise InputError(f"{where}: expected true or false, got {value!r}")
+        elif kind is int:
+            if isinstance(value, bool):
+                raise InputError(f"{where}: expected an integer, got {value!r}")
+            if isinstance(value, int):
+                out = value
+            elif isinstance(value, float) and value.is_integer():
+                out = int(value)
+            elif isinstance(value, str):
+                try:
+                    out = int(float(value)) if _looks_like_int_float(value) else int(value)
+                except ValueError:
+                    raise InputError(f"{where}: expected an integer, got {value!r}") from None
+            else:
+                raise InputError(f"{where}: expected an integer, got {value!r}")
+        elif kind is float:
+            if isinstance(value, bool):
+                raise InputError(f"{where}: expected a number, got {value!r}")
+            if isinstance(value, (int, float)):
+                out = float(value)
+            elif isinstance(value, str):
+                try:
+                    out = float(value)
+                except ValueError:
+                    raise InputError(f"{where}: expected a number, got {value!r}") from None
+            else:
+                raise InputError(f"{where}: expected a number, got {value!r}")
+            if math.isnan(out):
+                raise InputError(f"{where}: NaN is not a valid value")
+        elif kind is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise InputError(f"{where}: expected a string, got {value!r}")
+            out = str(value)
+        else:  # pragma: no cover - programming error
+            raise TypeError(f"unsupported option type {kind}")
+        if self.choices is not None and out not in self.choices:
+            raise InputError(f"{where}: {out!r} is not one of {', '.join(map(str, self.choices))}")
+        if isinstance(out, (int, float)) and not isinstance(out, bool):
+            if self.low is not None and (out < self.low or (self.low_open and out == self.low)):
+                op = ">" if self.low_open else ">="
+                raise InputError(f"{where}: must be {op} {self.low}, got {out}")
+            if self.high is not None and (out > self.high or (self.high_open and out == self.high)):
+                op = "<" if self.high_open else "<="
+                raise InputError(f"{where}: must be {op} {self.high}, got {out}")
+        return out
+
+    def describe(self) -> str:
+        kind = self.kind.__name__
+        extra = []
+        if self.choices:
+            extra.append("one of " + "|".join(map(str, self.choices)))
+        if self.low is not None or self.high is not None:
+            lo = "(" if self.low_open else "["
+            hi = ")" if self.high_open else "]"
+            extra.append(f"range {lo}{'' if self.low is None else self.low}, {'' if self.high is None else self.high}{hi}")
+        tail = f" ({'; '.join(extra)})" if extra else ""
+        return f"{self.name} = {self.default!r}  [{kind}]  {self.help}{tail}"
+
+
+def _looks_like_int_float(text: str) -> bool:
+    try:
+        v = float(text)
+    except ValueError:
+        return False
+    return ("e" in text.lower() or "." in text) and v.is_integer()
+
+
+# Common keys: solvers and problems declare the ones they honour with their own defaults.
+def max_iter(default: int = 1000, help: str = "maximum number of iterations") -> Option:
+    return Option("max_iter", default, help, int, low=0)
+
+
+def tol(default: float = 0.0, help: str = "convergence tolerance (0 disables)") -> Option:
+    return Option("tol", default, help, float, low=0.0)
+
+
+def step0(default: float = 0.1, help: str = "initial step size") -> Option:
+    return Option("step0", default, help, float, low=0.0, low_open=True)
+
+
+def batch_size(default: int = 64, help: str = "minibatch size per rank") -> Option:
+    return Option("batch_size", default, help, int, low=1)
+
+
+def path(help: str = "data file or folder (none: generated data)") -> Option:
+    return Option("path", None, help, str, nullable=True)
+
+
+def seed(default: int = 0, help: str = "seed of the generated data") -> Option:
+    return Option("seed", default, help, int, low=0)
+
+
+RUN_OPTIONS: tuple[Option, ...] = (
+    Option("seed", 0, "seed of the solver's random streams", int, low=0),
+    Option("max_time", math.inf, "wall-time budget in seconds (inf: none)", float, low=0.0, low_open=True),
+    Option("report_every", 0, "iterations between progress lines (0: about 10 lines per run)", int, low=0),
+    Option("history_every", 0, "iterations between history records (0: solver default)", int, low=0),
+    Option("out", None, "result file (HDF5); default <solver>-<problem>.h5", str, nullable=True),
+    Option("checkpoint_dir", None, "folder for checkpoints (none: no checkpoints)", str, nullable=True),
+    Option("checkpoint_every", "0", "checkpoint period: N iterations, or Ns seconds (e.g. 30s); 0: only at exit on a signal", str),
+    Option("keep_checkpoints", 3, "number of checkpoints kept", int, low=1),
+    Option("resume", None, "'latest' or a checkpoint path", str, nullable=True),
+    Option("progress", "auto", "progress display on rank 0", str, choices=("auto", "bar", "lines", "none")),
+    Option("poll_every", 1, "iterations between the collective stop/checkpoint polls", int, low=1),
+    Option("debug", False, "extra consistency checks (e.g. replica checksums)", bool),
+)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse ``KEY=VALUE`` from ``--set``; VALUE is read as a TOML literal when it parses as one."""
+    if "=" not in text:
+        raise InputError(f"--set {text!r}: expected KEY=VALUE, e.g. solver.max_iter=100")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def load_toml(path: str) -> dict:
+    """Read a TOML config file; errors name the file."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise InputError(f"config file {path}: not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"config file {path}: {exc}") from None
+    except OSError as exc:
+        raise InputError(f"config file {path}: {exc.strerror}") from None
+    return data
+
+
+def flatten_config(data: dict, source: str) -> dict[str, Any]:
+    """Turn ``{"solver": {"a": 1}}`` into ``{"solver.a": 1}``; top-level ``solver``/``problem`` names stay as is."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            if key not in SECTIONS:
+                raise InputError(f"{source}: unknown section [{key}] (expected one of {', '.join(SECTIONS)})")
+            for sub, v in value.items():
+                if isinstance(v, dict):
+                    raise InputError(f"{source}: {key}.{sub}: nested tables are not options")
+                flat[f"{key}.{sub}"] = v
+        else:
+            flat[key] = value
+    return flat
+
+
+def resolve(
+    sections: dict[str, Sequence[Option]],
+    values: Iterable[tuple[str, Any, str]],
+    owners: dict[str, str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Apply ``(key, value, source)`` assignments in order onto the defaults of ``sections``.
+
+    Unknown keys and bad values raise InputError naming the key and where it came from.
+    """
+    owners = owners or {}
+    table = {sec: {o.name: o for o in opts} for sec, opts in sections.items()}
+    cfg = {sec: {o.name: o.default for o in opts} for sec, opts in sections.items()}
+    for key, value, source in values:
+        if "." not in key:
+            raise InputError(f"{source}: {key!r} is not a dotted key like solver.max_iter")
+        sec, name = key.split(".", 1)
+        if sec not in table:
+            raise InputError(f"{source}: unknown key {key!r} (sections are {', '.join(SECTIONS)})")
+        opt = table[sec].get(name)
+        if opt is None:
+            owner = owners.get(sec, sec)
+            known = ", ".join(sorted(table[sec])) or "none"
+            raise InputError(f"{source}: unknown key {key!r}: {owner} has no option {name!r} (known: {known})")
+        cfg[sec][name] = opt.coerce(value, f"{source}: {key}")
+    return cfg

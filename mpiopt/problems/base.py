@@ -1,0 +1,83 @@
+"""Problem interfaces. A problem owns its data (each rank its shard) and evaluates the objective."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from mpi4py import MPI
+
+from ..comm import Comm
+from ..options import Option
+
+
+class Problem:
+    """Base of every problem. ``__init__`` is cheap; :meth:`setup` loads or generates this rank's
+    data and raises :class:`~mpiopt.errors.InputError` on bad input (reported once, exit 2)."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    kind_name: ClassVar[str] = "generic"
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    def __init__(self, options: dict[str, Any], comm: Comm):
+        self.opts = options
+        self.comm = comm
+        self.reference_objective: float | None = None
+
+    def setup(self) -> None:
+        """Load or generate this rank's data (collective-safe)."""
+
+    def compute_reference(self) -> None:
+        """Collective, optional: set ``reference_objective`` (the known optimum F*) when cheap."""
+
+    def describe(self) -> str:
+        """One line for the run banner."""
+        return self.name
+
+
+class CompositeProblem(Problem):
+    """min_x F(x) = (1/N) sum_i loss_i(x) + r(x) over data sharded by rank.
+
+    Subclasses set ``n_vars``, ``n_samples`` (global N), ``n_local`` and ``regularizer`` (an object
+    with ``prox(v, t, out=None)`` and ``value(x)``) in :meth:`setup`, and implement
+    :meth:`local_loss_grad`.
+    """
+
+    kind_name = "composite (smooth finite sum + prox-friendly regularizer)"
+    n_vars: int
+    n_samples: int
+    n_local: int
+    regularizer: Any
+
+    def x0(self) -> np.ndarray:
+        return np.zeros(self.n_vars, dtype=np.float64)
+
+    def local_loss_grad(self, x: np.ndarray, idx: np.ndarray | None = None,
+                        grad_out: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        """Sum of losses and of gradients over local samples ``idx`` (None: all local samples)."""
+        raise NotImplementedError
+
+    def batch_grad(self, x: np.ndarray, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Mean gradient of the smooth part over local samples ``idx``."""
+        _, g = self.local_loss_grad(x, idx, out)
+        g /= max(1, len(idx))
+        return g
+
+    def smooth_objective(self, x: np.ndarray) -> float:
+        """Collective: (1/N) sum_i loss_i(x) over all ranks' data."""
+        loss, _ = self.local_loss_grad(x, None)
+        return self.comm.allreduce_scalar(loss, tag="eval") / self.n_samples
+
+    def objective(self, x: np.ndarray) -> float:
+        """Collective: F(x)."""
+        return self.smooth_objective(x) + float(self.regularizer.value(x))
+
+    def full_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """Collective: smooth value and its exact gradient over all data."""
+        loss, g = self.local_loss_grad(x, None)
+        buf = np.empty(g.size + 1)
+        buf[:-1] = g
+        buf[-1] = loss
+        self.comm.Allreduce(MPI.IN_PLACE, buf, tag="eval")
+        buf /= self.n_samples
+        return float(buf[-1]), buf[:-1]

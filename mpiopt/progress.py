@@ -1,0 +1,70 @@
+"""Progress display on rank 0: a tqdm bar on a terminal, plain lines in batch jobs."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+
+def _has_terminal() -> bool:
+    if sys.stdout.isatty() or sys.stderr.isatty():
+        return True
+    if os.environ.get("SLURM_JOB_ID") or os.environ.get("CI"):
+        return False
+    try:  # under mpirun stdout is a pipe, but the job may still run in a terminal
+        fd = os.open("/dev/tty", os.O_WRONLY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def format_values(values: dict[str, Any], limit: int = 6) -> str:
+    parts = []
+    for k, v in list(values.items())[:limit]:
+        if isinstance(v, float):
+            parts.append(f"{k}={v:.6g}")
+        else:
+            parts.append(f"{k}={v}")
+    return " ".join(parts)
+
+
+class Progress:
+    """``mode``: auto | bar | lines | none. Only rank 0 should create an active one."""
+
+    def __init__(self, total: int | None, mode: str = "auto", active: bool = True, unit: str = "it"):
+        self.total = total
+        self.active = active and mode != "none"
+        if mode == "auto":
+            mode = "bar" if _has_terminal() else "lines"
+        self.mode = mode
+        self._bar = None
+        self._t0 = time.perf_counter()
+        if self.active and mode == "bar":
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr, leave=True)
+            self._pos = 0
+
+    def update(self, iteration: int, elapsed: float, values: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        if self._bar is not None:
+            self._bar.update(max(0, iteration - self._pos))
+            self._pos = iteration
+            self._bar.set_postfix_str(format_values(values), refresh=True)
+        else:
+            tot = f"/{self.total}" if self.total else ""
+            print(f"[{elapsed:9.2f}s] iter {iteration}{tot}  {format_values(values)}", flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def info(msg: str, rank: int = 0, verbose: bool = False) -> None:
+    """Print on rank 0 (or on every rank when verbose)."""
+    if rank == 0 or verbose:
+        prefix = "" if rank == 0 else f"[rank {rank}] "
+        print(prefix + msg, flush=True)

@@ -1,0 +1,63 @@
+"""Shared test helpers: running the CLI under mpirun with a timeout and a process-group kill."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Proc:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def mpi_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.pop("PYTEST_CURRENT_TEST", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_mpi(args: list[str], n: int = 2, timeout: float = 120, cwd: str | os.PathLike | None = None,
+            env: dict | None = None, python: str | None = None, module: str = "mpiopt.run",
+            send_signal_after: float | None = None, sig: int = signal.SIGTERM) -> Proc:
+    """``mpirun -n N python -m MODULE ARGS`` in its own session; killed as a group on timeout.
+
+    ``send_signal_after``: deliver ``sig`` to the whole process group after that many seconds."""
+    cmd = ["mpirun", "-n", str(n), python or sys.executable, "-m", module, *map(str, args)]
+    p = subprocess.Popen(cmd, cwd=cwd, env=mpi_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    try:
+        if send_signal_after is not None:
+            try:
+                out, err = p.communicate(timeout=send_signal_after)
+                return Proc(p.returncode, out, err)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, sig)
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        raise AssertionError(f"timed out after {timeout}s: {' '.join(cmd)}\n{out}\n{err}") from None
+    return Proc(p.returncode, out, err)
+
+
+@pytest.fixture
+def mpirun():
+    return run_mpi
