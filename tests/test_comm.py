@@ -64,3 +64,55 @@ def test_collective_check_raises_everywhere():
     with pytest.raises(InputError, match="data.txt:7"):
         collective_check(c, bad_on_rank_1)
     assert collective_check(c, lambda: c.rank) == c.rank
+
+
+@pytest.mark.mpi(ranks=4, timeout=60)
+def test_rma_accumulate_loses_nothing_and_reads_do_not_wait_for_busy_host():
+    import time
+    from mpi4py import MPI
+    from mpiopt.comm import Comm
+    from mpiopt.comm.rma import SeqlockRecord, SpinLock, Window
+    c = Comm(MPI.COMM_WORLD)
+    w = Window(c, 8 if c.rank == 0 else 0, np.int64)
+    for _ in range(200):
+        w.accumulate(0, np.ones(8, dtype=np.int64))
+    c.Barrier()
+    if c.rank == 0:
+        assert (w.local == 200 * c.size).all()
+    c.Barrier()
+    # lock-protected read-modify-write is exact
+    lockw = Window(c, 1 if c.rank == 0 else 0, np.int64)
+    lock = SpinLock(lockw, host=0)
+    for _ in range(50):
+        with lock:
+            v = np.empty(1, np.int64)
+            w.get(0, v, offset=0)
+            w.put(0, v + 1, offset=0)
+    c.Barrier()
+    if c.rank == 0:
+        assert w.local[0] == 200 * c.size + 50 * c.size
+    c.Barrier()
+    # the host computes for 1 s outside MPI: others' reads must not stall
+    rec = SeqlockRecord(c, ["lower", "upper"], host=0)
+    if c.rank == 0:
+        rec.publish(lower=1.0, upper=2.0)
+    c.Barrier()
+    if c.rank == 0:
+        t = time.perf_counter()
+        a = np.random.default_rng(0).random((300, 300))
+        while time.perf_counter() - t < 1.0:
+            a = a @ a
+            a /= np.abs(a).max()
+    else:
+        t = time.perf_counter()
+        worst = 0.0
+        for _ in range(100):
+            t1 = time.perf_counter()
+            got = rec.read()
+            worst = max(worst, time.perf_counter() - t1)
+        assert got["lower"] == 1.0 and got["upper"] == 2.0 and got["seq"] % 2 == 0
+        assert worst < 0.5, f"a read waited {worst:.2f}s for a busy host"
+    c.Barrier()
+    rec.free()
+    lockw.free()
+    w.free()
