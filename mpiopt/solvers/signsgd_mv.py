@@ -1,0 +1,50 @@
+"""Sign baselines sharing SignProx's packed vote (spec signprox.md sec. 8):
+
+- ``signsgd_mv``: x <- x - gam * vote(sign(g_p + s(x))), s a subgradient of r (or r ignored).
+- ``sign_then_prox``: x <- prox_{gam r}(x - gam * vote(sign(g_p))). With L1 the threshold gam*lam
+  is far below the sign step gam, so it neither shrinks nor sparsifies; on sparse data the 1-bit
+  code of sgn(0) = + adds a drift. Kept to show why the prox belongs inside the sign.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..options import Option
+from ..prox import ElasticNet
+from ..registry import register_solver
+from .signprox import SIGN_OPTIONS, SignProx
+
+
+@register_solver("signsgd_mv")
+class SignSGDMV(SignProx):
+    summary = "signSGD with majority vote (Bernstein et al. 2018/19); r as a subgradient or ignored"
+    options = tuple(o for o in SIGN_OPTIONS if o.name != "polish") + (
+        Option("polish", "none", "final polish: none, prox or band", str, choices=("none", "prox", "band")),
+        Option("reg", "subgradient", "regulariser: subgradient (l1*sign(x) + l2*x for L1/elastic net) or ignore",
+               str, choices=("subgradient", "ignore")),
+    )
+
+    def message(self, x: np.ndarray, g: np.ndarray, gam: float, out: np.ndarray) -> np.ndarray:
+        np.copyto(out, g)
+        r = self.problem.regularizer
+        if self.opts["reg"] == "subgradient" and isinstance(r, ElasticNet):
+            if r.l1 > 0:
+                out += r.l1 * np.sign(x)
+            if r.l2 > 0:
+                out += r.l2 * x
+        return out
+
+
+@register_solver("sign_then_prox")
+class SignThenProx(SignProx):
+    summary = "naive baseline: majority-voted sign step on the smooth gradient, then prox"
+    options = tuple(o for o in SIGN_OPTIONS if o.name != "polish") + (
+        Option("polish", "none", "final polish: none, prox or band", str, choices=("none", "prox", "band")),
+    )
+
+    def message(self, x: np.ndarray, g: np.ndarray, gam: float, out: np.ndarray) -> np.ndarray:
+        np.copyto(out, g)
+        return out
+
+    def after_vote(self, x: np.ndarray, gam: float) -> None:
+        self.problem.regularizer.prox(x, gam, out=x)
