@@ -170,6 +170,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("progress", "auto", "progress display on rank 0", str, choices=("auto", "bar", "lines", "none")),
     Option("poll_every", 1, "iterations between the collective stop/checkpoint polls", int, low=1),
     Option("debug", False, "extra consistency checks (e.g. replica checksums)", bool),
+    Option("snapshot_every", 60.0, "seconds between snapshots of a shared model saved into the result file "
+           "(async_subgradient; 0: only at start and end)", float, low=0.0),
 )
 
 
