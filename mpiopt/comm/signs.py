@@ -339,6 +339,11 @@ class SignAggregator:
         return decision_values(self.neg, nz, self.n)
 
 
+def sign_bytes(comm: Comm) -> int:
+    """Bytes this rank sent in sign-vote collectives so far (tags ``sign_*`` of ``comm.stats``)."""
+    return int(sum(b for op, b in comm.stats.bytes_by_op.items() if op.startswith("sign_")))
+
+
 # -- replica consistency --------------------------------------------------------------------------
 def digest(x: np.ndarray) -> int:
     """64-bit hash of the bytes of ``x``."""

@@ -18,6 +18,7 @@ from .reference import elastic_net_optimum
 
 CHUNK = 1024  # generated rows come in chunks keyed by (seed, chunk): identical data at any rank count
 BUNDLED = ("breast_cancer", "digits", "diabetes")
+REGS = ("elastic_net", "weighted_l1", "nonneg_l1", "group_lasso", "l0")
 
 
 def _split(n: int, rank: int, size: int) -> tuple[int, int]:
@@ -40,6 +41,12 @@ class LinearModelProblem(CompositeProblem):
         Option("l1", 1e-3, "L1 penalty weight", float, low=0.0),
         Option("l2", 0.0, "L2 penalty weight (l2/2 ||x||^2)", float, low=0.0),
         Option("reference", "auto", "compute F* with L-BFGS-B: auto (when nnz <= 2e7), yes, no", str, choices=("auto", "yes", "no")),
+        Option("reg", "elastic_net", "regulariser: elastic_net (l1||x||_1 + l2/2||x||^2), weighted_l1 "
+               "(l1 sum w_i|x_i| + l2 term), nonneg_l1 (x >= 0, l1 sum x_i), group_lasso (l1 sum sqrt(|g|)||x_g||, "
+               "consecutive groups of group_size), l0 (l1 * number of nonzeros, nonconvex)", str, choices=REGS),
+        Option("weights", None, "weighted_l1: .npy file of per-feature weights >= 0 (none: feature 0 unpenalised, "
+               "1 elsewhere)", str, nullable=True),
+        Option("group_size", 10, "group_lasso: features per group (consecutive)", int, low=1),
     )
 
     task = "regression"
@@ -61,14 +68,57 @@ class LinearModelProblem(CompositeProblem):
         self.nnz_total = int(counts[1])
         if self.n_samples == 0:
             raise InputError(f"{o['path'] or o['dataset']}: no samples")
-        self.regularizer = ElasticNet(o["l1"], o["l2"])
+        self.regularizer = self._make_regularizer()
         self._buf = np.empty(self.n_vars)
+
+    def _make_regularizer(self):
+        """The regulariser named by ``problem.reg`` (InputError on bad weights)."""
+        from .. import prox as P
+        o, n = self.opts, self.n_vars
+        reg = o.get("reg", "elastic_net")
+        if reg == "elastic_net":
+            return ElasticNet(o["l1"], o["l2"])
+        if reg == "weighted_l1":
+            w = self._weights()
+            return _WeightedElasticNet(o["l1"], o["l2"], w)
+        if reg == "nonneg_l1":
+            if o["l2"] > 0:
+                raise InputError("problem.l2: not supported with problem.reg=nonneg_l1")
+            return P.NonNegative(o["l1"])
+        if reg == "group_lasso":
+            return P.GroupLasso(o["l1"], np.arange(n) // o["group_size"])
+        return P.L0(o["l1"])
+
+    def _weights(self) -> np.ndarray:
+        path, n = self.opts.get("weights"), self.n_vars
+        if not path:
+            w = np.ones(n)
+            w[0] = 0.0
+            return w
+        try:
+            w = np.asarray(np.load(path, allow_pickle=False), dtype=np.float64).ravel()
+        except (OSError, ValueError) as exc:
+            raise InputError(f"problem.weights {path}: cannot read a .npy array ({exc})") from None
+        if w.size != n:
+            raise InputError(f"problem.weights {path}: {w.size} weights for {n} features")
+        if not np.isfinite(w).all() or (w < 0).any():
+            raise InputError(f"problem.weights {path}: weights must be finite and >= 0")
+        return w
 
     def compute_reference(self) -> None:
         """Collective: F* by L-BFGS-B on the split formulation (skipped for large data)."""
         mode = self.opts["reference"]
         if mode == "no" or (mode == "auto" and self.nnz_total > 2e7):
             return
+        reg = self.opts.get("reg", "elastic_net")
+        if reg in ("weighted_l1", "nonneg_l1"):
+            w = self.regularizer.w if reg == "weighted_l1" else np.ones(self.n_vars)
+            self.reference_objective, self.reference_x = weighted_split_optimum(
+                self.comm, self.local_loss_grad, self.n_vars, self.n_samples, self.opts["l1"] * w,
+                self.opts["l2"], nonneg=reg == "nonneg_l1")
+            return
+        if reg != "elastic_net":
+            return  # no cheap exact reference for group lasso / l0
         self.reference_objective, self.reference_x = elastic_net_optimum(
             self.comm, self.local_loss_grad, self.n_vars, self.n_samples, self.opts["l1"], self.opts["l2"])
 
@@ -76,7 +126,8 @@ class LinearModelProblem(CompositeProblem):
         src = self.opts["path"] or self.opts["dataset"]
         kind = "sparse" if sp.issparse(self.A) else "dense"
         return (f"{self.name}: {self.n_samples} samples x {self.n_vars} features ({kind}, {src}), "
-                f"l1={self.opts['l1']}, l2={self.opts['l2']}")
+                f"l1={self.opts['l1']}, l2={self.opts['l2']}"
+                + ("" if self.opts.get("reg", "elastic_net") == "elastic_net" else f", reg={self.opts['reg']}"))
 
     # -- data sources -------------------------------------------------------------------
     def _load_file(self, path: str) -> None:
@@ -201,3 +252,48 @@ class Logistic(LinearModelProblem):
             grad_out[:] = g
             g = grad_out
         return loss, np.asarray(g, dtype=np.float64)
+
+
+class _WeightedElasticNet:
+    """l1 * sum w_i |x_i| + l2/2 ||x||^2."""
+
+    def __init__(self, l1: float, l2: float, w: np.ndarray):
+        from ..prox import WeightedL1
+        self.inner = WeightedL1(l1, w)
+        self.w = self.inner.w
+        self.l2 = float(l2)
+
+    def value(self, x: np.ndarray) -> float:
+        return self.inner.value(x) + 0.5 * self.l2 * float(x @ x)
+
+    def prox(self, v: np.ndarray, t: float, out: np.ndarray | None = None) -> np.ndarray:
+        out = self.inner.prox(v, t, out)
+        if self.l2 > 0:
+            out /= 1.0 + t * self.l2
+        return out
+
+
+def weighted_split_optimum(comm, local_loss_grad, n_vars: int, n_samples: int, lam: np.ndarray,
+                           l2: float, nonneg: bool = False) -> tuple[float, np.ndarray]:
+    """Collective: min (1/N) sum loss_i(w) + sum lam_i |w_i| + l2/2||w||^2 (w >= 0 if ``nonneg``)
+    by L-BFGS-B on w = u - v, u, v >= 0. Returns (F*, w*) on every rank."""
+    from .reference import driven_minimize
+
+    def fg(z: np.ndarray) -> tuple[float, np.ndarray]:
+        u, v = z[:n_vars], z[n_vars:]
+        w = u - v
+        loss, g = local_loss_grad(w, None)
+        f = loss / n_samples
+        g = g / n_samples
+        if comm.rank == 0:
+            f += float(lam @ (u + v)) + 0.5 * l2 * float(w @ w)
+            g = g + l2 * w
+            return f, np.concatenate([g + lam, -g + lam])
+        return f, np.concatenate([g, -g])
+
+    bounds = [(0.0, None)] * n_vars + [(0.0, 0.0 if nonneg else None)] * n_vars
+    z = driven_minimize(comm, fg, np.zeros(2 * n_vars), bounds=bounds)
+    w = z[:n_vars] - z[n_vars:]
+    loss, _ = local_loss_grad(w, None)
+    total = comm.allreduce_scalar(loss, tag="reference") / n_samples
+    return total + float(lam @ np.abs(w)) + 0.5 * l2 * float(w @ w), w

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import options as O
 from .. import result as R
-from ..comm.signs import AGGREGATORS, ENCODINGS, TIE_RULES, SignAggregator, replicas_identical
+from ..comm.signs import AGGREGATORS, ENCODINGS, TIE_RULES, SignAggregator, replicas_identical, sign_bytes
 from ..errors import CheckpointError, InputError
 from ..options import Option
 from ..problems.base import CompositeProblem
@@ -164,10 +164,11 @@ class SignProx(Solver):
             xp, fun, self.t, status, msg, x_raw=x.copy(), fun_raw=fun_raw,
             solution={"x": xp, "x_raw": x.copy()},
             nnz=int(np.count_nonzero(xp)), nnz_raw=int(np.count_nonzero(x)),
-            bytes_sent=comm.stats.bytes_sent, bytes_per_iteration=agg.last_bytes,
+            bytes_sent=sign_bytes(comm), bytes_sent_all=comm.stats.bytes_sent, bytes_per_iteration=agg.last_bytes,
             payload_bytes_per_element=agg.payload_bytes / max(1, self.n), aggregator=self.method,
             mapping_norm_l1=self.mapping_norm(x), reference_objective=fstar,
-            gap=None if fstar is None else fun - fstar)
+            gap=None if fstar is None else fun - fstar,
+            **(p.metrics(xp) if hasattr(p, "metrics") else {}))
 
     # -- outputs ------------------------------------------------------------------------------------
     def polished(self, x: np.ndarray) -> np.ndarray:
@@ -191,7 +192,7 @@ class SignProx(Solver):
     def _notify(self, it: int) -> None:
         p, fstar = self.problem, self.problem.reference_objective
         f = p.objective(self.x)
-        vals: dict[str, float] = {"bytes_sent": self.comm.stats.bytes_sent, "bytes_iter": self.agg.last_bytes,
+        vals: dict[str, float] = {"bytes_sent": sign_bytes(self.comm), "bytes_iter": self.agg.last_bytes,
                                   "nnz": np.count_nonzero(self.x), "step": self.gamma(max(0, it - 1))}
         if fstar is not None:
             vals["gap"] = f - fstar
@@ -204,6 +205,9 @@ class SignProx(Solver):
                 vals["gap_polished"] = fp - fstar
         if self.opts["mapping_norm"]:
             vals["mapping_norm_l1"] = self.mapping_norm(self.x)
+        metrics = getattr(p, "metrics", None)   # optional problem-specific values (e.g. PSNR)
+        if metrics is not None:
+            vals.update(metrics(self.x))
         self.notify(it, self.x, f, **vals)
 
     # -- checkpoints --------------------------------------------------------------------------------
