@@ -1,0 +1,418 @@
+"""The master logic of the (a)synchronous level bundle method as a transport-independent state machine.
+
+The same object is driven by MPI (:mod:`mpiopt.solvers.level_bundle`) and by the discrete-event
+simulator (:mod:`mpiopt.bundle.simulate`). The driver calls :meth:`start` once, then repeatedly hands
+the answers that arrived to :meth:`receive` and sends what :meth:`dispatch` returns.
+
+One step (one or more level QPs), as in the paper's pseudo-code::
+
+    if gap <= tol: stop
+    if gap <= (1 - alpha) gap_ref or last QP infeasible:         # critical iteration
+        gap_ref = gap; xc = x_best; compress bundles; lev_prev = +inf
+    lev = min(lev_prev, f_up - alpha gap)                         # nested level sets inside a cycle
+    x+ = argmin ||x - xc||^2 over {x in X : fv(x) <= lev}         # infeasible: f_low = lev; repeat
+    f_low = max(f_low, aggregate-cut bound [, exact LP every lp_every])
+
+Variants: ``sync`` waits for every oracle at x+ (f_up = f(x+)); ``upper_model`` takes f_up from
+Lipschitz upper models at the last iterate, the centre and the answered points; ``coordination``
+takes f_up only from complete coordinations (every oracle answered the same point z_c).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .model import CutModel, UpperModel
+from .qp import FAILED, INFEASIBLE, LevelQP, ModelLP, aggregate_bound, box_min_linear
+
+VARIANTS = ("sync", "upper_model", "coordination")
+EVAL = 1
+
+
+@dataclass
+class Params:
+    """Method parameters (see docs/level_bundle.md)."""
+    variant: str = "sync"
+    alpha: float = 0.5
+    atol: float = 0.0
+    rtol: float = 1e-6
+    max_cuts: int = 50
+    lp_every: int = 0                # exact LP bound every N QPs (0: at start only)
+    lp_start: bool = True
+    batch: bool = True
+    coord_every: int = 0             # answers between coordinations (0: 2m)
+    coord_promising: bool = True
+    coord_blocking: bool = False
+    kappa: float = 0.5
+    eps_prox: float = 1e-6
+    qp_solver: str = "daqp"
+    max_iter: int = 100000
+    upper_points: int = 50           # points kept per oracle in the Lipschitz upper model
+
+
+@dataclass
+class Request:
+    """A point sent to one worker: evaluate all its components at ``x`` to accuracy ``eta``."""
+    worker: int
+    iter_id: int
+    coord_id: int
+    eta: float
+    x: np.ndarray
+    kind: int = EVAL
+
+
+@dataclass
+class Answer:
+    """One worker's answer: per component ``comps[j]``: lower value ``fl[j]``, upper value ``fu[j]`` and
+    subgradient ``G[j]`` at the point of request ``iter_id`` (``coord_id`` >= 0 for coordination points)."""
+    worker: int
+    iter_id: int
+    coord_id: int
+    comps: np.ndarray
+    fl: np.ndarray
+    fu: np.ndarray
+    G: np.ndarray
+
+
+@dataclass
+class Trace:
+    """Per-QP log for invariant checks: iteration, cycle, bounds, level, ||x+ - xc||, flags."""
+    rows: list = field(default_factory=list)
+    names: tuple = ("k", "cycle", "f_low", "f_up", "lev", "dist", "critical", "infeasible")
+
+    def add(self, *values: float) -> None:
+        self.rows.append(values)
+
+    def array(self) -> dict[str, np.ndarray]:
+        a = np.asarray(self.rows, dtype=np.float64).reshape(-1, len(self.names))
+        return {n: a[:, j] for j, n in enumerate(self.names)}
+
+
+class LevelBundleMaster:
+    """Master state: bundles, bounds f_low <= f* <= f_up, level, centre, cycles, oracle bookkeeping."""
+
+    def __init__(self, n: int, m: int, lower: np.ndarray, upper: np.ndarray, lipschitz: np.ndarray | None,
+                 owners: Sequence[Sequence[int]], params: Params, x0: np.ndarray | None = None,
+                 exact: bool = True):
+        self.p = params
+        if params.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {params.variant!r}")
+        self.n, self.m = int(n), int(m)
+        self.lower = np.asarray(lower, dtype=np.float64)
+        self.upper = np.asarray(upper, dtype=np.float64)
+        self.owners = [np.asarray(o, dtype=np.int64) for o in owners]
+        self.W = len(self.owners)
+        self.exact = exact
+        self.model = CutModel(self.n, self.m, capacity=self.m * (params.max_cuts + 2))
+        self.umodel = (UpperModel(self.n, self.m, lipschitz, params.upper_points)
+                       if params.variant == "upper_model" else None)
+        self.qp = LevelQP(self.lower, self.upper, self.m, params.qp_solver, params.eps_prox)
+        self.lp = ModelLP(self.lower, self.upper, self.m)
+        self.coord_every = params.coord_every or 2 * self.m
+        x1 = 0.5 * (self.lower + self.upper) if x0 is None else np.clip(x0, self.lower, self.upper)
+        # bounds and centre
+        self.f_low, self.f_up = -math.inf, math.inf
+        self.x1 = x1.astype(np.float64)
+        self.x_best = self.x1.copy()
+        self.xc = self.x1.copy()
+        self.x_next = self.x1.copy()
+        self.gap_ref = math.inf
+        self.lev = math.inf
+        self.lev_prev = math.inf
+        self.lam: np.ndarray | None = None
+        self.last_infeasible = False
+        # counters
+        self.k = 0                      # QPs solved (iterations)
+        self.steps = 0                  # master steps (one per answer batch)
+        self.cycle = 0                  # critical iterations
+        self.n_infeasible = 0
+        self.evals = np.zeros(self.m, dtype=np.int64)
+        self.answers = 0
+        self.qp_seconds = 0.0
+        self.lp_seconds = 0.0
+        # oracle bookkeeping
+        self.phase = "new"              # new -> init (first round) -> run -> done
+        self.idle = np.ones(self.W, dtype=bool)
+        self.sent: dict[int, tuple[int, int, np.ndarray]] = {}
+        self.pending = False            # x_next not yet sent (sync)
+        self.round_fl = np.zeros(self.m)
+        self.round_fu = np.zeros(self.m)
+        self.round_g = np.zeros((self.m, self.n))
+        self.round_seen = np.zeros(self.m, dtype=bool)
+        self.latest_fu = np.full(self.m, math.inf)
+        self.latest_eta = np.zeros(self.m)
+        # coordination (A-SC)
+        self.coord_id = -1
+        self.n_coords = 0
+        self.z_c: np.ndarray | None = None
+        self.coord_seen = np.zeros(self.m, dtype=bool)
+        self.coord_fu = np.zeros(self.m)
+        self.since_coord = 0
+        # outcome
+        self.status: str | None = None          # converged | max_iter | failed
+        self.stop_rule = ""
+        self.message = ""
+        self.trace = Trace()
+
+    # -- derived quantities -------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.phase == "done"
+
+    @property
+    def gap(self) -> float:
+        return self.f_up - self.f_low
+
+    def tolerance(self) -> float:
+        return max(self.p.atol, self.p.rtol * max(1.0, abs(self.f_up)))
+
+    def rel_gap(self) -> float:
+        return self.gap / max(1.0, abs(self.f_up))
+
+    def eta_request(self) -> float:
+        """On-demand accuracy per component: kappa * alpha * gap / (2m)."""
+        g = self.gap
+        return self.p.kappa * self.p.alpha * g / (2 * self.m) if math.isfinite(g) else math.inf
+
+    # -- driver interface -----------------------------------------------------------------------
+    def start(self) -> list[Request]:
+        """The first synchronous round: every oracle at x1."""
+        self.phase = "init"
+        self.x_next = self.x1.copy()
+        return self._send_all(self.x1, coord_id=-1)
+
+    def receive(self, answers: Sequence[Answer]) -> None:
+        """Process a batch of answers (cuts, bounds) and take one step when the variant says so."""
+        if self.done:
+            for a in answers:
+                self.idle[a.worker] = True
+                self.sent.pop(a.worker, None)
+            return
+        points = [self._absorb(a) for a in answers]
+        if self.phase == "init":
+            if self.round_seen.all():
+                self._finish_first_round()
+                self._step()
+        elif self.p.variant == "sync":
+            if self.round_seen.all():
+                self._improve_upper(self.x_next, float(self.round_fu.sum()))
+                self._step()
+        else:
+            if self.p.variant == "upper_model":
+                self._upper_model_bound(points)
+            elif self.coord_id >= 0 and self.coord_seen.all():
+                self._improve_upper(self.z_c, float(self.coord_fu.sum()))
+                self.coord_id = -1
+                self.z_c = None
+            if not (self.p.coord_blocking and self.coord_id >= 0):
+                self._step()
+            if self.p.variant == "coordination" and not self.done:
+                self._maybe_start_coordination()
+
+    def dispatch(self) -> list[Request]:
+        """Points for the idle workers (sync: all at once when a new x+ is ready)."""
+        if self.done or self.phase == "init":
+            return []
+        if self.p.variant == "sync":
+            if self.pending and self.idle.all():
+                self.pending = False
+                return self._send_all(self.x_next, -1)
+            return []
+        out = []
+        for w in np.flatnonzero(self.idle):
+            if self.coord_id >= 0 and not self.coord_seen[self.owners[w]].all():
+                out.append(self._send(int(w), self.z_c, self.coord_id))
+            elif not (self.p.coord_blocking and self.coord_id >= 0):
+                out.append(self._send(int(w), self.x_next, -1))
+        return out
+
+    def stop(self, status: str, message: str) -> None:
+        """Stop for an external reason (time budget, signal, callback, failure)."""
+        if not self.done:
+            self.phase = "done"
+            self.status, self.message, self.stop_rule = status, message, status
+
+    # -- internals ------------------------------------------------------------------------------
+    def _send(self, w: int, x: np.ndarray, coord_id: int) -> Request:
+        self.idle[w] = False
+        self.sent[w] = (self.k, coord_id, x)
+        return Request(w, self.k, coord_id, self.eta_request(), x)
+
+    def _send_all(self, x: np.ndarray, coord_id: int) -> list[Request]:
+        self.round_seen[:] = False
+        return [self._send(w, x, coord_id) for w in range(self.W)]
+
+    def _absorb(self, a: Answer) -> np.ndarray:
+        """Cuts, upper-model points and per-round/coordination values from one answer; returns its point."""
+        it, cid, z = self.sent.pop(a.worker)
+        self.idle[a.worker] = True
+        comps = np.asarray(a.comps, dtype=np.int64)
+        fl, fu = np.asarray(a.fl, dtype=np.float64), np.asarray(a.fu, dtype=np.float64)
+        G = np.asarray(a.G, dtype=np.float64).reshape(comps.size, self.n)
+        self.model.add(comps, G, fl, z)
+        self.evals[comps] += 1
+        self.answers += 1
+        self.since_coord += 1
+        self.latest_fu[comps] = fu
+        self.latest_eta[comps] = np.maximum(fu - fl, 0.0)
+        if self.umodel is not None:
+            self.umodel.add(comps, fu, z)
+        if self.phase == "init" or self.p.variant == "sync":
+            self.round_fl[comps] = fl
+            self.round_fu[comps] = fu
+            self.round_g[comps] = G
+            self.round_seen[comps] = True
+        if cid >= 0 and cid == self.coord_id:
+            self.coord_fu[comps] = fu
+            self.coord_seen[comps] = True
+        return z
+
+    def _finish_first_round(self) -> None:
+        """f_up = f(x1); f_low = min_X of the aggregated linearisation at x1 (and the LP)."""
+        x1 = self.x1
+        self._improve_upper(x1, float(self.round_fu.sum()))
+        g1 = self.round_g.sum(axis=0)
+        self.f_low = float(self.round_fl.sum() - g1 @ x1) + box_min_linear(g1, self.lower, self.upper)
+        if self.p.lp_start:
+            self._lp_bound()
+        self.gap_ref = self.gap
+        self.phase = "run"
+
+    def _improve_upper(self, x: np.ndarray, value: float) -> None:
+        if value < self.f_up:
+            self.f_up = value
+            self.x_best = np.array(x, dtype=np.float64)
+
+    def _upper_model_bound(self, points: Sequence[np.ndarray]) -> None:
+        """f_up = min(f_up, fbar(y)) for y in {last iterate, centre, answered points}."""
+        Y = np.vstack([self.x_next, self.xc, *points])
+        vals = self.umodel.values(Y)
+        j = int(np.argmin(vals))
+        self._improve_upper(Y[j], float(vals[j]))
+
+    def _lp_bound(self) -> None:
+        import time
+        t = time.perf_counter()
+        v = self.lp.solve(self.model)
+        self.lp_seconds += time.perf_counter() - t
+        if v is not None and v > self.f_low:
+            self.f_low = min(v, self.f_up)
+
+    def _stop_test(self) -> bool:
+        if self.gap <= self.tolerance():
+            self._finish("converged", "gap", f"gap {self.gap:.3e} <= tolerance {self.tolerance():.3e}")
+            return True
+        floor = 2.0 * float(self.latest_eta.sum()) / self.p.alpha
+        if not self.exact and floor > 0 and self.gap <= floor:
+            self._finish("converged", "inexactness",
+                         f"gap {self.gap:.3e} <= 2 sum(eta)/alpha = {floor:.3e} (oracle accuracy floor)")
+            return True
+        if self.k >= self.p.max_iter:
+            self._finish("max_iter", "max_iter", f"reached max_iter={self.p.max_iter} QPs")
+            return True
+        return False
+
+    def _finish(self, status: str, rule: str, message: str) -> None:
+        self.phase = "done"
+        self.status, self.stop_rule, self.message = status, rule, message
+
+    def _step(self) -> None:
+        """Critical test, level, QP (repeated while infeasible), lower bounds."""
+        self.steps += 1
+        p = self.p
+        while not self._stop_test():
+            critical = self.gap <= (1 - p.alpha) * self.gap_ref or self.last_infeasible
+            if critical:
+                self.cycle += 1
+                self.gap_ref = self.gap
+                self.xc = self.x_best.copy()
+                self.model.compress(self.lam, p.max_cuts)
+                self.lam = None
+                self.lev_prev = math.inf
+                self.last_infeasible = False
+            self.lev = min(self.lev_prev, self.f_up - p.alpha * self.gap)
+            self.lev_prev = self.lev
+            G, e, comp = self.model.rows
+            res = self.qp.solve(G, e, comp, self.xc, self.lev)
+            self.qp_seconds += res.seconds
+            self.k += 1
+            if res.status == INFEASIBLE:
+                self.n_infeasible += 1
+                self.f_low = max(self.f_low, min(self.lev, self.f_up))
+                self.last_infeasible = True
+                self.trace.add(self.k, self.cycle, self.f_low, self.f_up, self.lev, math.nan, critical, 1)
+                continue
+            if res.status == FAILED:
+                self._finish("failed", "qp_failed", f"level QP failed ({res.solver}: {res.info})")
+                return
+            self.x_next = res.x
+            self.lam = res.lam
+            self.pending = True
+            self.f_low = max(self.f_low, min(aggregate_bound(G, e, comp, res.lam, self.m, self.lower, self.upper),
+                                             self.f_up))
+            if p.lp_every and self.k % p.lp_every == 0:
+                self._lp_bound()
+            self.trace.add(self.k, self.cycle, self.f_low, self.f_up, self.lev,
+                           float(np.linalg.norm(self.x_next - self.xc)), critical, 0)
+            self._stop_test()
+            return
+
+    def _maybe_start_coordination(self) -> None:
+        if self.coord_id >= 0:
+            return
+        promising = (self.p.coord_promising and np.isfinite(self.latest_fu).all()
+                     and self.latest_fu.sum() <= self.f_up - self.p.alpha * self.gap / 2)
+        if self.since_coord >= self.coord_every or promising:
+            self.n_coords += 1
+            self.coord_id = self.n_coords
+            self.z_c = self.x_next.copy()
+            self.coord_seen[:] = False
+            self.coord_fu[:] = 0.0
+            self.since_coord = 0
+
+    # -- checkpoint -----------------------------------------------------------------------------
+    SCALARS = ("f_low", "f_up", "gap_ref", "lev", "lev_prev", "last_infeasible", "k", "steps", "cycle",
+               "n_infeasible", "answers", "qp_seconds", "lp_seconds", "phase", "pending", "coord_id",
+               "n_coords", "since_coord")
+    ARRAYS = ("x1", "x_best", "xc", "x_next", "evals", "latest_fu", "latest_eta", "coord_seen", "coord_fu")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue (taken while no request is in flight)."""
+        if not self.idle.all():
+            raise RuntimeError("master state_dict needs every worker idle")
+        st: dict[str, Any] = {k: getattr(self, k) for k in self.SCALARS}
+        st["last_infeasible"] = int(self.last_infeasible)
+        st["pending"] = int(self.pending)
+        st.update({k: np.array(getattr(self, k)) for k in self.ARRAYS})
+        st["lam"] = np.array([]) if self.lam is None else self.lam.copy()
+        st["has_lam"] = int(self.lam is not None)
+        st["z_c"] = np.array([]) if self.z_c is None else self.z_c.copy()
+        st["model"] = self.model.state_dict()
+        if self.umodel is not None:
+            st["umodel"] = self.umodel.state_dict()
+        st["trace"] = np.asarray(self.trace.rows, dtype=np.float64).reshape(-1, len(self.trace.names))
+        return st
+
+    def load_state_dict(self, st: dict[str, Any]) -> None:
+        for k in self.SCALARS:
+            v = st[k]
+            cur = getattr(self, k)
+            setattr(self, k, type(cur)(v) if not isinstance(cur, str) else str(v))
+        self.last_infeasible = bool(int(st["last_infeasible"]))
+        self.pending = bool(int(st["pending"]))
+        for k in self.ARRAYS:
+            getattr(self, k)[...] = np.asarray(st[k]).reshape(getattr(self, k).shape)
+        self.lam = np.asarray(st["lam"], dtype=np.float64).copy() if int(st["has_lam"]) else None
+        zc = np.asarray(st["z_c"], dtype=np.float64)
+        self.z_c = zc.copy() if zc.size else None
+        self.model.load_state_dict(st["model"])
+        if self.umodel is not None and "umodel" in st:
+            self.umodel.load_state_dict(st["umodel"])
+        self.trace.rows = [tuple(r) for r in np.asarray(st["trace"]).reshape(-1, len(self.trace.names))]
+        self.idle[:] = True
+        self.sent.clear()
+        if self.phase == "run" and self.p.variant == "sync" and not self.pending:
+            self.pending = True
