@@ -160,6 +160,17 @@ class RunContext:
             self.save_checkpoint(iteration, state_fn)
         return stop
 
+    def checkpoint_due(self, iteration: int, last: int | None = None) -> bool:
+        """Local test, no communication: is a checkpoint due at ``iteration`` (a multiple of the count
+        rule reached or crossed since ``last``, or the time rule)? For solvers whose ranks do not poll
+        in lockstep: the deciding rank then makes all ranks call :meth:`save_checkpoint` together."""
+        if self.checkpoints is None:
+            return False
+        n = self._ckpt_iters
+        if n and iteration != last and (iteration % n == 0 or (last is not None and iteration // n > last // n)):
+            return True
+        return bool(self._ckpt_secs) and (time.perf_counter() - self._last_ckpt_time) >= self._ckpt_secs
+
     def save_checkpoint(self, iteration: int, state_fn: StateFn) -> None:
         """Collective: gather the solver state and write it on rank 0."""
         state = state_fn()
