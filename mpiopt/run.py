@@ -72,10 +72,11 @@ def resolve_spec(args: argparse.Namespace) -> RunSpec:
     file_flat: dict[str, Any] = {}
     if args.config:
         file_flat = O.flatten_config(O.load_toml(args.config), f"config file {args.config}")
-    solver_name = args.solver or file_flat.pop("solver", None)
-    problem_name = args.problem or file_flat.pop("problem", None)
-    file_flat.pop("solver", None)
-    file_flat.pop("problem", None)
+    # names may come from the file: top-level solver = "..." (no [solver] table) or [run] solver = "..."
+    file_solver = file_flat.pop("run.solver", None) or file_flat.pop("solver", None)
+    file_problem = file_flat.pop("run.problem", None) or file_flat.pop("problem", None)
+    solver_name = args.solver or file_solver
+    problem_name = args.problem or file_problem
     demo = solver_name is None
     solver_name = solver_name or DEMO_SOLVER
     solver_cls = registry.get_solver(str(solver_name))
@@ -142,8 +143,8 @@ def help_text(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
             + "\nsolvers (python -m mpiopt.run SOLVER --help for its options):\n" + solvers
             + "\n\nproblems (python -m mpiopt.run --problem NAME --help):\n" + problems
             + "\n\n" + _options_text("run options (--set run.KEY=VALUE; flags above set the same keys):", "run", O.RUN_OPTIONS)
-            + "\n\nconfig files: TOML with optional top-level solver = \"...\" and problem = \"...\", and tables"
-              " [solver], [problem], [run];\n--set overrides the file, flags override --set."
+            + "\n\nconfig files: TOML with tables [solver], [problem], [run]; [run] may name solver = \"...\" and"
+              " problem = \"...\";\n--set overrides the file, flags override --set."
               "\nexit codes: 0 converged or budget reached, 2 bad usage/config/input, 1 other failure,"
               " 128+N stopped by signal N.\n"
               "\nexamples:\n  mpirun -n 4 python -m mpiopt.run                      # the demo, writes mpiopt-demo.h5\n"

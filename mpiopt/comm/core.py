@@ -73,6 +73,8 @@ class Comm:
         self.size: int = self.mpi.Get_size()
         self.stats = stats if stats is not None else CommStats()
         self.oversubscribed = _oversubscribed(self.size)
+        # private channel for control traffic (input checks) that must not match user collectives
+        self.control: MPI.Comm = self.mpi.Dup() if self.size > 1 else self.mpi
 
     # -- buffer collectives -------------------------------------------------------------
     def Allreduce(self, sendbuf: Any, recvbuf: np.ndarray, op: MPI.Op = MPI.SUM, tag: str = "allreduce") -> np.ndarray:

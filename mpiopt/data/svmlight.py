@@ -1,6 +1,7 @@
 """Sharded reading of svmlight/LIBSVM files: each rank parses only its byte range."""
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -29,7 +30,7 @@ def read_shard(path: str, rank: int, size: int, n_features: int | None = None,
     if hi <= lo:
         return sp.csr_matrix((0, n_features or 0)), np.zeros(0)
     try:
-        X, y = load_svmlight_file(path, n_features=n_features, offset=lo, length=hi - lo,
+        X, y = load_svmlight_file(io.BytesIO(read_lines_bytes(path, lo, hi)), n_features=n_features,
                                   zero_based=zero_based, dtype=np.float64)
     except (ValueError, RuntimeError) as exc:
         line, text = locate_bad_line(path, lo, hi, zero_based, n_features)
@@ -43,6 +44,22 @@ def read_shard(path: str, rank: int, size: int, n_features: int | None = None,
         line = line_of_row(path, lo, hi, row)
         raise InputError(f"{path}:{line}: NaN or Inf value in data")
     return X, y
+
+
+def read_lines_bytes(path: str, lo: int, hi: int) -> bytes:
+    """The bytes of the whole lines that start in [lo, hi)."""
+    with open(path, "rb") as fh:
+        if lo > 0:
+            fh.seek(lo - 1)
+            if fh.read(1) != b"\n":
+                fh.readline()  # the line in progress belongs to the previous shard
+        start = fh.tell()
+        if start >= hi:
+            return b""
+        data = fh.read(hi - start)
+        if data and not data.endswith(b"\n"):
+            data += fh.readline()
+    return data
 
 
 def _first_line_number(path: str, lo: int) -> int:

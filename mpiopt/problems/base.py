@@ -60,8 +60,12 @@ class CompositeProblem(Problem):
     def batch_grad(self, x: np.ndarray, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Mean gradient of the smooth part over local samples ``idx``."""
         _, g = self.local_loss_grad(x, idx, out)
-        g /= max(1, len(idx))
-        return g
+        if out is None:
+            out = np.asarray(g, dtype=np.float64)
+        elif g is not out:
+            out[:] = g
+        out /= max(1, len(idx))
+        return out
 
     def smooth_objective(self, x: np.ndarray) -> float:
         """Collective: (1/N) sum_i loss_i(x) over all ranks' data."""
