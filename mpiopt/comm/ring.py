@@ -1,0 +1,86 @@
+"""Block-cyclic ring plumbing for matrix factorization: Alltoallv routing, ring shifts of column
+blocks, and reductions summed in global *block* order (bit-identical at any rank count dividing
+the block count).
+
+Layout convention (see :mod:`mpiopt.mf.grid`): ``nb`` blocks per dimension, rank ``r`` of ``P``
+owns blocks ``r, r+P, r+2P, ...`` ("groups" ``t = 0..q-1``, ``q = nb/P``).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from mpi4py import MPI
+
+from .core import Comm, polite_wait
+
+
+def alltoallv_arrays(comm: Comm, arrays: Sequence[np.ndarray], dest: np.ndarray,
+                     tag: str = "route") -> list[np.ndarray]:
+    """Route the rows of equally long 1-D ``arrays`` to ranks ``dest`` (one entry per row).
+
+    Returns the received arrays (rows grouped by source rank, source order kept)."""
+    P = comm.size
+    dest = np.asarray(dest, dtype=np.int64)
+    order = np.argsort(dest, kind="stable")
+    send_counts = np.bincount(dest, minlength=P).astype(np.int64)
+    if P == 1:
+        return [np.ascontiguousarray(a[order]) for a in arrays]
+    recv_counts = np.empty(P, dtype=np.int64)
+    comm.Alltoall(send_counts, recv_counts, tag=tag)
+    sdispl = np.concatenate([[0], np.cumsum(send_counts)[:-1]])
+    rdispl = np.concatenate([[0], np.cumsum(recv_counts)[:-1]])
+    out = []
+    for a in arrays:
+        sendbuf = np.ascontiguousarray(a[order])
+        recvbuf = np.empty(int(recv_counts.sum()), dtype=sendbuf.dtype)
+        mpitype = MPI._typedict[sendbuf.dtype.char]
+        req = comm.mpi.Ialltoallv([sendbuf, (send_counts, sdispl), mpitype],
+                                  [recvbuf, (recv_counts, rdispl), mpitype])
+        polite_wait(req)
+        comm.stats.add(tag, int(sendbuf.nbytes - send_counts[comm.rank] * sendbuf.itemsize))
+        out.append(recvbuf)
+    return out
+
+
+def block_sum(comm: Comm, partials: np.ndarray, nb: int, tag: str = "blocksum") -> np.ndarray:
+    """Sum per-block partial vectors over all blocks in global block order.
+
+    ``partials`` is (q, L): row ``t`` belongs to block ``rank + t*P``. Every rank gets the same
+    bits, and the result does not depend on the rank count (the sum runs b = 0, 1, .., nb-1)."""
+    P = comm.size
+    partials = np.ascontiguousarray(partials, dtype=np.float64)
+    q, L = partials.shape
+    if P == 1:
+        allp = partials
+    else:
+        buf = np.empty((P, q, L), dtype=np.float64)
+        comm.Allgather(partials, buf, tag=tag)
+        allp = buf.transpose(1, 0, 2).reshape(nb, L)  # block b = r + t*P -> row t*P + r
+    total = allp[0].copy()
+    for b in range(1, nb):
+        total += allp[b]
+    return total
+
+
+def ring_exchange(comm: Comm, sendbuf: np.ndarray, dest: int, recvbuf: np.ndarray, source: int,
+                  tag: str = "ring") -> np.ndarray:
+    """One ring step: send ``sendbuf`` to ``dest`` and receive ``recvbuf`` from ``source``
+    (a local copy when both are this rank)."""
+    if dest == comm.rank and source == comm.rank:
+        np.copyto(recvbuf, sendbuf)
+        return recvbuf
+    return comm.Sendrecv(sendbuf, dest, recvbuf, source, tag=tag)
+
+
+def gather_to_root(comm: Comm, local: np.ndarray, root: int = 0) -> list[np.ndarray] | None:
+    """Each rank's 1-D array on ``root`` (list in rank order); None elsewhere."""
+    local = np.ascontiguousarray(local).ravel()
+    if comm.size == 1:
+        return [local.copy()]
+    counts = comm.allgather_obj(int(local.size))
+    flat = comm.gatherv_rows(local, root)
+    if comm.rank != root:
+        return None
+    offs = np.concatenate([[0], np.cumsum(counts)])
+    return [flat[offs[r]:offs[r + 1]] for r in range(comm.size)]

@@ -1,0 +1,179 @@
+"""MovieLens rating files, read in byte ranges by rank (no rank holds the whole file).
+
+Formats (detected from the file name): ml-100k ``u.data`` / ``u1.base`` / ``u1.test``
+(``user<TAB>item<TAB>rating<TAB>timestamp``), ml-1m/ml-10m ``ratings.dat`` (``::``), ml-20m/25m/latest
+``ratings.csv`` (header ``userId,movieId,rating,timestamp``). The reference code's text format
+(``2`` / ``m n`` / ``nnz`` / ``i j value`` lines, 1-based) can be written by :func:`write_reference`.
+Malformed lines raise :class:`InputError` naming the file and the 1-based line number.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+from ..errors import InputError
+
+FOLDER_FILES = ("u.data", "ratings.dat", "ratings.csv")
+
+
+def resolve_path(path: str) -> str:
+    """The ratings file of ``path`` (a file, or an ml-* folder holding one of FOLDER_FILES)."""
+    if not os.path.exists(path):
+        raise InputError(f"problem.path {path}: not found")
+    if os.path.isdir(path):
+        for name in FOLDER_FILES:
+            cand = os.path.join(path, name)
+            if os.path.isfile(cand):
+                return cand
+        raise InputError(f"problem.path {path}: folder has none of {', '.join(FOLDER_FILES)}")
+    return path
+
+
+def separator(path: str) -> bytes:
+    """Field separator from the file name."""
+    name = os.path.basename(path).lower()
+    if name.endswith(".dat"):
+        return b"::"
+    if name.endswith(".csv"):
+        return b","
+    return b"\t"   # u.data, u1.base, u1.test, ua.base, ...
+
+
+def _byte_range(size: int, rank: int, nranks: int) -> tuple[int, int]:
+    return size * rank // nranks, size * (rank + 1) // nranks
+
+
+def read_shard_bytes(path: str, rank: int, nranks: int) -> bytes:
+    """The complete lines that start in this rank's byte range."""
+    size = os.path.getsize(path)
+    lo, hi = _byte_range(size, rank, nranks)
+    with open(path, "rb") as fh:
+        if lo > 0:
+            fh.seek(lo - 1)
+            if fh.read(1) != b"\n":
+                fh.readline()          # that line belongs to the previous rank
+            lo = fh.tell()
+        if lo >= hi:
+            return b""
+        data = fh.read(hi - lo)
+        if data and not data.endswith(b"\n"):
+            data += fh.readline()
+    return data
+
+
+def _check_line(text: str, nsep: str) -> str | None:
+    """Why a line is malformed (None if fine)."""
+    parts = text.split(nsep)
+    if len(parts) != 4:
+        return f"expected 4 fields user{nsep}item{nsep}rating{nsep}timestamp, got {len(parts)}"
+    try:
+        u, i = int(parts[0]), int(parts[1])
+    except ValueError:
+        return "user and item ids must be integers"
+    if u < 0 or i < 0:
+        return "negative id"
+    try:
+        r = float(parts[2])
+    except ValueError:
+        return f"rating {parts[2]!r} is not a number"
+    if not np.isfinite(r):
+        return "rating is NaN or Inf"
+    try:
+        float(parts[3])
+    except ValueError:
+        return f"timestamp {parts[3]!r} is not a number"
+    return None
+
+
+def parse_ratings(data: bytes, sep: bytes, path: str, first_line: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user ids, item ids, ratings) of complete lines ``data``; ``first_line`` numbers the first.
+
+    Fast path: separators become tabs, numbers are parsed in C, field counts are checked per line
+    with vectorized searches. On any doubt the lines are scanned one by one to name the bad one."""
+    if not data:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    text = data.replace(b"\r", b"")
+    if sep != b"\t":
+        if b"\t" in text:
+            return _slow_scan(text, sep, path, first_line)
+        text = text.replace(sep, b"\t")
+    if not text.endswith(b"\n"):
+        text += b"\n"
+    buf = np.frombuffer(text, dtype=np.uint8)
+    nl = np.flatnonzero(buf == 10)
+    tabs = np.flatnonzero(buf == 9)
+    per_line = np.bincount(np.searchsorted(nl, tabs), minlength=nl.size)
+    line_len = np.diff(np.concatenate([[-1], nl])) - 1
+    if (per_line != 3).any() or (line_len <= 0).any():
+        return _slow_scan(text, b"\t", path, first_line)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            vals = np.fromstring(text, dtype=np.float64, sep=" ")  # noqa: NPY201 - C parser, whitespace-separated
+        except (ValueError, DeprecationWarning):
+            return _slow_scan(text, b"\t", path, first_line)
+    if vals.size != 4 * nl.size:
+        return _slow_scan(text, b"\t", path, first_line)
+    vals = vals.reshape(-1, 4)
+    u, i, r = vals[:, 0], vals[:, 1], vals[:, 2]
+    bad = ~((u == np.floor(u)) & (i == np.floor(i)) & (u >= 0) & (i >= 0) & np.isfinite(r) & np.isfinite(vals[:, 3]))
+    if bad.any():
+        return _slow_scan(text, b"\t", path, first_line)
+    return u.astype(np.int64), i.astype(np.int64), r.copy()
+
+
+def _slow_scan(text: bytes, sep: bytes, path: str, first_line: int):
+    nsep = sep.decode()
+    lines = text.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for n, raw in enumerate(lines):
+        line = raw.decode("utf-8", errors="replace")
+        why = _check_line(line, nsep) if line.strip() else "empty line"
+        if why is not None:
+            raise InputError(f"{path}:{first_line + n}: malformed rating line {line[:60]!r}: {why}")
+    raise InputError(f"{path}: cannot parse ratings (line {first_line}..)")  # pragma: no cover
+
+
+def read_ratings(path: str, comm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Collective: this rank's (user ids, item ids, ratings) of ``path`` (original ids).
+
+    Each rank reads and parses only its byte range; line numbers in errors are global."""
+    sep = separator(path)
+    data = read_shard_bytes(path, comm.rank, comm.size)
+    header = 0
+    if comm.rank == 0 and data and sep == b",":
+        first = data.split(b"\n", 1)[0]
+        if first[:1].isalpha():                 # ratings.csv header userId,movieId,rating,timestamp
+            header = 1
+            data = data.split(b"\n", 1)[1] if b"\n" in data else b""
+    nlines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    counts = comm.allgather_obj(nlines + header)
+    first_line = 1 + sum(counts[:comm.rank]) + header
+    return parse_ratings(data, sep, path, first_line)
+
+
+def compact_ids(local_ids: list[np.ndarray], comm) -> np.ndarray:
+    """Sorted union of ids over ranks (small: one entry per distinct user or item)."""
+    mine = np.unique(np.concatenate(local_ids)) if local_ids else np.zeros(0, np.int64)
+    allids = comm.allgather_obj(mine)
+    return np.unique(np.concatenate(allids)) if allids else mine
+
+
+def write_movielens(path: str, users: np.ndarray, items: np.ndarray, ratings: np.ndarray,
+                    sep: str = "\t") -> None:
+    """Write ratings in a MovieLens layout (1-based ids given as is, timestamp 0)."""
+    with open(path, "w") as fh:
+        if path.endswith(".csv"):
+            fh.write("userId,movieId,rating,timestamp\n")
+        for u, i, r in zip(users, items, ratings):
+            fh.write(f"{int(u)}{sep}{int(i)}{sep}{r:g}{sep}0\n")
+
+
+def write_reference(path: str, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, m: int, n: int) -> None:
+    """Write the reference code's text format (0-based indices in, 1-based out)."""
+    with open(path, "w") as fh:
+        fh.write(f"2\n{m} {n}\n{len(vals)}\n")
+        np.savetxt(fh, np.column_stack([np.asarray(rows) + 1, np.asarray(cols) + 1, vals]), fmt="%d %d %.17g")

@@ -1,0 +1,54 @@
+"""Initial factors: rank-count independent random draws and factors read from files."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import InputError
+
+INIT_CHUNK = 4096   # rows per generator: row chunk c of matrix id is drawn from rng([seed, id, c])
+
+
+def random_rows(seed: int, matrix_id: int, lo: int, hi: int, k: int, scale: float) -> np.ndarray:
+    """Rows [lo, hi) of an N(0, scale^2) factor matrix, identical whatever the split into ranges."""
+    out = np.empty((max(hi - lo, 0), k))
+    if hi <= lo:
+        return out
+    for c in range(lo // INIT_CHUNK, (hi - 1) // INIT_CHUNK + 1):
+        c0 = c * INIT_CHUNK
+        rows = np.random.default_rng([int(seed), int(matrix_id), c]).standard_normal((INIT_CHUNK, k))
+        a, b = max(lo, c0), min(hi, c0 + INIT_CHUNK)
+        out[a - lo:b - lo] = rows[a - c0:b - c0]
+    if scale != 1.0:
+        out *= scale
+    return out
+
+
+def read_factors(path: str, m: int, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``W`` (m x k) and ``H`` (n x k) from an .npz file or an HDF5 file (datasets ``W``/``H``
+    at the root or under ``/solution``, e.g. an mpiopt result file)."""
+    where = f"solver.init {path}"
+    if not os.path.exists(path):
+        raise InputError(f"{where}: file not found")
+    try:
+        if path.endswith(".npz"):
+            with np.load(path) as z:
+                if "W" not in z or "H" not in z:
+                    raise InputError(f"{where}: needs arrays 'W' (rows x k) and 'H' (columns x k), has {sorted(z.files)}")
+                W, H = np.array(z["W"], dtype=np.float64), np.array(z["H"], dtype=np.float64)
+        else:
+            import h5py
+            with h5py.File(path, "r") as f:
+                grp = f["solution"] if "W" not in f and "solution" in f else f
+                if "W" not in grp or "H" not in grp:
+                    raise InputError(f"{where}: needs datasets 'W' and 'H' (at / or /solution)")
+                W, H = np.array(grp["W"], dtype=np.float64), np.array(grp["H"], dtype=np.float64)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{where}: cannot read ({exc})") from None
+    if W.shape != (m, k) or H.shape != (n, k):
+        raise InputError(f"{where}: W is {W.shape} and H is {H.shape}, expected ({m}, {k}) and ({n}, {k}) "
+                         "(problem.latent_dim, problem.transpose)")
+    if not (np.isfinite(W).all() and np.isfinite(H).all()):
+        raise InputError(f"{where}: W or H has NaN/Inf entries")
+    return W, H

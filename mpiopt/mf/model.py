@@ -1,0 +1,256 @@
+"""``DistMF``: ratings and factors of a matrix factorization spread over MPI ranks.
+
+Grid: ``nb`` balanced row blocks and ``nb`` balanced column blocks (``nb`` a multiple of the rank
+count P, q = nb/P). Rank r owns row blocks b = r + tP (t = 0..q-1) with all their ratings and their
+rows of the left factor A, and is the *home* of column blocks with the same indices (their rows of
+B). Block (rb, cb) belongs to stratum s = (rb - cb) mod nb; in stratum s row block rb meets column
+block (rb - s) mod nb, all of whose homes are the single rank (r - s) mod P: one ring exchange
+brings every B value a rank needs for a stratum, and one more returns gradients (or values).
+
+Local vectors (x, gradients, L-BFGS pairs) are laid out group by group: [A_0, B_0, A_1, B_1, ..],
+row-major. Every reduction that steers the iteration sums per-*block* partials in global block
+order (:func:`mpiopt.comm.ring.block_sum`), and every kernel runs block by block, so a fixed
+``nb`` gives bit-identical iterates at any rank count dividing it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..comm import Comm
+from ..comm.ring import alltoallv_arrays, block_sum, gather_to_root, ring_exchange
+from .cuts import balanced_cuts, block_index
+from .init import random_rows
+from .kernels import RatingBlock
+
+
+class DistMF:
+    """Block grid, this rank's ratings (train and test) and factor layout."""
+
+    def __init__(self, comm: Comm, problem: Any, nb: int, k: int, lam: float = 0.0, reg: str = "rating"):
+        P, r = comm.size, comm.rank
+        assert nb % P == 0, "nb must be a multiple of the rank count"
+        self.comm, self.P, self.rank, self.nb, self.q, self.k = comm, P, r, nb, nb // P, int(k)
+        self.m, self.n = int(problem.m), int(problem.n)
+        self.nnz, self.nnz_test = int(problem.nnz), int(problem.nnz_test)
+        self.inv_nnz = 1.0 / max(self.nnz, 1)
+        self.rating_range = (float(problem.rating_min), float(problem.rating_max))
+        self.rcuts = balanced_cuts(problem.row_counts, nb)
+        self.ccuts = balanced_cuts(problem.col_counts, nb)
+        self.groups = [r + t * P for t in range(self.q)]
+        self.ma = [int(self.rcuts[b + 1] - self.rcuts[b]) for b in self.groups]
+        self.nc = [int(self.ccuts[b + 1] - self.ccuts[b]) for b in self.groups]
+        k = self.k
+        self.seg: list[tuple[int, int]] = []
+        pos = 0
+        for t in range(self.q):
+            hi = pos + (self.ma[t] + self.nc[t]) * k
+            self.seg.append((pos, hi))
+            pos = hi
+        self.n_local = pos
+        self.n_vars = (self.m + self.n) * k
+        self.x = np.zeros(self.n_local)
+        self.blocks = self._make_blocks(problem.rows, problem.cols, problem.vals, lam, reg, problem)
+        self.test_blocks = None
+        if self.nnz_test:
+            self.test_blocks = self._make_blocks(problem.test_rows, problem.test_cols, problem.test_vals,
+                                                 0.0, reg, problem)
+        self._plans = [self._plan(s) for s in range(nb)]
+
+    # -- setup -------------------------------------------------------------------------
+    def _make_blocks(self, rows, cols, vals, lam, reg, problem) -> list[list[RatingBlock]]:
+        P, nb, q = self.P, self.nb, self.q
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        vals = np.asarray(vals, dtype=np.float64)
+        rb = block_index(self.rcuts, rows)
+        rows, cols, vals = alltoallv_arrays(self.comm, [rows, cols, vals], rb % P)
+        rb = block_index(self.rcuts, rows)
+        cb = block_index(self.ccuts, cols)
+        key = ((rb - cb) % nb) * q + rb // P
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        edges = np.searchsorted(key, np.arange(nb * q + 1))
+        out: list[list[RatingBlock]] = []
+        for s in range(nb):
+            row = []
+            for t in range(q):
+                sel = order[edges[s * q + t]:edges[s * q + t + 1]]
+                b = self.groups[t]
+                c = (b - s) % nb
+                blk = RatingBlock(rows[sel] - self.rcuts[b], cols[sel] - self.ccuts[c], vals[sel],
+                                  self.ma[t], int(self.ccuts[c + 1] - self.ccuts[c]))
+                if lam > 0:
+                    blk.set_reg(lam, self.nnz, reg,
+                                problem.row_counts[self.rcuts[b]:self.rcuts[b + 1]],
+                                problem.col_counts[self.ccuts[c]:self.ccuts[c + 1]])
+                row.append(blk)
+            out.append(row)
+        return out
+
+    def _plan(self, s: int) -> dict:
+        P, nb, r = self.P, self.nb, self.rank
+        dest, src = (r + s) % P, (r - s) % P
+        send_groups = [((dest + t * P - s) % nb) // P for t in range(self.q)]
+        recv_cols = [int(self.ccuts[(b - s) % nb + 1] - self.ccuts[(b - s) % nb]) for b in self.groups]
+        return {"dest": dest, "src": src, "send": send_groups, "recv_cols": recv_cols, "local": dest == r}
+
+    # -- views -------------------------------------------------------------------------
+    def A(self, vec: np.ndarray, t: int) -> np.ndarray:
+        lo, _ = self.seg[t]
+        return vec[lo:lo + self.ma[t] * self.k].reshape(self.ma[t], self.k)
+
+    def B(self, vec: np.ndarray, t: int) -> np.ndarray:
+        lo, hi = self.seg[t]
+        return vec[lo + self.ma[t] * self.k:hi].reshape(self.nc[t], self.k)
+
+    # -- ring exchanges ----------------------------------------------------------------
+    def fetch(self, s: int, vec: np.ndarray) -> list[np.ndarray]:
+        """The column blocks this rank meets in stratum ``s`` (values of ``vec`` at their homes)."""
+        pl = self._plans[s]
+        if pl["local"]:
+            return [self.B(vec, tp) for tp in pl["send"]]
+        send = np.concatenate([self.B(vec, tp).ravel() for tp in pl["send"]])
+        sizes = [c * self.k for c in pl["recv_cols"]]
+        recv = np.empty(sum(sizes))
+        ring_exchange(self.comm, send, pl["dest"], recv, pl["src"], tag="ring_values")
+        out, pos = [], 0
+        for c, sz in zip(pl["recv_cols"], sizes):
+            out.append(recv[pos:pos + sz].reshape(c, self.k))
+            pos += sz
+        return out
+
+    def send_home(self, s: int, bufs: list[np.ndarray], out: np.ndarray, accumulate: bool = False) -> None:
+        """Return per-column-block arrays of stratum ``s`` to their homes, written (or added) into
+        the B part of ``out`` there."""
+        pl = self._plans[s]
+        if pl["local"]:
+            for t, tp in enumerate(pl["send"]):
+                dst = self.B(out, tp)
+                if np.shares_memory(dst, bufs[t]):
+                    continue
+                if accumulate:
+                    dst += bufs[t]
+                else:
+                    dst[...] = bufs[t]
+            return
+        send = np.concatenate([b.ravel() for b in bufs]) if bufs else np.empty(0)
+        sizes = [self.nc[tp] * self.k for tp in pl["send"]]
+        recv = np.empty(sum(sizes))
+        ring_exchange(self.comm, send, pl["src"], recv, pl["dest"], tag="ring_grads")
+        pos = 0
+        for tp, sz in zip(pl["send"], sizes):
+            dst = self.B(out, tp)
+            part = recv[pos:pos + sz].reshape(dst.shape)
+            if accumulate:
+                dst += part
+            else:
+                dst[...] = part
+            pos += sz
+
+    # -- losses and gradients ------------------------------------------------------------
+    def stratum_loss_grad(self, s: int, vec: np.ndarray, g: np.ndarray, accumulate: bool = False) -> np.ndarray:
+        """Gradient of the stratum-``s`` objective at ``vec`` into ``g`` (A parts and, via the
+        ring, B parts). Returns (q, 2) per-block partials [objective, sse]."""
+        Bs = self.fetch(s, vec)
+        parts = np.zeros((self.q, 2))
+        gbufs = []
+        for t in range(self.q):
+            f, sse, gA, gB = self.blocks[s][t].loss_grad(self.A(vec, t), Bs[t], self.inv_nnz)
+            parts[t] = f, sse
+            if accumulate:
+                self.A(g, t)[...] += gA
+            else:
+                self.A(g, t)[...] = gA
+            gbufs.append(gB)
+        self.send_home(s, gbufs, g, accumulate)
+        return parts
+
+    def stratum_loss(self, s: int, vec: np.ndarray) -> np.ndarray:
+        """(q, 2) per-block partials [objective, sse] of stratum ``s`` at ``vec``."""
+        Bs = self.fetch(s, vec)
+        parts = np.zeros((self.q, 2))
+        for t in range(self.q):
+            parts[t] = self.blocks[s][t].loss(self.A(vec, t), Bs[t], self.inv_nnz)
+        return parts
+
+    def full_loss_grad(self, vec: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """Full objective gradient (all strata, summed in stratum order); returns (q, 2) partials."""
+        g[...] = 0.0
+        parts = np.zeros((self.q, 2))
+        for s in range(self.nb):
+            parts += self.stratum_loss_grad(s, vec, g, accumulate=True)
+        return parts
+
+    def reduce(self, parts: np.ndarray, tag: str = "blocksum") -> np.ndarray:
+        """Sum (q, L) per-block partials over all blocks in block order (same bits everywhere)."""
+        return block_sum(self.comm, parts, self.nb, tag=tag)
+
+    def evaluate(self, vec: np.ndarray) -> dict[str, float]:
+        """Objective, training RMSE and (if a test set exists) held-out RMSE raw and clipped."""
+        parts = np.zeros((self.q, 4))
+        for s in range(self.nb):
+            Bs = self.fetch(s, vec)
+            for t in range(self.q):
+                A = self.A(vec, t)
+                parts[t, :2] += self.blocks[s][t].loss(A, Bs[t], self.inv_nnz)
+                if self.test_blocks is not None:
+                    parts[t, 2:4] += self.test_blocks[s][t].sq_errors(A, Bs[t], *self.rating_range)
+        tot = self.reduce(parts, tag="eval")
+        out = {"objective": float(tot[0]), "rmse": float(np.sqrt(tot[1] / max(self.nnz, 1)))}
+        if self.test_blocks is not None:
+            out["test_rmse"] = float(np.sqrt(tot[2] / self.nnz_test))
+            out["test_rmse_clipped"] = float(np.sqrt(tot[3] / self.nnz_test))
+        return out
+
+    def dot(self, u: np.ndarray, v: np.ndarray) -> float:
+        """Global u.v over the distributed vectors (block-ordered sum)."""
+        parts = np.array([[np.dot(u[lo:hi], v[lo:hi])] for lo, hi in self.seg]).reshape(self.q, 1)
+        return float(self.reduce(parts)[0])
+
+    # -- global order ------------------------------------------------------------------
+    def global_index(self, rank: int) -> np.ndarray:
+        """Global flat index ([A row-major; B row-major]) of every local entry of ``rank``."""
+        k, parts = self.k, []
+        for t in range(self.q):
+            b = rank + t * self.P
+            parts.append(np.arange(self.rcuts[b] * k, self.rcuts[b + 1] * k, dtype=np.int64))
+            parts.append(self.m * k + np.arange(self.ccuts[b] * k, self.ccuts[b + 1] * k, dtype=np.int64))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def gather(self, vec: np.ndarray) -> np.ndarray | None:
+        """Collective: the global vector on rank 0 (None elsewhere)."""
+        pieces = gather_to_root(self.comm, vec)
+        if pieces is None:
+            return None
+        full = np.empty(self.n_vars)
+        for r, piece in enumerate(pieces):
+            full[self.global_index(r)] = piece
+        return full
+
+    def scatter(self, full: np.ndarray) -> np.ndarray:
+        """This rank's slice of a global vector available on every rank."""
+        return np.ascontiguousarray(np.asarray(full, dtype=np.float64).ravel()[self.global_index(self.rank)])
+
+    def split_global(self, full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(W, H) = (A, B) views of a global flat vector."""
+        mk = self.m * self.k
+        return full[:mk].reshape(self.m, self.k), full[mk:].reshape(self.n, self.k)
+
+    # -- init --------------------------------------------------------------------------
+    def init_random(self, seed: int, scale: float) -> None:
+        """N(0, scale^2) factors from row-chunk keyed generators (same at any rank count)."""
+        for t, b in enumerate(self.groups):
+            self.A(self.x, t)[...] = random_rows(seed, 0, int(self.rcuts[b]), int(self.rcuts[b + 1]), self.k, scale)
+            self.B(self.x, t)[...] = random_rows(seed, 1, int(self.ccuts[b]), int(self.ccuts[b + 1]), self.k, scale)
+
+    def init_from(self, W: np.ndarray, H: np.ndarray) -> None:
+        """Factors given in global order (on every rank)."""
+        for t, b in enumerate(self.groups):
+            self.A(self.x, t)[...] = W[self.rcuts[b]:self.rcuts[b + 1]]
+            self.B(self.x, t)[...] = H[self.ccuts[b]:self.ccuts[b + 1]]
+
+    def describe(self) -> str:
+        return (f"{self.m} x {self.n}, {self.nnz} ratings ({self.nnz_test} held out), "
+                f"{self.nb}x{self.nb} blocks, k={self.k}")

@@ -1,0 +1,189 @@
+"""Matrix-factorization problems: ``movielens`` (real MovieLens files) and ``synthetic_mf``
+(low rank plus noise with Zipf-like row/column popularity, 1e5 to 1e8 ratings).
+
+    min_{A, B} (1/(2 nnz)) sum_{(i,j) in Omega} (M_ij - a_i.b_j)^2 + L2 attached to ratings
+
+After :meth:`setup` each rank holds an arbitrary shard of the training (and test) ratings with
+0-based ``rows``/``cols``; solvers route them to the owners of their row blocks
+(:class:`mpiopt.mf.model.DistMF`). Global per-row/column counts are known on every rank.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from mpi4py import MPI
+
+from .. import options as O
+from ..errors import InputError
+from ..options import Option
+from ..registry import register_problem
+from .base import Problem
+
+GEN_CHUNK = 1 << 18     # generated ratings per generator (rank-count independent data)
+
+
+def hash_uniform(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
+    """Uniform [0, 1) numbers keyed by (a, b, seed) (splitmix64): the same split at any rank count."""
+    with np.errstate(over="ignore"):
+        z = (np.asarray(a, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+             ^ np.asarray(b, dtype=np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+             ^ np.uint64((seed * 0x632BE59BD9B4E019 + 0x1234567) % (1 << 64)))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+class MFProblem(Problem):
+    """Ratings matrix M (m x n) observed on Omega, factored as A B^T with A m x k, B n x k."""
+
+    kind_name = "matrix factorization"
+    options = (
+        Option("latent_dim", 10, "rank k of the factorization", int, low=1),
+        Option("l2", 0.05, "L2 weight lam, attached to ratings (keeps partial separability)", float, low=0.0),
+        Option("reg", "rating", "L2 form: rating (lam/2 (|a_i|^2+|b_j|^2) per rating, weighted-lambda) "
+               "or uniform (lam/2 (|A|^2+|B|^2) in total)", str, choices=("rating", "uniform")),
+        Option("transpose", False, "factor columns x rows (items x users, as the reference code does)", bool),
+    )
+
+    m: int
+    n: int
+    nnz: int
+    nnz_test: int
+
+    def setup(self) -> None:
+        r, c, v, tr, tc, tv, m, n = self._load()
+        if self.opts["transpose"]:
+            r, c, tr, tc, m, n = c, r, tc, tr, n, m
+        self.rows, self.cols, self.vals = r, c, v
+        self.test_rows, self.test_cols, self.test_vals = tr, tc, tv
+        self.m, self.n = int(m), int(n)
+        comm = self.comm
+        tot = comm.allreduce_array([v.size, tv.size], dtype=np.int64)
+        self.nnz, self.nnz_test = int(tot[0]), int(tot[1])
+        if self.nnz == 0:
+            raise InputError(f"problem {self.name}: no training ratings")
+        counts = np.concatenate([np.bincount(r, minlength=self.m), np.bincount(c, minlength=self.n)]).astype(np.int64)
+        comm.Allreduce(MPI.IN_PLACE, counts, tag="setup")
+        self.row_counts, self.col_counts = counts[:self.m], counts[self.m:]
+        big = np.finfo(np.float64).max
+        lo = comm.allreduce_array([v.min() if v.size else big, tv.min() if tv.size else big], op=MPI.MIN)
+        hi = comm.allreduce_array([v.max() if v.size else -big, tv.max() if tv.size else -big], op=MPI.MAX)
+        self.rating_min, self.rating_max = float(min(lo)), float(max(hi))
+
+    def _load(self):
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return (f"{self.name}: {self.m} x {self.n}, {self.nnz} training ratings, {self.nnz_test} held out, "
+                f"k={self.opts['latent_dim']}, l2={self.opts['l2']} ({self.opts['reg']})")
+
+
+def _empty():
+    return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+
+
+@register_problem("movielens")
+class MovieLens(MFProblem):
+    """MovieLens ratings (ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-latest) read by byte ranges."""
+
+    summary = "matrix factorization of MovieLens ratings (u.data, ratings.dat, ratings.csv; users x items)"
+    options = (
+        O.path("ml-* folder or ratings file (u.data, u1.base, ratings.dat, ratings.csv)"),
+        Option("split", "random", "held-out set: random (seeded, test_fraction), none, or an ml-100k split "
+               "name such as u1 or ua (reads <name>.base/<name>.test next to the data)", str),
+        Option("test_path", None, "explicit held-out ratings file (same format)", str, nullable=True),
+        Option("test_fraction", 0.2, "random split: fraction held out", float, low=0.0, high=1.0, high_open=True),
+        O.seed(0, "seed of the random split"),
+        *MFProblem.options,
+    )
+
+    def _load(self):
+        from ..data.movielens import compact_ids, read_ratings, resolve_path
+        o, comm = self.opts, self.comm
+        if not o["path"]:
+            raise InputError("problem.path: movielens needs the ml-* folder or ratings file (no download)")
+        split = str(o["split"])
+        test_file = o["test_path"]
+        if split not in ("random", "none") and not test_file:
+            folder = o["path"] if os.path.isdir(o["path"]) else os.path.dirname(o["path"])
+            base, test_file = os.path.join(folder, f"{split}.base"), os.path.join(folder, f"{split}.test")
+            for f in (base, test_file):
+                if not os.path.isfile(f):
+                    raise InputError(f"problem.split={split}: {f} not found")
+            train_file = base
+        else:
+            train_file = resolve_path(o["path"])
+        if test_file and not os.path.isfile(test_file):
+            raise InputError(f"problem.test_path {test_file}: not found")
+        self.source = train_file
+        u, i, v = read_ratings(train_file, comm)
+        if test_file:
+            tu, ti, tv = read_ratings(test_file, comm)
+        elif split == "random" and o["test_fraction"] > 0:
+            test = hash_uniform(u, i, o["seed"]) < o["test_fraction"]
+            tu, ti, tv = u[test], i[test], v[test]
+            u, i, v = u[~test], i[~test], v[~test]
+        else:
+            tu, ti, tv = _empty()
+        users = compact_ids([u, tu], comm)
+        items = compact_ids([i, ti], comm)
+        self.user_ids, self.item_ids = users, items
+        return (np.searchsorted(users, u), np.searchsorted(items, i), v,
+                np.searchsorted(users, tu), np.searchsorted(items, ti), tv, users.size, items.size)
+
+
+@register_problem("synthetic_mf")
+class SyntheticMF(MFProblem):
+    """Low-rank-plus-noise ratings with Zipf-like row/column popularity; identical at any rank count."""
+
+    summary = "generated low-rank + noise ratings with skewed (Zipf-like) row/column counts, any size"
+    options = (
+        Option("n_ratings", 100000, "number of ratings (train + test)", int, low=1),
+        Option("n_rows", 0, "rows (0: n_ratings/50)", int, low=0),
+        Option("n_cols", 0, "columns (0: n_ratings/200)", int, low=0),
+        Option("rank", 5, "rank of the planted matrix", int, low=1),
+        Option("noise", 0.3, "standard deviation of the additive noise", float, low=0.0),
+        Option("mean", 3.5, "offset added to every rating", float),
+        Option("zipf", 0.8, "popularity exponent: row/column i drawn with weight (i+1)^-zipf", float, low=0.0),
+        Option("test_fraction", 0.1, "fraction held out (seeded hash of row, column)", float, low=0.0, high=1.0, high_open=True),
+        O.seed(0, "seed of the generated data"),
+        *MFProblem.options,
+    )
+
+    def _load(self):
+        o, comm = self.opts, self.comm
+        N = int(o["n_ratings"])
+        m = o["n_rows"] or max(20, N // 50)
+        n = o["n_cols"] or max(10, N // 200)
+        seed, rk = int(o["seed"]), int(o["rank"])
+        U = self._factor(seed, 1, m, rk)
+        V = self._factor(seed, 2, n, rk)
+        prow = np.random.default_rng([seed, 3]).permutation(m)
+        pcol = np.random.default_rng([seed, 4]).permutation(n)
+        crow = np.cumsum((np.arange(1, m + 1, dtype=np.float64)) ** -o["zipf"])
+        ccol = np.cumsum((np.arange(1, n + 1, dtype=np.float64)) ** -o["zipf"])
+        nchunks = -(-N // GEN_CHUNK)
+        rows, cols, vals = [], [], []
+        for c in range(comm.rank, nchunks, comm.size):
+            cnt = min(GEN_CHUNK, N - c * GEN_CHUNK)
+            rng = np.random.default_rng([seed, 5, c])
+            i = prow[np.minimum(np.searchsorted(crow, rng.random(cnt) * crow[-1]), m - 1)]
+            j = pcol[np.minimum(np.searchsorted(ccol, rng.random(cnt) * ccol[-1]), n - 1)]
+            v = o["mean"] + np.einsum("ij,ij->i", U[i], V[j]) + o["noise"] * rng.standard_normal(cnt)
+            rows.append(i)
+            cols.append(j)
+            vals.append(v)
+        r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        c_ = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        v = np.concatenate(vals) if vals else np.zeros(0)
+        if o["test_fraction"] > 0:
+            test = hash_uniform(r, c_, seed) < o["test_fraction"]
+            return r[~test], c_[~test], v[~test], r[test], c_[test], v[test], m, n
+        return (r, c_, v, *_empty(), m, n)
+
+    @staticmethod
+    def _factor(seed: int, which: int, rows: int, rk: int) -> np.ndarray:
+        from ..mf.init import random_rows
+        return random_rows(seed + 7919 * which, 99, 0, rows, rk, 1.0 / np.sqrt(np.sqrt(rk)))

@@ -1,0 +1,84 @@
+"""``dsgd``: stratified SGD for matrix factorization (Gemulla, Nijkamp, Haas, Sismanis, KDD 2011)
+on the HAMSI block grid.
+
+    for each epoch: for each stratum s (seeded order):
+        every rank, for each of its blocks (rb, (rb - s) mod nb) in parallel:
+            SGD over the block's ratings in a seeded random order, minibatches of b ratings:
+                e = a_i.b_j - v;  a_i -= lr (e b_j + lam_i a_i);  b_j -= lr (e a_i + lam_j b_j)
+        (updates in a minibatch are computed at the same point and summed)
+    lr = lr0 / (1 + decay * epoch)
+
+The column block a rank updates comes from its home rank and goes back after the stratum (same
+ring exchange as HAMSI). Random streams are keyed by (seed, epoch, stratum, block): no RNG state
+to save, and the same iterates at any rank count for a fixed ``solver.blocks``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..mf.solver import MFSolver, common_options
+from ..options import Option
+from ..registry import register_solver
+
+
+@register_solver("dsgd")
+class DSGD(MFSolver):
+    summary = "DSGD: stratified (minibatch) SGD for matrix factorization, column blocks rotating between ranks"
+    demo_settings = {"problem.n_ratings": 100000, "problem.latent_dim": 10, "solver.max_epochs": 20}
+    options = (
+        *common_options(max_epochs=50),
+        Option("lr", 0.01, "initial learning rate lr0 (per rating)", float, low=0.0, low_open=True),
+        Option("decay", 0.05, "lr = lr0 / (1 + decay * epoch)", float, low=0.0),
+        Option("batch_size", 256, "ratings per vectorized minibatch inside a block (1: plain SGD, slow)", int, low=1),
+    )
+
+    def __init__(self, problem, options, ctx):
+        super().__init__(problem, options, ctx)
+        mf, lam = self.mf, self.lam
+        uniform = problem.opts["reg"] == "uniform"
+        self.row_lam, self.col_lam = [], []
+        for t, b in enumerate(mf.groups):
+            rc = problem.row_counts[mf.rcuts[b]:mf.rcuts[b + 1]]
+            self.row_lam.append(lam / np.maximum(rc, 1) if uniform else np.full(rc.size, lam))
+        self.col_lam_all = (lam / np.maximum(problem.col_counts, 1) if uniform
+                            else np.full(problem.col_counts.size, lam))
+
+    def run_epoch(self):
+        o, mf = self.opts, self.mf
+        x = mf.x
+        lr = o["lr"] / (1.0 + o["decay"] * self.epoch)
+        order = np.random.default_rng([self.seed, 0xD5, self.epoch]).permutation(mf.nb)
+        for s in order:
+            s = int(s)
+            Bs = mf.fetch(s, x)
+            for t, b in enumerate(mf.groups):
+                c = (b - s) % mf.nb
+                rng = np.random.default_rng([self.seed, self.epoch, s, b])
+                self._sgd_block(mf.blocks[s][t], mf.A(x, t), Bs[t], lr, rng, self.row_lam[t],
+                                self.col_lam_all[mf.ccuts[c]:mf.ccuts[c + 1]])
+            mf.send_home(s, Bs, x)
+        return None
+
+    def _sgd_block(self, blk, A, B, lr, rng, lam_r, lam_c) -> None:
+        if blk.nnz == 0:
+            return
+        perm = rng.permutation(blk.nnz)
+        bs = self.opts["batch_size"]
+        with np.errstate(over="ignore", invalid="ignore"):   # divergence shows up as a NaN objective
+            self._sgd_batches(blk, A, B, lr, perm, bs, lam_r, lam_c)
+
+    def _sgd_batches(self, blk, A, B, lr, perm, bs, lam_r, lam_c) -> None:
+        for lo in range(0, blk.nnz, bs):
+            idx = perm[lo:lo + bs]
+            i, j = blk.i[idx], blk.j[idx]
+            Ai, Bj = A[i], B[j]
+            err = np.einsum("ij,ij->i", Ai, Bj) - blk.v[idx]
+            gA = err[:, None] * Bj
+            gB = err[:, None] * Ai
+            if self.lam > 0:
+                gA += lam_r[i][:, None] * Ai
+                gB += lam_c[j][:, None] * Bj
+            gA *= -lr
+            gB *= -lr
+            np.add.at(A, i, gA)
+            np.add.at(B, j, gB)
