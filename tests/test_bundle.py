@@ -1,0 +1,233 @@
+"""Level bundle building blocks and the master logic under the discrete-event simulator (one core)."""
+import math
+
+import numpy as np
+import pytest
+
+from mpiopt.bundle.master import Answer, LevelBundleMaster, Params
+from mpiopt.bundle.model import CutModel, UpperModel
+from mpiopt.bundle.qp import INFEASIBLE, OPTIMAL, LevelQP, ModelLP, aggregate_bound
+from mpiopt.bundle.simulate import simulate
+from mpiopt.bundle.subgradient import SubgradientMaster
+from mpiopt.comm import world
+from mpiopt.errors import InputError
+from mpiopt.options import resolve
+from mpiopt.problems.block_lp import BlockLPDual
+from mpiopt.problems.oracle import DelayModel
+from mpiopt.problems.polyhedral import Polyhedral
+
+
+def make_problem(cls=Polyhedral, **sets):
+    cfg = resolve({"problem": cls.options}, [(f"problem.{k}", v, "test") for k, v in sets.items()])["problem"]
+    p = cls(cfg, world())
+    p.setup()
+    p.compute_reference()
+    return p
+
+
+@pytest.fixture(scope="module")
+def poly():
+    return make_problem(n=12, m=6, rows=20, delay_mean=1.0, delay_spread=3.0, delay_noise=1.0)
+
+
+def run_sim(p, variant, workers=None, **kw):
+    owners = [[i] for i in range(p.m)] if workers is None else [list(range(w, p.m, workers)) for w in range(workers)]
+    params = Params(variant=variant, rtol=kw.pop("rtol", 1e-6), **{k: v for k, v in kw.items() if k != "batch"})
+    M = LevelBundleMaster(p.n_vars, p.m, p.lower, p.upper, p.lipschitz, owners, params, x0=p.x0(), exact=p.exact)
+    p.delays = DelayModel(p.m, 1.0, 3.0, 1.0, seed=5)
+    res = simulate(M, [p.make_oracle(i) for i in range(p.m)], p.delays, batch=kw.get("batch", True))
+    return M, res
+
+
+def random_model(n=6, m=3, k=5, seed=0):
+    rng = np.random.default_rng(seed)
+    M = CutModel(n, m)
+    for _ in range(k):
+        M.add(np.arange(m), rng.normal(size=(m, n)), rng.normal(size=m), rng.uniform(-1, 1, n))
+    return M
+
+
+# -- model, QP, bounds -------------------------------------------------------------------------------
+def test_cut_model_values_and_compression():
+    M = random_model()
+    x = np.linspace(-1, 1, 6)
+    G, e, comp = M.rows
+    manual = sum(max(G[j] @ x + e[j] for j in range(M.count) if comp[j] == i) for i in range(3))
+    assert M.value(x) == pytest.approx(manual)
+    lam = np.zeros(M.count)
+    lam[0] = 1.0                                   # oldest cut of component 0 is active
+    dropped = M.compress(lam, max_cuts=2)
+    assert dropped == 15 - 6
+    assert M.counts().tolist() == [2, 2, 2]
+    assert 0 in M.stamp[:M.count]                   # active cut kept
+    assert {12, 13, 14} <= set(M.stamp[:M.count])   # newest cut of every component kept
+    st = M.state_dict()
+    M2 = CutModel(6, 3)
+    M2.load_state_dict(st)
+    assert np.array_equal(M2.rows[0], M.rows[0]) and M2.value(x) == M.value(x)
+
+
+@pytest.mark.parametrize("solver", ["daqp", "highs"])
+def test_level_qp_projection_and_infeasibility(solver):
+    M = random_model(k=6, seed=1)
+    lo, up = -np.ones(6), np.ones(6)
+    fmin = ModelLP(lo, up, 3).solve(M)
+    G, e, comp = M.rows
+    xc = np.full(6, 0.9)
+    qp = LevelQP(lo, up, 3, solver)
+    r = qp.solve(G, e, comp, xc, fmin + 0.5)
+    assert r.status == OPTIMAL
+    assert M.value(r.x) <= fmin + 0.5 + 1e-6 and np.all(r.x >= lo) and np.all(r.x <= up)
+    # a feasible point farther from xc than the projection: the projection is not worse
+    r2 = qp.solve(G, e, comp, xc, fmin + 0.1)
+    assert np.linalg.norm(r2.x - xc) >= np.linalg.norm(r.x - xc) - 1e-7     # nested levels -> farther
+    assert qp.solve(G, e, comp, xc, fmin - 1e-3).status == INFEASIBLE
+    agg = aggregate_bound(G, e, comp, r.lam, 3, lo, up)
+    assert agg <= fmin + 1e-7                       # a valid lower bound of min_X fv
+
+
+def test_aggregate_bound_without_multipliers_uses_newest_cut():
+    M = random_model(k=3, seed=2)
+    G, e, comp = M.rows
+    lo, up = -np.ones(6), np.ones(6)
+    b = aggregate_bound(G, e, comp, None, 3, lo, up)
+    newest = [np.flatnonzero(comp == i)[-1] for i in range(3)]
+    c = G[newest].sum(axis=0)
+    assert b == pytest.approx(e[newest].sum() + np.minimum(c * lo, c * up).sum())
+
+
+def test_upper_model_is_an_upper_bound(poly):
+    p = poly
+    um = UpperModel(p.n_vars, p.m, p.lipschitz, max_points=4)
+    rng = np.random.default_rng(3)
+    oracles = [p.make_oracle(i) for i in range(p.m)]
+    for _ in range(6):                         # more points than slots: ring buffer
+        z = rng.uniform(-1, 1, p.n_vars)
+        um.add(np.arange(p.m), np.array([o(z, 0)[2] for o in oracles]), z)
+    Y = rng.uniform(-1, 1, (20, p.n_vars))
+    assert np.all(um.values(Y) >= np.array([p.evaluate(y) for y in Y]) - 1e-9)
+    assert um.values(z)[0] == pytest.approx(p.evaluate(z))
+
+
+def test_delay_model_seeded_lognormal():
+    d1, d2 = DelayModel(4, 1.0, 10.0, 1.0, seed=7), DelayModel(4, 1.0, 10.0, 1.0, seed=7)
+    a = [d1.draw(3) for _ in range(2000)]
+    assert a[:5] == [d2.draw(3) for _ in range(5)]
+    assert np.mean(a) == pytest.approx(10.0, rel=0.15)       # mean mu0*spread, noise has mean 1
+    assert DelayModel(4, 1.0, 10.0, 0.0).draw(0) == 1.0
+
+
+# -- the master under the simulator ------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["sync", "upper_model", "coordination"])
+def test_simulated_runs_bracket_fstar_and_keep_invariants(poly, variant):
+    p = poly
+    fstar = p.reference_objective
+    M, res = run_sim(p, variant, rtol=1e-6)
+    assert M.status == "converged" and M.stop_rule == "gap"
+    assert M.f_low <= fstar + 1e-7 <= M.f_up + 2e-7
+    assert M.gap <= 1e-6 * abs(M.f_up) + 1e-12
+    fb = p.evaluate(M.x_best)
+    if variant == "upper_model":
+        assert fb <= M.f_up + 1e-9                       # f_up is a valid upper model at x_best
+    else:
+        assert fb == pytest.approx(M.f_up, rel=1e-12, abs=1e-9)    # f_up is f(x_best)
+    h = res.history
+    assert np.all(np.diff(h["f_low"]) >= 0) and np.all(np.diff(h["f_up"]) <= 0)
+    assert max(h["f_low"]) <= fstar + 1e-7
+    tr = M.trace.array()
+    assert np.all(tr["f_low"] <= fstar + 1e-7)
+    # inside a cycle: levels non-increasing, ||x_k - xc|| non-decreasing (nested level sets)
+    for c in np.unique(tr["cycle"]):
+        sel = tr["cycle"] == c
+        assert np.all(np.diff(tr["lev"][sel]) <= 1e-12)
+        d = tr["dist"][sel & (tr["infeasible"] == 0)]
+        assert np.all(np.diff(d) >= -1e-6 * max(1.0, d.max(initial=0)))
+    # cycles <= log(gap_1/tol)/log(1/(1-alpha)) + #infeasible QPs + 1
+    gap1 = h["f_up"][0] - h["f_low"][0]
+    bound = math.log(gap1 / (1e-6 * abs(M.f_up))) / math.log(2.0) + M.n_infeasible + 1
+    assert M.cycle <= bound
+
+
+def test_simulation_is_deterministic_and_async_variants_differ_from_sync(poly):
+    M1, r1 = run_sim(poly, "coordination")
+    M2, r2 = run_sim(poly, "coordination")
+    assert np.array_equal(M1.x_best, M2.x_best) and r1.time == r2.time and M1.k == M2.k
+    Ms, rs = run_sim(poly, "sync")
+    assert Ms.evals.min() == Ms.evals.max()          # sync: every oracle every round
+    assert M1.evals.max() > M1.evals.min()            # async: fast oracles answer more often
+    assert M1.n_coords >= 1
+
+
+def test_unbatched_and_workers_owning_several_components(poly):
+    M, _ = run_sim(poly, "upper_model", workers=3, batch=False, rtol=1e-5)
+    assert M.status == "converged"
+    assert M.f_low <= poly.reference_objective + 1e-7 <= M.f_up + 1e-7
+    assert M.evals.sum() == M.answers * 2             # every answer carries two components
+
+
+def test_master_rejects_oracle_answers_after_stop(poly):
+    p = poly
+    M = LevelBundleMaster(p.n_vars, p.m, p.lower, p.upper, p.lipschitz, [[i] for i in range(p.m)], Params())
+    reqs = M.start()
+    assert len(reqs) == p.m and not M.idle.any()
+    M.stop("max_time", "budget")
+    o = p.make_oracle(0)
+    fl, g, fu = o(reqs[0].x, 0)
+    M.receive([Answer(0, 0, -1, np.array([0]), np.array([fl]), np.array([fu]), g[None])])
+    assert M.done and M.idle[0] and M.dispatch() == []
+
+
+def test_sync_checkpoint_state_round_trip_is_bit_identical(poly):
+    p = poly
+    oracles = [p.make_oracle(i) for i in range(p.m)]
+    owners = [[i] for i in range(p.m)]
+    A = LevelBundleMaster(p.n_vars, p.m, p.lower, p.upper, p.lipschitz, owners, Params(max_iter=8))
+    simulate(A, oracles, DelayModel(p.m))
+    st = A.state_dict()
+    B = LevelBundleMaster(p.n_vars, p.m, p.lower, p.upper, p.lipschitz, owners, Params())
+    B.load_state_dict(st)
+    B.phase, B.status = "run", None
+    A.p.max_iter = 100000
+    A.phase, A.status = "run", None
+    A.pending = True
+    ra = simulate(A, oracles, DelayModel(p.m))
+    rb = simulate(B, oracles, DelayModel(p.m))
+    assert A.done and B.done and np.array_equal(A.x_best, B.x_best) and A.f_low == B.f_low and A.k == B.k
+    assert ra.history["f_up"] == rb.history["f_up"]
+
+
+def test_block_lp_dual_bounds_and_inexact_oracles():
+    p = make_problem(BlockLPDual, n=20, m=4, block_size=12)
+    fstar = p.reference_objective
+    M, _ = run_sim(p, "coordination", rtol=1e-6)
+    assert M.status == "converged" and M.f_low <= fstar + 1e-6 <= M.f_up + 1e-6
+    q = make_problem(BlockLPDual, n=15, m=3, block_size=8, integer=True)
+    assert q.reference_objective is None and not q.exact
+    o = q.make_oracle(0)
+    lam = q.upper * 0.1
+    fl, g, fu = o(lam, 1e-3)
+    assert fl <= fu + 1e-9
+    rng = np.random.default_rng(0)
+    for _ in range(5):                                   # the cut is a valid minorant of f^0
+        y = rng.uniform(q.lower, q.upper)
+        fy = o(y, 0.0)[2]
+        assert fl + g @ (y - lam) <= fy + 1e-6
+    Mi, _ = run_sim(q, "sync", rtol=1e-6)
+    assert Mi.status == "converged" and Mi.stop_rule in ("gap", "inexactness")
+    assert Mi.f_low <= Mi.f_up
+
+
+def test_projected_subgradient_master_converges_slowly(poly):
+    p = poly
+    S = SubgradientMaster(p.n_vars, p.m, p.lower, p.upper, [[i] for i in range(p.m)],
+                          fstar=p.reference_objective, max_iter=300)
+    simulate(S, [p.make_oracle(i) for i in range(p.m)], DelayModel(p.m))
+    assert S.status == "max_iter"
+    assert S.f_low <= p.reference_objective <= S.f_up
+    assert S.f_up - p.reference_objective < 0.05 * abs(p.reference_objective)
+
+
+def test_bad_box_is_an_input_error():
+    p = make_problem(n=3, m=2)
+    with pytest.raises(InputError, match="box"):
+        p.init_box(3, 2, 1.0, -1.0, [1, 1])
