@@ -439,11 +439,20 @@ class AsyncSubgradient(Solver):
                 "updates_per_s": total_k / max(1e-9, wall), "comm_fraction": cs / max(1e-12, cs + cp),
                 "n_workers": len(self.workers)}}
         extra = comm.bcast_obj(extra)
-        msg = {R.MAX_ITER: f"reached max_epochs={self.opts['max_epochs']}"}.get(status, R.stop_message(status))
         updates, samples = self.control.counters()
+        self.free()
+        msg = {R.MAX_ITER: f"reached max_epochs={self.opts['max_epochs']}"}.get(status, R.stop_message(status))
         return R.make_result(x, train_loss, updates, status, msg, test_loss=test_loss,
                              test_accuracy=test_acc, epochs=samples / self.problem.n_train,
                              lost_updates=lost, extra_groups=extra, solution={"x": x})
+
+    def free(self) -> None:
+        """Collective: free the windows (end of the run)."""
+        if self.blocks is not None:
+            self.blocks.free()
+        if self.vec is not None:
+            self.vec.free()
+        self.control.free()
 
     def _lost_updates(self) -> int:
         """Collective at a consistent cut: applied writes (counted in the vector / block versions)

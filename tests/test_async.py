@@ -1,0 +1,258 @@
+"""async_subgradient over MPI RMA windows: lost updates, PASSM ownership, busy host, consistent
+snapshots, checkpoint state; end-to-end runs of every method and of the ddp baseline."""
+import time
+
+import numpy as np
+import pytest
+
+from conftest import run_mpi
+
+
+def _solver(comm, method, **solver_opts):
+    """An AsyncSubgradient on digits with a small CNN, built the way run.py builds it."""
+    from mpiopt import options as O
+    from mpiopt.context import RunContext
+    from mpiopt.problems.torch_models import Digits
+    from mpiopt.solvers.async_subgradient import AsyncSubgradient
+    values = [("solver.method", method, "test"), ("problem.width", 4, "test")]
+    values += [(f"solver.{k}", v, "test") for k, v in solver_opts.items()]
+    cfg = O.resolve({"solver": AsyncSubgradient.options, "problem": Digits.options, "run": O.RUN_OPTIONS}, values)
+    problem = Digits(cfg["problem"], comm)
+    problem.setup()
+    ctx = RunContext(comm, cfg["run"], quiet=True)
+    return AsyncSubgradient(problem, cfg["solver"], ctx)
+
+
+@pytest.mark.mpi(ranks=3, timeout=90)
+def test_accumulate_and_locked_writes_lose_no_update():
+    from mpi4py import MPI
+    from mpiopt.comm import Comm
+    from mpiopt.comm.shared_model import Control, HostedVector, UPDATES, SAMPLES
+    c = Comm(MPI.COMM_WORLD)
+    R, n = 150, 5000
+    vec = HostedVector(c, n, shared=False)
+    ctl = Control(c, shared=False)
+    ones = np.ones(n, np.float32)
+    for _ in range(R):                        # HW: lock-free element-atomic adds from every rank
+        vec.add(ones)
+        ctl.count_update(7)
+    word = HostedVector(c, 1, shared=True)
+    v = np.empty(1, np.float32)
+    for _ in range(40):                       # ASSM: read-modify-write under the CAS lock
+        with ctl.writing(consistent=True, locked=True):
+            word.read(v)
+            word.win.put(0, v + 1)
+    c.Barrier()
+    if c.rank == 0:
+        assert (vec.win.local == R * c.size).all()
+        assert ctl.win.local[UPDATES] == R * c.size and ctl.win.local[SAMPLES] == 7 * R * c.size
+        assert word.win.local[0] == 40 * c.size
+    c.Barrier()
+    word.free(); ctl.free(); vec.free()
+
+
+@pytest.mark.mpi(ranks=3, timeout=90)
+def test_passm_blocks_change_only_by_their_owner():
+    from mpi4py import MPI
+    from mpiopt.comm import Comm
+    from mpiopt.comm.shared_model import BlockVector
+    c = Comm(MPI.COMM_WORLD)
+    # plumbing: every rank owns one block and adds 1 in place R times while reading the others
+    ranges = [(0, 1000), (1000, 1500), (1500, 4000)]
+    bv = BlockVector(c, 4000, ranges, owners=[0, 1, 2], shared=True)
+    buf = np.zeros(4000, np.float32)
+    for _ in range(60):
+        with bv.writing() as mine:
+            mine += 1
+        bv.read_others(buf)
+    c.Barrier()
+    bv.read_all(buf, consistent=True)
+    assert (buf == 60).all() and bv.ver.local[0] == 120
+    c.Barrier()
+    bv.free()
+    # the solver: only worker 1 trains; x changes inside its block and nowhere else
+    s = _solver(c, "passm", momentum=0.5)
+    x0 = s._gather_vector()
+    if c.rank == 1:
+        for _ in range(3):
+            s._worker_iteration(0.0)
+        assert s.k == 3 and np.abs(s.u).sum() > 0
+    if c.rank == 2:
+        assert s.k == 0 and not s.u.any()
+    c.Barrier()
+    x1 = s._gather_vector()
+    lo, hi = c.bcast_obj((s.lo, s.hi) if c.rank == 1 else None, root=1)
+    if c.rank == 0:
+        changed = np.flatnonzero(x1 != x0)
+        assert changed.size > 0 and changed.min() >= lo and changed.max() < hi
+        assert (lo, hi) == s.blocks.ranges[0] and s.blocks.owners == [1, 2]
+    assert s._lost_updates() == 0
+    s.free()
+
+
+@pytest.mark.mpi(ranks=3, timeout=90)
+def test_busy_window_host_does_not_stall_reads_or_writes():
+    from mpi4py import MPI
+    from mpiopt.comm import Comm
+    from mpiopt.comm.shared_model import BlockVector, Control, HostedVector
+    c = Comm(MPI.COMM_WORLD)
+    n = 20000
+    vec = HostedVector(c, n, shared=False)
+    ctl = Control(c, shared=False)
+    bv = BlockVector(c, n, [(0, n // 2), (n // 2, n)], owners=[0, 1], shared=False)
+    c.Barrier()
+    if c.rank == 0:                          # hosts the vector, the control words and block 0
+        t = time.perf_counter()
+        a = np.random.default_rng(0).random((300, 300))
+        while time.perf_counter() - t < 1.0:  # 1 s of computation outside MPI
+            a = a @ a
+            a /= np.abs(a).max()
+    else:
+        x = np.empty(n, np.float32)
+        d = np.full(n, 0.5, np.float32)
+        worst = 0.0
+        t_end = time.perf_counter() + 1.0
+        while time.perf_counter() < t_end:
+            t1 = time.perf_counter()
+            vec.read(x)
+            with ctl.writing(consistent=True, locked=True):
+                vec.add(d)
+            ctl.count_update(1)
+            bv.read_block(0, x[: n // 2], consistent=True)
+            worst = max(worst, time.perf_counter() - t1)
+        assert worst < 0.3, f"an operation waited {worst:.2f}s for a busy host"
+    c.Barrier()
+    bv.free(); ctl.free(); vec.free()
+
+
+@pytest.mark.mpi(ranks=3, timeout=90)
+def test_consistent_snapshots_never_mix_versions():
+    from mpi4py import MPI
+    from mpiopt.comm import Comm
+    from mpiopt.comm.shared_model import BlockVector, Control, HostedVector
+    c = Comm(MPI.COMM_WORLD)
+    n = 200000
+    vec = HostedVector(c, n, shared=True)
+    ctl = Control(c, shared=True)
+    bv = BlockVector(c, 2 * n, [(0, n), (n, 2 * n)], owners=[1, 2], shared=True)
+    stop = Control(c, shared=True)            # word 0 of another control window: writers stop when set
+    c.Barrier()
+    if c.rank == 0:
+        mixed_hosted = mixed_block = 0
+        seen = set()
+        part = np.empty(n, np.float32)
+        for _ in range(25):
+            with ctl.paused():                # pause-flag protocol
+                snap = vec.host_copy()
+            mixed_hosted += snap.min() != snap.max()
+            seen.add(float(snap[0]))
+            for j in range(2):                # per-block version words
+                bv.read_block(j, part, consistent=True)
+                mixed_block += part.min() != part.max()
+            time.sleep(0.01)
+        stop.write(0, 1)
+        assert mixed_hosted == 0 and mixed_block == 0
+        assert len(seen) > 3                  # the writers really were writing meanwhile
+    else:
+        ones = np.ones(n, np.float32)
+        while stop.read(0) == 0:
+            with ctl.writing(consistent=True, locked=False):
+                vec.add(ones)                 # +1 everywhere: a consistent copy is constant
+            with bv.writing() as mine:
+                mine += 1                     # in-place, element by element: torn unless checked
+    c.Barrier()
+    stop.free(); bv.free(); ctl.free(); vec.free()
+
+
+@pytest.mark.mpi(ranks=3, timeout=120)
+@pytest.mark.parametrize("method", ["hw", "passm"])
+def test_checkpoint_state_restores_parameters_momentum_counters_rng(method):
+    from mpi4py import MPI
+    from mpiopt.comm import Comm
+    from mpiopt.io.checkpoint import CheckpointManager, load_checkpoint
+    c = Comm(MPI.COMM_WORLD)
+    s = _solver(c, method, sampling="shuffle")
+    if s.is_worker:
+        for _ in range(3):
+            s._worker_iteration(0.0)
+    c.Barrier()
+    state = s.state_dict()
+    folder = c.bcast_obj(__import__("tempfile").mkdtemp() if c.rank == 0 else None)
+    if c.rank == 0:                           # through a real checkpoint file
+        CheckpointManager(folder).save(6, {"solver": "async_subgradient", "problem": "digits"}, state)
+    c.Barrier()
+    back = load_checkpoint(CheckpointManager(folder).latest(), "async_subgradient", "digits").state
+    t = _solver(c, method, sampling="shuffle")
+    assert t.k == 0 and not t.u.any()
+    t.load_state_dict(back)
+    assert t.k == s.k and np.array_equal(t.u, s.u) and t.alpha == s.alpha
+    assert t.rng.bit_generator.state == s.rng.bit_generator.state and t.perm_pos == s.perm_pos
+    assert np.array_equal(t.perm, s.perm)
+    xs, xt = s._gather_vector(), t._gather_vector()
+    assert t.control.counters() == s.control.counters() == (6, 6 * 64)
+    if c.rank == 0:
+        assert np.array_equal(xs, xt) and not np.array_equal(xs, s.flat.flat_np)
+    if s.is_worker:                           # the restored worker continues exactly as the original
+        a, b = s._sample(), t._sample()
+        assert np.array_equal(a, b)
+    assert t._lost_updates() == 0
+    s.free(); t.free()
+
+
+# -- end to end through the CLI --------------------------------------------------------------------
+ARGS = ["--set", "problem.width=8", "run.snapshot_every=0.5", "--seed", "3"]
+
+
+@pytest.mark.parametrize("method", ["sgd", "hw", "assm", "passm"])
+def test_each_method_decreases_the_loss_on_digits_at_2_ranks(tmp_path, method):
+    from mpiopt.io import load_result
+    out = tmp_path / "r.h5"
+    p = run_mpi(["async_subgradient", "--problem", "digits", *ARGS, f"solver.method={method}",
+                 "solver.max_epochs=5", "--out", out], n=2, timeout=120)
+    assert p.returncode == 0, p.output
+    r = load_result(str(out))
+    h = r.history
+    assert h["objective"][-1] < 0.6 * h["objective"][0], h["objective"]
+    assert h["test_accuracy"][-1] > 0.6 and h["epoch"][-1] >= 5
+    assert r.groups["summary"]["lost_updates"] == 0 and r.groups["summary"]["method"] == method
+    assert r.groups["snapshots"].shape[0] == len(h["objective"])      # one saved vector per snapshot
+    assert np.array_equal(r.groups["snapshots"][-1], r.solution["x"])
+    w = r.groups["workers"]["rank1"]
+    assert w["k"] > 0 and set(w) >= {"time", "train_loss", "updates_per_s", "comm_fraction", "epoch"}
+
+
+def test_passm_resume_continues_from_checkpoint_and_bad_input_exits_2(tmp_path):
+    from mpiopt.io import load_result
+    ck = tmp_path / "ck"
+    base = ["async_subgradient", *ARGS, "solver.method=passm", "solver.snapshot_mode=consistent",
+            "--checkpoint-dir", ck, "--checkpoint-every", "40"]
+    p = run_mpi([*base, "solver.max_epochs=3", "--out", tmp_path / "a.h5"], n=3, timeout=120)
+    assert p.returncode == 0, p.output
+    assert (ck / "latest").exists()
+    p = run_mpi([*base, "solver.max_epochs=5", "--resume", "latest", "--out", tmp_path / "b.h5"], n=3, timeout=120)
+    assert p.returncode == 0 and "resumed from" in p.output, p.output
+    a, b = load_result(str(tmp_path / "a.h5")), load_result(str(tmp_path / "b.h5"))
+    assert b.history["epoch"][-1] >= 5 and b.history["epoch"][0] == 0      # history carried over
+    assert b.history["iteration"][-1] > a.history["iteration"][-1] - 40 and b.groups["summary"]["lost_updates"] == 0
+    p = run_mpi(["async_subgradient", "--problem", "mnist", "--out", tmp_path / "c.h5"], n=2, timeout=60)
+    assert p.returncode == 2 and p.output.count("problem.path") == 1, p.output
+
+
+def test_ddp_baseline_trains_and_is_reproducible(tmp_path):
+    from mpiopt.io import load_result
+    xs = []
+    for i in range(2):
+        out = tmp_path / f"d{i}.h5"
+        p = run_mpi(["ddp", "--problem", "digits", *ARGS, "solver.max_epochs=4", "--out", out], n=2, timeout=120)
+        assert p.returncode == 0, p.output
+        r = load_result(str(out))
+        assert r.history["objective"][-1] < 0.6 * r.history["objective"][0]
+        assert r.history["test_accuracy"][-1] > 0.6
+        xs.append(r.solution["x"])
+    assert np.array_equal(xs[0], xs[1])
+
+
+def test_demo_runs(tmp_path):
+    p = run_mpi(["async_subgradient"], n=3, timeout=120, cwd=tmp_path)
+    assert p.returncode == 0, p.output
+    assert "status: max_iter" in p.output
