@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,15 @@ class Proc:
         return self.stdout + self.stderr
 
 
+def find_mpirun(python: str | None = None) -> str:
+    """The mpirun installed beside ``python`` (PyPI mpich), else the first on PATH."""
+    if python:
+        cand = os.path.join(os.path.dirname(python), "mpirun")
+        if os.path.exists(cand):
+            return cand
+    return shutil.which("mpirun", path=sysconfig.get_path("scripts")) or shutil.which("mpirun") or "mpirun"
+
+
 def mpi_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -40,7 +51,7 @@ def run_mpi(args: list[str], n: int = 2, timeout: float = 120, cwd: str | os.Pat
     """``mpirun -n N python -m MODULE ARGS`` in its own session; killed as a group on timeout.
 
     ``send_signal_after``: deliver ``sig`` to the whole process group after that many seconds."""
-    cmd = ["mpirun", "-n", str(n), python or sys.executable, "-m", module, *map(str, args)]
+    cmd = [find_mpirun(python), "-n", str(n), python or sys.executable, "-m", module, *map(str, args)]
     p = subprocess.Popen(cmd, cwd=cwd, env=mpi_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, start_new_session=True)
     try:
