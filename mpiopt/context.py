@@ -115,7 +115,7 @@ class RunContext:
                 if now - self._last_flush > 1.0:
                     self.writer.flush()
                     self._last_flush = now
-            if self._progress is not None and (iteration >= self._next_report or
+            if self._progress is not None and (self._progress.mode == "bar" or iteration >= self._next_report or
                                                (self._progress_total and iteration >= self._progress_total)):
                 self._progress.update(iteration, row["time"], values)
                 while self._next_report <= iteration:

@@ -7,17 +7,30 @@ import time
 from typing import Any
 
 
+def _ancestor_on_terminal(levels: int = 4) -> bool:
+    """Whether a parent process (mpirun/mpiexec, the hydra proxy) writes to a terminal: under mpirun a
+    rank's own stdout is a pipe even when the user watches a terminal."""
+    pid = os.getppid()
+    for _ in range(levels):
+        if pid <= 1:
+            return False
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/1")
+            if target.startswith(("/dev/pts/", "/dev/tty")):
+                return True
+            with open(f"/proc/{pid}/stat") as fh:
+                pid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
 def _has_terminal() -> bool:
     if sys.stdout.isatty() or sys.stderr.isatty():
         return True
-    if os.environ.get("SLURM_JOB_ID") or os.environ.get("CI"):
+    if os.environ.get("CI"):
         return False
-    try:  # under mpirun stdout is a pipe, but the job may still run in a terminal
-        fd = os.open("/dev/tty", os.O_WRONLY)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
+    return _ancestor_on_terminal()
 
 
 def format_values(values: dict[str, Any], limit: int = 6) -> str:

@@ -244,6 +244,10 @@ def execute(spec: RunSpec, verbose: bool = False, quiet: bool = False) -> int:
     t_setup = time.perf_counter()
     collective_check(comm, problem.setup)
     say(f"problem: {problem.describe()} (set up in {time.perf_counter() - t_setup:.2f}s)")
+    if verbose:
+        local = getattr(problem, "n_local", None)
+        print(f"[rank {rank}] set up in {time.perf_counter() - t_setup:.2f}s"
+              + (f", {local} local samples" if local is not None else ""), flush=True)
     problem.compute_reference()
     if problem.reference_objective is not None:
         say(f"reference objective F* = {problem.reference_objective:.10g}")

@@ -27,7 +27,7 @@ def test_demo_writes_result_file(tmp_path):
     assert a["wall_time"] > 0 and a["started"] <= a["finished"]
     for k in ("version_mpiopt", "version_numpy", "version_mpi4py", "version_mpi_library"):
         assert a[k]
-    assert r.config["solver"]["max_iter"] == 300 and r.config["run"]["out"] == "mpiopt-demo.h5"
+    assert r.config["solver"]["max_iter"] == 500 and r.config["run"]["out"] == "mpiopt-demo.h5"
     n = len(r.history["iteration"])
     assert n > 10 and all(len(v) == n for v in r.history.values())
     assert {"iteration", "time", "objective", "gap", "bytes_sent"} <= set(r.history)

@@ -32,8 +32,8 @@ class ProxSGD(Solver):
     summary = "synchronous minibatch proximal SGD, gradients averaged by Allreduce (uncompressed baseline)"
     problem_kind = CompositeProblem
     default_problem = "logistic"
-    demo_settings = {"solver.max_iter": 300, "problem.n_samples": 20000, "problem.n_features": 200,
-                     "problem.l1": 1e-3}
+    demo_settings = {"solver.max_iter": 500, "solver.step0": 4.0, "problem.n_samples": 20000,
+                     "problem.n_features": 200, "problem.noise": 1.0, "problem.l1": 1e-3}
     options = (
         O.max_iter(1000),
         O.tol(0.0, "stop when ||x_t - x_t+1|| / step < tol (stochastic gradient mapping; 0: never)"),
