@@ -136,7 +136,7 @@ def test_aggregators_agree_with_numpy_vote_and_count_bytes():
     for encoding in ("1bit", "ternary"):
         codes = np.stack([code(r, encoding) for r in everyone])
         for tie in ("zero", "plus", "shared_random"):
-            W = n_words(n, 4)
+            W = n_words(n)
             want = numpy_vote(codes, tie, unpack_bits(tie_bits(9, 13, W), n))
             for method in AGGREGATORS:
                 agg = SignAggregator(comm, n, encoding, method, tie, seed=9)
@@ -151,7 +151,7 @@ def test_aggregators_agree_with_numpy_vote_and_count_bytes():
                 if P == 1:
                     assert agg.last_bytes == 0
                 elif method == "allgather":
-                    assert agg.payload_bytes == planes * 8 * n_words(n, 4)
+                    assert agg.payload_bytes == planes * 8 * n_words(n)
                     assert agg.last_bytes == (P - 1) * agg.payload_bytes
                 elif method == "twophase":
                     chunk_bytes = 8 * agg.chunk

@@ -236,7 +236,7 @@ class SignAggregator:
         self.planes = 1 if encoding == "1bit" else 2
         # twophase chunks: whole words, a multiple of 4 (tie-break stream alignment)
         self.chunk = n_words(n, 4 * P) // P if method == "twophase" else 0
-        self.words = self.chunk * P if method == "twophase" else n_words(n, 4)
+        self.words = self.chunk * P if method == "twophase" else n_words(n)
         W = self.words
         self.send = np.zeros((self.planes, W), dtype=np.uint64)
         self._work = np.empty(n, dtype=np.bool_)

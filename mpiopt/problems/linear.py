@@ -2,6 +2,7 @@
 scikit-learn's bundled datasets, sharded by rank."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,8 @@ class LinearModelProblem(CompositeProblem):
             w = np.ones(n)
             w[0] = 0.0
             return w
+        if not os.path.isfile(path):
+            raise InputError(f"problem.weights {path}: file not found")
         try:
             w = np.asarray(np.load(path, allow_pickle=False), dtype=np.float64).ravel()
         except (OSError, ValueError) as exc:

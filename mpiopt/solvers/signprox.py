@@ -70,9 +70,9 @@ class SignProx(Solver):
                "majority vote over ranks on packed words")
     problem_kind = CompositeProblem
     default_problem = "logistic"
-    demo_settings = {"solver.max_iter": 600, "solver.step0": 0.02, "problem.n_samples": 20000,
-                     "problem.n_features": 2000, "problem.density": 0.02, "problem.support": 0.05,
-                     "problem.l1": 1e-3}
+    demo_settings = {"solver.max_iter": 500, "solver.step0": 0.1, "problem.n_samples": 20000,
+                     "problem.n_features": 1000, "problem.density": 0.05, "problem.support": 0.05,
+                     "problem.l1": 2e-3}
     options = SIGN_OPTIONS
 
     # -- the algorithm's two hooks (baselines override them) --------------------------------------

@@ -1,0 +1,121 @@
+"""The signprox solver and its sign baselines end to end: convergence to F*, bit-identical replicas,
+bit-identical resume, the naive sign-then-prox failure, TV denoising, bad input, the demo."""
+import re
+
+import numpy as np
+import pytest
+
+from conftest import run_mpi
+from mpiopt.io import load_result
+
+SPARSE = ["problem.n_samples=4000", "problem.n_features=200", "problem.density=0.05", "problem.l1=0.01"]
+
+
+def _run(tmp_path, solver, sets, n=2, name="out", extra=(), timeout=240):
+    out = tmp_path / f"{name}.h5"
+    p = run_mpi([solver, "--problem", "logistic", "--out", out, *extra, "--set", "run.progress=none", *sets],
+                n=n, timeout=timeout, cwd=tmp_path)
+    assert p.returncode == 0, p.output
+    return load_result(str(out)), p
+
+
+@pytest.mark.parametrize("ranks", [1, 4])
+def test_converges_near_reference_optimum(tmp_path, ranks):
+    T = 400
+    res, _ = _run(tmp_path, "signprox", ["problem.dataset=breast_cancer", f"solver.max_iter={T}",
+                                         "solver.step0=0.05"], n=ranks)
+    fstar = res["reference_objective"]
+    assert res["fun"] - fstar < 1e-2
+    h = res.history
+    assert h["gap"][-1] < 0.2 * h["gap"][0]
+    # bytes on the wire from what was sent: 30 features -> one 8-byte word per message
+    assert h["bytes_iter"][-1] == (ranks - 1) * 8
+    assert h["bytes_sent"][-1] == T * (ranks - 1) * 8
+
+
+@pytest.mark.mpi(ranks=4, timeout=180)
+def test_replicas_bit_identical_after_many_iterations_at_4_ranks():
+    from mpi4py import MPI
+
+    from mpiopt.comm import Comm
+    from mpiopt.context import RunContext
+    from mpiopt.problems.linear import Logistic
+    from mpiopt.solvers.signprox import SignProx
+
+    comm = Comm(MPI.COMM_WORLD)
+    popts = {o.name: o.default for o in Logistic.options}
+    popts.update(n_samples=2000, n_features=300, density=0.05, l1=0.01, reference="no")
+    combos = [("1bit", "allgather", "zero", False), ("1bit", "twophase", "shared_random", True),
+              ("ternary", "int8_allreduce", "zero", True), ("ternary", "twophase", "plus", False)]
+    for encoding, aggregator, tie, ef in combos:
+        problem = Logistic(popts, comm)
+        problem.setup()
+        ctx = RunContext(comm, {"seed": 3, "progress": "none", "debug": True}, quiet=True)
+        sopts = {o.name: o.default for o in SignProx.options}
+        sopts.update(max_iter=60, encoding=encoding, aggregator=aggregator, tie=tie, error_feedback=ef,
+                     check_every=7, mapping_norm=False, step0=0.05)
+        res = SignProx(problem, sopts, ctx).solve()
+        xs = comm.allgather_obj(res.x_raw.tobytes())
+        assert all(b == xs[0] for b in xs), (encoding, aggregator, tie)
+        assert np.count_nonzero(res.x_raw) > 0
+        # every coordinate moved by whole steps: x is a signed sum of the gammas
+        assert res.nit == 60
+
+
+def test_resume_is_bit_identical(tmp_path):
+    sets = [*SPARSE, "solver.max_iter=40", "solver.encoding=ternary", "solver.error_feedback=true",
+            "solver.tie=shared_random", "solver.aggregator=twophase", "run.history_every=5"]
+    ck = tmp_path / "ck"
+    full, _ = _run(tmp_path, "signprox", sets, name="full",
+                   extra=["--checkpoint-dir", ck, "--checkpoint-every", "20", "--seed", "7"])
+    first = ck / "ckpt-000000020.h5"
+    assert first.exists(), sorted(p.name for p in ck.iterdir())
+    resumed, p = _run(tmp_path, "signprox", sets, name="resumed", extra=["--resume", first, "--seed", "7"])
+    assert "resumed from" in p.output
+    a, b = full.solution["x_raw"], resumed.solution["x_raw"]
+    assert a.tobytes() == b.tobytes()
+    assert full.history["bytes_sent"][-1] == resumed.history["bytes_sent"][-1]
+    # the error-feedback memory matters: without it the run differs
+    other, _ = _run(tmp_path, "signprox", [s for s in sets if "error_feedback" not in s], name="noef",
+                    extra=["--seed", "7"])
+    assert other.solution["x_raw"].tobytes() != a.tobytes()
+
+
+def test_sign_then_prox_fails_with_l1_where_signprox_does_not(tmp_path):
+    sets = [*SPARSE, "solver.max_iter=300", "solver.step0=0.05"]
+    sp, _ = _run(tmp_path, "signprox", sets, name="sp")
+    naive, _ = _run(tmp_path, "sign_then_prox", sets, name="naive")
+    fstar = sp["reference_objective"]
+    gap_sp, gap_naive = sp["fun"] - fstar, naive["fun"] - fstar
+    assert gap_sp < 0.02
+    assert gap_naive > 5 * gap_sp
+    assert np.count_nonzero(sp.solution["x"]) < 0.5 * 200      # sparse after the band polish
+    assert np.count_nonzero(naive.solution["x"]) == 200        # no exact zeros at all
+
+
+def test_tv_denoising_raises_psnr(tmp_path):
+    out = tmp_path / "tv.h5"
+    p = run_mpi(["signprox", "--problem", "tv_denoise", "--out", out, "--set", "run.progress=none",
+                 "problem.size=32", "solver.max_iter=150", "solver.step0=0.05", "solver.polish=none"],
+                n=2, timeout=240, cwd=tmp_path)
+    assert p.returncode == 0, p.output
+    noisy = float(re.search(r"PSNR of one copy ([\d.]+) dB", p.output).group(1))
+    res = load_result(str(out))
+    assert res.history["psnr"][-1] > noisy + 3.0
+    assert res.history["gap"][-1] < 0.05 * res.history["gap"][0]
+
+
+def test_bad_input_exits_2_naming_the_key(tmp_path):
+    p = run_mpi(["signprox", "--problem", "logistic", "--set", "solver.encoding=2bit"], n=2, timeout=60, cwd=tmp_path)
+    assert p.returncode == 2 and "solver.encoding" in p.output
+    p = run_mpi(["signprox", "--problem", "logistic", "--set", "problem.reg=weighted_l1",
+                 f"problem.weights={tmp_path / 'nope.npy'}"], n=2, timeout=60, cwd=tmp_path)
+    assert p.returncode == 2 and "nope.npy: file not found" in p.stderr
+    assert p.stderr.count("error") == 1                        # printed once, not once per rank
+
+
+def test_demo_runs(tmp_path):
+    p = run_mpi(["signprox", "--set", "run.progress=none"], n=2, timeout=180, cwd=tmp_path)
+    assert p.returncode == 0, p.output
+    m = re.search(r"objective - F\* = ([-\d.e+]+)", p.output)
+    assert m and float(m.group(1)) < 0.05
