@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-_CHUNK_ELEMS = 1 << 18   # gathered factor entries per chunk (2 MB per operand)
+_CHUNK_ELEMS = 1 << 16   # gathered factor entries per chunk (512 kB per operand: stays in cache)
 
 
 class RatingBlock:

@@ -168,7 +168,8 @@ class MFSolver(Solver):
         solution = None
         if full is not None:
             W, H = self.mf.split_global(full)
-            solution = {"W": W.copy(), "H": H.copy()}
+            solution = {"W": W.copy(), "H": H.copy(),
+                        "offset": np.array([getattr(self.problem, "offset", 0.0)])}
             for name in ("user_ids", "item_ids"):
                 ids = getattr(self.problem, name, None)
                 if ids is not None:

@@ -1,7 +1,9 @@
 """Matrix-factorization problems: ``movielens`` (real MovieLens files) and ``synthetic_mf``
 (low rank plus noise with Zipf-like row/column popularity, 1e5 to 1e8 ratings).
 
-    min_{A, B} (1/(2 nnz)) sum_{(i,j) in Omega} (M_ij - a_i.b_j)^2 + L2 attached to ratings
+    min_{A, B} (1/(2 nnz)) sum_{(i,j) in Omega} (M_ij - mu - a_i.b_j)^2 + L2 attached to ratings
+
+(mu: the global training mean with ``problem.center``, else 0.)
 
 After :meth:`setup` each rank holds an arbitrary shard of the training (and test) ratings with
 0-based ``rows``/``cols``; solvers route them to the owners of their row blocks
@@ -45,6 +47,8 @@ class MFProblem(Problem):
         Option("reg", "rating", "L2 form: rating (lam/2 (|a_i|^2+|b_j|^2) per rating, weighted-lambda) "
                "or uniform (lam/2 (|A|^2+|B|^2) in total)", str, choices=("rating", "uniform")),
         Option("transpose", False, "factor columns x rows (items x users, as the reference code does)", bool),
+        Option("center", True, "subtract the global training mean (predictions are mean + a_i.b_j); "
+               "the hamsi-mf preset turns it off", bool),
     )
 
     m: int
@@ -67,6 +71,11 @@ class MFProblem(Problem):
         counts = np.concatenate([np.bincount(r, minlength=self.m), np.bincount(c, minlength=self.n)]).astype(np.int64)
         comm.Allreduce(MPI.IN_PLACE, counts, tag="setup")
         self.row_counts, self.col_counts = counts[:self.m], counts[self.m:]
+        self.offset = 0.0
+        if self.opts["center"]:
+            self.offset = comm.allreduce_scalar(float(v.sum()), tag="setup") / self.nnz
+            self.vals = v = v - self.offset
+            self.test_vals = tv = tv - self.offset
         big = np.finfo(np.float64).max
         lo = comm.allreduce_array([v.min() if v.size else big, tv.min() if tv.size else big], op=MPI.MIN)
         hi = comm.allreduce_array([v.max() if v.size else -big, tv.max() if tv.size else -big], op=MPI.MAX)
@@ -77,7 +86,8 @@ class MFProblem(Problem):
 
     def describe(self) -> str:
         return (f"{self.name}: {self.m} x {self.n}, {self.nnz} training ratings, {self.nnz_test} held out, "
-                f"k={self.opts['latent_dim']}, l2={self.opts['l2']} ({self.opts['reg']})")
+                f"k={self.opts['latent_dim']}, l2={self.opts['l2']} ({self.opts['reg']})"
+                + (f", centred on {self.offset:.4g}" if self.offset else ""))
 
 
 def _empty():

@@ -5,7 +5,8 @@ on the HAMSI block grid.
         every rank, for each of its blocks (rb, (rb - s) mod nb) in parallel:
             SGD over the block's ratings in a seeded random order, minibatches of b ratings:
                 e = a_i.b_j - v;  a_i -= lr (e b_j + lam_i a_i);  b_j -= lr (e a_i + lam_j b_j)
-        (updates in a minibatch are computed at the same point and summed)
+        (updates in a minibatch are computed at the same point; a row or column met several
+         times in one minibatch moves by the mean of its updates)
     lr = lr0 / (1 + decay * epoch)
 
 The column block a rank updates comes from its home rank and goes back after the stratum (same
@@ -78,7 +79,9 @@ class DSGD(MFSolver):
             if self.lam > 0:
                 gA += lam_r[i][:, None] * Ai
                 gB += lam_c[j][:, None] * Bj
-            gA *= -lr
-            gB *= -lr
+            # a row met several times in one minibatch takes the mean of its updates (a sum would
+            # multiply the step by the multiplicity and diverge on popular rows/columns)
+            gA *= (-lr / np.bincount(i, minlength=A.shape[0])[i])[:, None]
+            gB *= (-lr / np.bincount(j, minlength=B.shape[0])[j])[:, None]
             np.add.at(A, i, gA)
             np.add.at(B, j, gB)

@@ -42,8 +42,9 @@ class Hamsi(MFSolver):
     summary = "HAMSI: stratified incremental L-BFGS for matrix factorization (row blocks per rank, column blocks on a ring)"
     demo_settings = {"problem.n_ratings": 100000, "problem.latent_dim": 10, "solver.max_epochs": 30}
     options = (
-        Option("preset", "none", "hamsi-mf: follow the reference code exactly (no L2, N(0,1) init, "
-               "no safeguard, no early stop); overrides problem.l2, init_scale, safeguard, patience, tol",
+        Option("preset", "none", "hamsi-mf: follow the reference code exactly (no L2, no centring, N(0,1) "
+               "init, no safeguard, no early stop); overrides problem.l2, problem.center, init_scale, "
+               "safeguard, patience, tol, curvature",
                str, choices=("none", "hamsi-mf")),
         *common_options(max_epochs=50),
         Option("memory", 5, "L-BFGS memory M (curvature pairs)", int, low=1),
@@ -66,6 +67,7 @@ class Hamsi(MFSolver):
         super().check_config(cfg, n_ranks)
         if cfg["solver"].get("preset") == "hamsi-mf":
             cfg["problem"]["l2"] = 0.0
+            cfg["problem"]["center"] = False
             cfg["solver"].update(init_scale=1.0, safeguard=False, patience=0, tol=0.0, curvature="reference")
 
     def __init__(self, problem, options, ctx):
