@@ -261,6 +261,8 @@ class AsyncSubgradient(Solver):
             if self.control.sync_pending():
                 status = self._sync()
                 if status is not None:
+                    if losses:                                  # the last partial interval
+                        self._rank_row(np.mean(losses), (self.k - k_last) / max(1e-9, time.perf_counter() - t_last))
                     return status
                 k_last, t_last = self.k, time.perf_counter()
             epoch = self.control.read(SAMPLES) / N if self.opts["step_counter"] == "epoch" else 0.0
