@@ -1,0 +1,174 @@
+"""The batch scripts of ``jobs/`` on a real single-node Slurm (installed and started by ``tests/slurm.py``).
+
+Needs root (to apt-get install slurmctld/slurmd/munge and run the daemons); skips with that message
+otherwise. The daemons are started once for this module and stopped by pid in the fixture teardown.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_mpi
+from mpiopt.io import load_result
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(400)]
+
+SMALL = "--set solver.max_iter=300 problem.n_samples=2000 problem.n_features=20 run.progress=none"
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if os.geteuid() != 0:
+        pytest.skip("the Slurm tests install and start slurmctld/slurmd/munge, which needs root")
+    import slurm as S
+    try:
+        S.ensure_installed(timeout=240)
+    except S.SlurmUnavailable as exc:
+        pytest.skip(str(exc))
+    cluster = S.SlurmCluster(cpus=16)
+    cluster.start(timeout=60)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        cluster.cleanup()
+
+
+def job_env(tmp: Path, **extra: str) -> dict:
+    env = {"MPIOPT_RESULTS": str(tmp / "results"), "MPIOPT_SCRATCH": str(tmp / "scratch"),
+           "MPIOPT_PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    env.update(extra)
+    return env
+
+
+def job_output(tmp: Path) -> str:
+    return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')}" for p in sorted(tmp.glob("*.out")))
+
+
+def assert_completed(recs: list[dict], tmp: Path) -> None:
+    states = [r["JobState"] for r in recs]
+    assert all(s == "COMPLETED" for s in states), f"states {states}\n{job_output(tmp)}"
+    assert all(r["ExitCode"] == "0:0" for r in recs), [r["ExitCode"] for r in recs]
+
+
+def test_single_job_completes_with_srun(slurm, tmp_path):
+    job = slurm.sbatch(ROOT / "jobs" / "prox_sgd.sbatch", env=job_env(
+        tmp_path, MPIOPT_VARIANT=f"2 prox_sgd logistic {SMALL}"), cwd=tmp_path)
+    recs = slurm.wait(job, timeout=120)
+    assert_completed(recs, tmp_path)
+    assert recs[0]["JobName"] == "mpiopt-prox_sgd"
+    out = tmp_path / f"mpiopt-prox_sgd-{job}.out"  # --output=%x-%j.out in the submit dir
+    assert out.exists(), sorted(p.name for p in tmp_path.iterdir())
+    assert "srun --mpi=pmi2" in out.read_text()
+    res = load_result(str(tmp_path / "results" / f"prox_sgd-logistic-n2-{job}.h5"))
+    assert res["status"] == "max_iter" and res["nit"] == 300 and res["n_ranks"] == 2
+    assert res.config["run"]["checkpoint_dir"] == str(tmp_path / "scratch" / f"mpiopt-{job}" / "checkpoints")
+
+
+def test_sweep_array_with_mpirun_in_allocation(slurm, tmp_path):
+    variants = tmp_path / "variants.txt"
+    variants.write_text("# ranks solver problem args\n"
+                        f"1 prox_sgd lasso --seed 0 {SMALL}\n"
+                        f"2 prox_sgd lasso --seed 1 {SMALL}\n")
+    job = slurm.sbatch(ROOT / "jobs" / "sweep.sbatch", "--array=0-1", "--ntasks=2", env=job_env(
+        tmp_path, MPIOPT_VARIANTS_FILE=str(variants), MPIOPT_LAUNCHER="mpirun"), cwd=tmp_path)
+    recs = slurm.wait(job, timeout=150, n_tasks=2)
+    assert_completed(recs, tmp_path)
+    folder = tmp_path / "results" / f"mpiopt-sweep-{job}"
+    names = sorted(p.name for p in folder.glob("*.h5"))
+    assert names == [f"prox_sgd-lasso-n1-{job}_0.h5", f"prox_sgd-lasso-n2-{job}_1.h5"], names
+    seeds = sorted(load_result(str(folder / n))["seed"] for n in names)
+    assert seeds == [0, 1]
+    assert (tmp_path / f"mpiopt-sweep-{job}_1.out").exists()
+    # the report tool reads the whole sweep folder
+    from mpiopt.report import main as report_main
+    assert report_main([str(folder), "--out-dir", str(tmp_path / "report"), "--no-plots", "--quiet"]) == 0
+    rows = (tmp_path / "report" / "summary.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and "prox_sgd" in rows[1] and "lasso" in rows[2]
+
+
+def _long_job(slurm, tmp_path: Path, max_iter: int) -> tuple[int, str]:
+    args = (f"--set solver.max_iter={max_iter} problem.n_samples=2000 problem.n_features=40 run.progress=none "
+            "run.history_every=100")
+    job = slurm.sbatch(ROOT / "jobs" / "prox_sgd.sbatch", env=job_env(
+        tmp_path, MPIOPT_VARIANT=f"2 prox_sgd logistic {args}", MPIOPT_CHECKPOINT_EVERY="500"), cwd=tmp_path)
+    ckdir = tmp_path / "scratch" / f"mpiopt-{job}" / "checkpoints"
+    slurm.wait_for(lambda: any(ckdir.glob("ckpt-*.h5")) or slurm.state(job) not in ("PENDING", "RUNNING"),
+                   90, "a first checkpoint")
+    assert slurm.state(job) == "RUNNING", f"job ended before the first checkpoint:\n{job_output(tmp_path)}"
+    return job, args
+
+
+def _check_resumed(slurm, job: int, tmp_path: Path, args: str, max_iter: int) -> None:
+    slurm.start_requeued_now(job)
+    recs = slurm.wait(job, timeout=180)
+    assert_completed(recs, tmp_path)
+    assert int(recs[0]["Restarts"]) == 1, recs[0]
+    log = job_output(tmp_path)
+    assert "restart 1" in log and "resumed from" in log, log
+    res = load_result(str(tmp_path / "results" / f"prox_sgd-logistic-n2-{job}.h5"))
+    assert res["status"] == "max_iter" and res["nit"] == max_iter
+    assert "ckpt-" in res["resumed_from"]
+    # the resumed run is bit-identical to one that was never interrupted
+    ref = tmp_path / "ref.h5"
+    p = run_mpi(["prox_sgd", "--problem", "logistic", *args.split(), "--out", str(ref), "-q"], n=2, timeout=120)
+    assert p.returncode == 0, p.output
+    expect = load_result(str(ref))
+    assert np.array_equal(res.solution["x"], expect.solution["x"])
+    assert np.array_equal(res.history["iteration"], expect.history["iteration"])
+
+
+def test_scontrol_requeue_resumes_from_checkpoint(slurm, tmp_path):
+    """Preemption-like: Slurm sends SIGTERM, the run checkpoints, the requeued job resumes."""
+    max_iter = 12000
+    job, args = _long_job(slurm, tmp_path, max_iter)
+    slurm.scontrol("requeue", str(job))
+    _check_resumed(slurm, job, tmp_path, args, max_iter)
+
+
+def test_time_limit_warning_requeues_itself(slurm, tmp_path):
+    """The --signal=B:USR1@N warning (sent here at once with scancel): the script asks the run to
+    checkpoint, then requeues its own job, which resumes and completes."""
+    max_iter = 12000
+    job, args = _long_job(slurm, tmp_path, max_iter)
+    slurm.scancel("--signal=USR1", "--batch", str(job))
+    _check_resumed(slurm, job, tmp_path, args, max_iter)
+    assert "SIGUSR1" in job_output(tmp_path) and "requeueing job" in job_output(tmp_path)
+
+
+def test_failing_run_is_failed_not_hanging(slurm, tmp_path):
+    job = slurm.sbatch(ROOT / "jobs" / "prox_sgd.sbatch", env=job_env(
+        tmp_path, MPIOPT_VARIANT="2 prox_sgd logistic --set problem.path=/nonexistent/data.svm"), cwd=tmp_path)
+    recs = slurm.wait(job, timeout=90)
+    assert recs[0]["JobState"] == "FAILED" and recs[0]["ExitCode"] == "2:0", recs[0]
+    assert "/nonexistent/data.svm" in job_output(tmp_path)
+
+
+OTHER_SOLVERS = ("signprox", "hamsi", "level_bundle", "async_subgradient")
+
+
+def test_other_solver_scripts_when_registered(slurm, tmp_path):
+    """Each other solver's script runs its demo for a few seconds, if that solver exists here."""
+    from mpiopt import registry
+    registry.load_builtins()
+    present = [s for s in OTHER_SOLVERS if s in registry.SOLVERS]
+    if not present:
+        pytest.skip(f"none of {', '.join(OTHER_SOLVERS)} is registered yet")
+    jobs = {}
+    for s in present:
+        ranks = max(2, registry.SOLVERS[s].min_ranks)
+        d = tmp_path / s
+        d.mkdir()
+        jobs[s] = (slurm.sbatch(ROOT / "jobs" / f"{s}.sbatch", f"--ntasks={ranks}", env=job_env(
+            d, MPIOPT_VARIANT=f"{ranks} {s} - --max-time 4 --set run.progress=none"), cwd=d), d)
+    for s, (job, d) in jobs.items():
+        recs = slurm.wait(job, timeout=240)
+        assert_completed(recs, d)
+        res = load_result(str(d / "results" / f"{s}-demo-n{max(2, registry.SOLVERS[s].min_ranks)}-{job}.h5"))
+        assert res["solver"] == s and res["status"] != "running"
