@@ -9,14 +9,19 @@ import numpy as np
 
 def soft_threshold(v: np.ndarray, thresh: float | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """sign(v) * max(|v| - thresh, 0), elementwise."""
-    if out is None:
-        out = np.empty_like(v)
-    # max(v - t, 0) + min(v + t, 0) avoids sign() and temporaries of |v|
-    tmp = np.subtract(v, thresh)
-    np.maximum(tmp, 0.0, out=tmp)
-    np.add(v, thresh, out=out)
-    np.minimum(out, 0.0, out=out)
-    out += tmp
+    # v - clip(v, -t, t): two passes, bit-identical to max(v - t, 0) + min(v + t, 0)
+    if np.ndim(thresh) == 0:
+        thresh = float(thresh)       # a weak Python scalar keeps v's dtype
+    neg = -thresh
+    if out is None or out is v or np.shares_memory(out, v):
+        clipped = np.clip(v, neg, thresh)
+        if out is None:
+            out = clipped
+            np.subtract(v, clipped, out=out)
+            return out
+    else:
+        clipped = np.clip(v, neg, thresh, out=out)
+    np.subtract(v, clipped, out=out)
     return out
 
 
@@ -43,6 +48,18 @@ class ElasticNet:
 
     def __repr__(self) -> str:
         return f"ElasticNet(l1={self.l1}, l2={self.l2})"
+
+    def gradient_mapping(self, x: np.ndarray, g: np.ndarray, t: float, out: np.ndarray,
+                         work: np.ndarray) -> np.ndarray:
+        """out = x - prox_{t r}(x - t g) in four passes for the pure L1 case (see :func:`gradient_mapping`)."""
+        if self.l2 > 0:
+            return _generic_mapping(self, x, g, t, out)
+        a = t * self.l1
+        np.multiply(g, t, out=out)                 # t g
+        np.subtract(x, out, out=work)              # u = x - t g
+        np.clip(work, -a, a, out=work)             # u - prox(u) = clip(u, -a, a)
+        np.add(out, work, out=out)                 # x - prox(u) = t g + clip(u, -a, a)
+        return out
 
 
 # -- more regularizers -------------------------------------------------------------------------
@@ -422,3 +439,22 @@ class TotalVariation:
 
     def __repr__(self) -> str:
         return f"TotalVariation(lam={self.lam}, shape={self.shape})"
+
+
+
+def _generic_mapping(reg, x: np.ndarray, g: np.ndarray, t: float, out: np.ndarray) -> np.ndarray:
+    np.multiply(g, -t, out=out)
+    out += x
+    reg.prox(out, t, out=out)
+    np.subtract(x, out, out=out)
+    return out
+
+
+def gradient_mapping(reg, x: np.ndarray, g: np.ndarray, t: float, out: np.ndarray,
+                     work: np.ndarray | None = None) -> np.ndarray:
+    """out = x - prox_{t r}(x - t g), the gradient mapping scaled by t (``work``: a float buffer
+    like ``x`` used by regularizers with a fused version)."""
+    fused = getattr(reg, "gradient_mapping", None)
+    if fused is not None and work is not None:
+        return fused(x, g, t, out, work)
+    return _generic_mapping(reg, x, g, t, out)

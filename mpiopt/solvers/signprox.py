@@ -26,6 +26,7 @@ from .. import result as R
 from ..comm.signs import AGGREGATORS, ENCODINGS, TIE_RULES, SignAggregator, replicas_identical, sign_bytes
 from ..errors import CheckpointError, InputError
 from ..options import Option
+from ..prox import gradient_mapping
 from ..problems.base import CompositeProblem
 from ..registry import register_solver
 from .base import Solver
@@ -78,11 +79,7 @@ class SignProx(Solver):
     # -- the algorithm's two hooks (baselines override them) --------------------------------------
     def message(self, x: np.ndarray, g: np.ndarray, gam: float, out: np.ndarray) -> np.ndarray:
         """The vector whose signs are sent: m = x - prox_{gam r}(x - gam g)."""
-        np.multiply(g, -gam, out=out)
-        out += x
-        self.problem.regularizer.prox(out, gam, out=out)
-        np.subtract(x, out, out=out)
-        return out
+        return gradient_mapping(self.problem.regularizer, x, g, gam, out, self.work)
 
     def after_vote(self, x: np.ndarray, gam: float) -> None:
         """Local step after x -= gam * v (none for SignProx)."""
@@ -109,6 +106,7 @@ class SignProx(Solver):
         self.agg = SignAggregator(comm, self.n, o["encoding"], method, o["tie"], self.seed, self.x.dtype)
         self.g = np.empty(self.n)
         self.m = np.empty(self.n)
+        self.work = np.empty(self.n)
         self.ef = np.zeros(self.n) if o["error_feedback"] else None
         T = o["max_iter"]
         self.batch = (max(o["batch_size"], math.ceil(o["theory_batch"] * T)) if o["schedule"] == "theory"
