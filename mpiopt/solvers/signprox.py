@@ -137,8 +137,9 @@ class SignProx(Solver):
             if self.ef is not None:
                 m += self.ef
             agg.encode(m)
-            if self.ef is not None:
-                np.subtract(m, agg.own_deltas(gam), out=self.ef)
+            if self.ef is not None:   # memory = what the scaled sign (||m||_1/k) sgn(m) leaves out
+                k = max(1, agg.own_nonzeros())
+                np.subtract(m, agg.own_deltas(float(np.abs(m).sum()) / k), out=self.ef)
             agg.aggregate(self.t)
             agg.apply(x, gam)
             self.after_vote(x, gam)
