@@ -85,3 +85,4 @@ class DSGD(MFSolver):
             gB *= (-lr / np.bincount(j, minlength=B.shape[0])[j])[:, None]
             np.add.at(A, i, gA)
             np.add.at(B, j, gB)
+

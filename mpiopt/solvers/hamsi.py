@@ -30,6 +30,8 @@ from ..registry import register_solver
 
 SAFEGUARD_RTOL = 1e-4
 SAFEGUARD_TRIES = 5
+WARMUP_MAX_MULT = 2.0 ** 30
+RESET_AFTER = 4          # rejections in a row that clear the L-BFGS memory (spec: 2; 4 measured better)
 
 
 def beta(eta: float, gamma: float, e: int) -> float:
@@ -59,6 +61,9 @@ class Hamsi(MFSolver):
                "min(sigma, s.y/y.y)) or scaled (cosine test, sigma = s.y/y.y of the newest pair)", str,
                choices=("scaled", "reference")),
         Option("safeguard", True, "reject/halve steps that raise the stratum loss or give NaN", bool),
+        Option("warmup_growth", True, "with the safeguard: let the step multiplier of warm-up gradient "
+               "steps double after each accepted step (finds the scale of the 1/nnz-normalized gradient; "
+               "reset to at most 1 once the L-BFGS model is used)", bool),
     )
     use_lbfgs = True
 
@@ -68,7 +73,8 @@ class Hamsi(MFSolver):
         if cfg["solver"].get("preset") == "hamsi-mf":
             cfg["problem"]["l2"] = 0.0
             cfg["problem"]["center"] = False
-            cfg["solver"].update(init_scale=1.0, safeguard=False, patience=0, tol=0.0, curvature="reference")
+            cfg["solver"].update(init_scale=1.0, safeguard=False, patience=0, tol=0.0, curvature="reference",
+                                 warmup_growth=False)
 
     def __init__(self, problem, options, ctx):
         super().__init__(problem, options, ctx)
@@ -119,6 +125,8 @@ class Hamsi(MFSolver):
 
     def _safeguarded_update(self, s: int, parts: np.ndarray, g: np.ndarray, d: np.ndarray, e: int) -> None:
         mf, x, xt = self.mf, self.mf.x, self.x_trial
+        if self.H is not None and self.H.ready:
+            self.mult = min(self.mult, 1.0)          # warm-up growth does not carry over to H g
         f0 = float(mf.reduce(parts[:, :1])[0])
         for _ in range(SAFEGUARD_TRIES + 1):
             np.multiply(d, self.mult, out=xt)
@@ -126,12 +134,14 @@ class Hamsi(MFSolver):
             f1 = float(mf.reduce(mf.stratum_loss(s, xt)[:, :1])[0])
             if math.isfinite(f1) and f1 - f0 <= SAFEGUARD_RTOL * abs(f0):
                 x[...] = xt
-                self.mult = min(1.0, 2.0 * self.mult)
+                warm = self.H is None or not self.H.ready
+                cap = WARMUP_MAX_MULT if (warm and self.opts["warmup_growth"]) else 1.0
+                self.mult = min(cap, 2.0 * self.mult)
                 self.rejects = 0
                 return
             self.mult *= 0.5
             self.rejects += 1
-            if self.rejects == 2 and self.H is not None and self.H.mem > 0:
+            if self.rejects == RESET_AFTER and self.H is not None and self.H.mem > 0:
                 self.H.reset()                       # back to warm-up gradient steps
                 self._direction(g, d, e)
 

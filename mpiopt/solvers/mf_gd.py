@@ -26,7 +26,7 @@ class MFGD(Hamsi):
                choices=("full", "strata")),
         *[o for o in Hamsi.options if o.name in ("max_epochs", "blocks", "init", "init_scale", "target_rmse",
                                                    "target_test_rmse", "patience", "tol", "gamma",
-                                                   "eta_gd", "safeguard")],
+                                                   "eta_gd", "safeguard", "warmup_growth")],
         Option("step0", 1.0, "full mode: first trial step (scaled by nnz / max row or column count)",
                float, low=0.0, low_open=True),
         Option("armijo", 1e-4, "full mode: sufficient-decrease constant c in f(x - t g) <= f(x) - c t |g|^2",

@@ -1,0 +1,157 @@
+"""HAMSI against mf_gd and dsgd on one problem at 1, 2 and 4 ranks.
+
+    python benchmarks/bench_hamsi.py [--quick] [--ml PATH] [--ranks 1,2,4] [--epochs E] [--k K]
+
+Launches ``mpirun -n P python -m mpiopt.run SOLVER ...`` itself (do not run it under mpirun).
+Data: synthetic_mf with 1e6 ratings (--quick: 2e5), and MovieLens when --ml points to an ml-*
+folder. Reports, per solver and rank count, epochs and step time (evaluation excluded) to a target
+training RMSE and a target held-out RMSE (the largest final RMSE over all runs, so every run can
+reach it), time per epoch, speed-up over 1 rank, and the time per epoch against a memory-bandwidth
+bound measured with a numpy copy.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+SOLVERS = ("hamsi", "mf_gd", "dsgd")
+
+
+def copy_bandwidth(mb: int = 256, repeats: int = 5) -> float:
+    """Bytes per second of a numpy array copy (read + write counted)."""
+    a = np.ones(mb * (1 << 20) // 8)
+    b = np.empty_like(a)
+    np.copyto(b, a)
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t)
+    return 2 * a.nbytes / best
+
+
+def run(solver: str, n: int, problem: list[str], epochs: int, out: str, timeout: float) -> dict:
+    cmd = ["mpirun", "-n", str(n), sys.executable, "-m", "mpiopt.run", solver, *problem,
+           "--set", f"solver.max_epochs={epochs}", "solver.patience=0", "solver.tol=0", "run.progress=none",
+           "--out", out, "-q"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    t = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        print(f"  {solver} at {n} ranks failed ({p.returncode}): {p.stderr.strip()[-500:]}", flush=True)
+        return {}
+    from mpiopt.io import load_result
+    r = load_result(out)
+    h = {k: np.asarray(v) for k, v in r.history.items()}
+    return {"h": h, "wall": wall, "bytes": float(r.attrs.get("bytes_sent_rank0", 0))}
+
+
+def first_reach(h: dict, key: str, target: float) -> tuple[float, float]:
+    """(epochs, step seconds) at the first record with h[key] <= target."""
+    if key not in h:
+        return math.nan, math.nan
+    hit = np.flatnonzero(h[key] <= target)
+    if hit.size == 0:
+        return math.nan, math.nan
+    i = int(hit[0])
+    return float(h["epoch"][i]), float(h["step_time"][i])
+
+
+def fmt(v: float, spec: str = ".3g") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def bench(label: str, problem: list[str], nnz: int, m: int, n: int, k: int, ranks: list[int],
+          epochs: int, bw: float, tmp: str, timeout: float) -> None:
+    print(f"\n== {label}: {nnz:.3g} ratings (train+test), {m} x {n}, k={k}, {epochs} epochs ==", flush=True)
+    res: dict[tuple[str, int], dict] = {}
+    for solver in SOLVERS:
+        for P in ranks:
+            out = os.path.join(tmp, f"{label}-{solver}-{P}.h5")
+            r = run(solver, P, problem, epochs, out, timeout)
+            if r:
+                res[solver, P] = r
+                h = r["h"]
+                print(f"  ran {solver:6s} P={P}: final rmse {h['rmse'][-1]:.4f}"
+                      f" test {h.get('test_rmse', [math.nan])[-1]:.4f}, step time {h['step_time'][-1]:.2f}s,"
+                      f" wall {r['wall']:.1f}s", flush=True)
+    if not res:
+        return
+    finals = [r["h"]["rmse"][-1] for r in res.values() if np.isfinite(r["h"]["rmse"][-1])]
+    tfinals = [r["h"]["test_rmse"][-1] for r in res.values() if "test_rmse" in r["h"] and np.isfinite(r["h"]["test_rmse"][-1])]
+    target = max(finals) * 1.001
+    ttarget = max(tfinals) * 1.001 if tfinals else math.nan
+    print(f"\n  targets: training RMSE {target:.4f}, held-out RMSE {ttarget:.4f} (largest final value of all runs)")
+    print(f"  {'solver':7s} {'P':>2s} {'ep->train':>9s} {'s->train':>9s} {'ep->test':>9s} {'s->test':>8s}"
+          f" {'s/epoch':>8s} {'speedup':>8s} {'rmse':>7s} {'test':>7s}")
+    per_epoch: dict[tuple[str, int], float] = {}
+    for (solver, P), r in res.items():
+        h = r["h"]
+        per_epoch[solver, P] = h["step_time"][-1] / max(h["epoch"][-1], 1)
+    for (solver, P), r in res.items():
+        h = r["h"]
+        e1, t1 = first_reach(h, "rmse", target)
+        e2, t2 = first_reach(h, "test_rmse", ttarget)
+        base = per_epoch.get((solver, ranks[0]))
+        sp = base / per_epoch[solver, P] if base else math.nan
+        print(f"  {solver:7s} {P:2d} {fmt(e1, '.0f'):>9s} {fmt(t1):>9s} {fmt(e2, '.0f'):>9s} {fmt(t2):>8s}"
+              f" {per_epoch[solver, P]:8.3f} {sp:8.2f} {h['rmse'][-1]:7.4f} {h.get('test_rmse', [math.nan])[-1]:7.4f}")
+    # HAMSI vs mf_gd (the paper's claim) at each rank count
+    for P in ranks:
+        if ("hamsi", P) in res and ("mf_gd", P) in res:
+            eh, th = first_reach(res["hamsi", P]["h"], "rmse", res["mf_gd", P]["h"]["rmse"][-1])
+            eg, tg = float(res["mf_gd", P]["h"]["epoch"][-1]), float(res["mf_gd", P]["h"]["step_time"][-1])
+            print(f"  P={P}: hamsi reaches mf_gd's final training RMSE {res['mf_gd', P]['h']['rmse'][-1]:.4f} in "
+                  f"{fmt(eh, '.0f')} epochs / {fmt(th)} s vs {eg:.0f} / {tg:.3g} s: ratio epochs {fmt(eh / eg)},"
+                  f" time {fmt(th / tg)}")
+    # bandwidth bound at 1 rank
+    train = nnz  # upper estimate (the held-out part is not visited per epoch)
+    K = (m + n) * k
+    strict = train * 16 + 3 * K * 8
+    gather = train * (16 + 4 * k * 8)
+    print(f"\n  memory bandwidth (numpy copy): {bw / 1e9:.2f} GB/s")
+    print(f"  bound A, ratings + factors once per epoch ({strict / 1e6:.0f} MB): {strict / bw * 1e3:.1f} ms")
+    print(f"  bound B, ratings once + 4 factor rows per rating ({gather / 1e6:.0f} MB): {gather / bw * 1e3:.1f} ms")
+    for solver in SOLVERS:
+        if (solver, 1) in per_epoch:
+            t = per_epoch[solver, 1]
+            print(f"  {solver:7s} 1 rank: {t * 1e3:.0f} ms/epoch = {t / (strict / bw):.1f}x bound A, "
+                  f"{t / (gather / bw):.1f}x bound B")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2e5 ratings, k=20, 12 epochs")
+    ap.add_argument("--ml", help="MovieLens folder or ratings file to run as well")
+    ap.add_argument("--ranks", default="1,2,4")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--k", type=int)
+    ap.add_argument("--ratings", type=float)
+    ap.add_argument("--timeout", type=float, default=1800)
+    a = ap.parse_args()
+    ranks = [int(r) for r in a.ranks.split(",")]
+    N = int(a.ratings or (2e5 if a.quick else 1e6))
+    k = a.k or (20 if a.quick else 50)
+    E = a.epochs or (12 if a.quick else 25)
+    bw = copy_bandwidth()
+    with tempfile.TemporaryDirectory() as tmp:
+        syn = ["--problem", "synthetic_mf", "--set", f"problem.n_ratings={N}", f"problem.latent_dim={k}"]
+        bench("synthetic_mf", syn, N, max(20, N // 50), max(10, N // 200), k, ranks, E, bw, tmp, a.timeout)
+        if a.ml:
+            from mpiopt.comm import world
+            from mpiopt.data.movielens import read_ratings, resolve_path
+            u, i, v = read_ratings(resolve_path(a.ml), world())
+            ml = ["--problem", "movielens", "--set", f"problem.path={a.ml}", f"problem.latent_dim={k}"]
+            bench("movielens", ml, v.size, np.unique(u).size, np.unique(i).size, k, ranks, E, bw, tmp, a.timeout)
+
+
+if __name__ == "__main__":
+    main()
