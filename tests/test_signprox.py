@@ -119,3 +119,20 @@ def test_demo_runs(tmp_path):
     assert p.returncode == 0, p.output
     m = re.search(r"objective - F\* = ([-\d.e+]+)", p.output)
     assert m and float(m.group(1)) < 0.05
+
+
+def test_svmlight_file_sparse_ternary(tmp_path):
+    import scipy.sparse as sp
+    from sklearn.datasets import dump_svmlight_file
+    rng = np.random.default_rng(5)
+    X = sp.random(600, 40, density=0.1, format="csr", random_state=rng, data_rvs=rng.standard_normal)
+    w = np.zeros(40)
+    w[:6] = rng.normal(size=6) * 2
+    y = np.where(X @ w + 0.1 * rng.standard_normal(600) > 0, 1, -1)
+    path = tmp_path / "data.svm"
+    dump_svmlight_file(X, y, str(path), zero_based=False)
+    res, _ = _run(tmp_path, "signprox", [f"problem.path={path}", "problem.n_features=40", "problem.l1=0.005",
+                                         "solver.encoding=ternary", "solver.max_iter=300", "solver.step0=0.1"],
+                  n=3, name="svm")
+    assert res["fun"] - res["reference_objective"] < 0.02
+    assert res.history["bytes_iter"][-1] == 2 * 16          # 2 ranks x 2 planes x one 8-byte word
