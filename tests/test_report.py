@@ -1,0 +1,219 @@
+"""``python -m mpiopt.report``: summary tables, convergence plots, live (SWMR) files, folders."""
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import mpi_env, run_mpi
+from mpiopt.io import FORMAT, FORMAT_VERSION, ResultWriter, load_result
+from mpiopt.report import Run, collect, make_labels, plot_runs, report
+
+DPI = 110
+
+
+def fake_result(path: Path, solver: str = "prox_sgd", problem: str = "lasso", ranks: int = 2, n: int = 30,
+                step0: float = 0.5, bytes_per_it: float | None = 800.0, finish: bool = True, seed: int = 0,
+                extra_cols: dict | None = None) -> dict:
+    """A result file written with the real ResultWriter; returns its history columns."""
+    cfg = {"solver": {"max_iter": n - 1, "step0": step0}, "problem": {"n_samples": 100},
+           "run": {"seed": seed, "out": str(path), "checkpoint_dir": None}}
+    w = ResultWriter(str(path), {"format": FORMAT, "format_version": FORMAT_VERSION, "solver": solver,
+                                 "problem": problem, "config": cfg, "n_ranks": ranks, "seed": seed,
+                                 "status": "running", "reference_objective": 1.0})
+    it = np.arange(n)
+    hist = {"iteration": it, "time": 0.01 * it + 0.001, "objective": 1.0 + 2.0 / (1.0 + it) ** (1 + step0)}
+    hist["gap"] = hist["objective"] - 1.0
+    if bytes_per_it is not None:
+        hist["bytes_sent"] = bytes_per_it * it
+    for k, f in (extra_cols or {}).items():
+        hist[k] = f(it)
+    for i in range(n):
+        w.append({k: float(v[i]) for k, v in hist.items()})
+    if finish:
+        w.close({"status": "max_iter", "nit": n - 1, "fun": float(hist["objective"][-1]), "wall_time": 0.5,
+                 "bytes_sent_rank0": int(bytes_per_it or 0) * n}, {"x": np.zeros(3)})
+    else:
+        w.flush()
+        w.abandon()
+    return hist
+
+
+def report_cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mpiopt.report", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd, env=mpi_env())
+
+
+def png_pixels(path: Path) -> np.ndarray:
+    import matplotlib.image as mpimg
+    return mpimg.imread(str(path))
+
+
+def test_labels_name_what_differs(tmp_path):
+    fake_result(tmp_path / "a.h5", step0=0.5)
+    fake_result(tmp_path / "b.h5", step0=0.1)
+    fake_result(tmp_path / "c.h5", solver="signprox", ranks=4)
+    res = [load_result(str(tmp_path / f"{c}.h5")) for c in "abc"]
+    labels = make_labels(res)
+    assert labels[0] == "prox_sgd (2 ranks, step0=0.5)"
+    assert labels[1] == "prox_sgd (2 ranks, step0=0.1)"
+    assert labels[2] == "signprox (4 ranks)"  # step0 compared only among runs of the same solver
+    assert make_labels(res[:1]) == ["prox_sgd (lasso, 2 ranks)"]
+    # identical configs get the file name to tell them apart
+    fake_result(tmp_path / "d.h5", step0=0.5)
+    labels = make_labels([res[0], load_result(str(tmp_path / "d.h5"))])
+    assert labels[0] != labels[1] and labels[1].endswith("[d]")
+
+
+def test_real_runs_table_csv_markdown_and_plots(tmp_path):
+    """Two real prox_sgd runs (different step0) side by side: tables and overlaid plots."""
+    for step0 in (0.5, 0.05):
+        p = run_mpi(["prox_sgd", "--problem", "logistic", "--set", "solver.max_iter=60", "problem.n_samples=500",
+                     "problem.n_features=10", f"solver.step0={step0}", "run.progress=none",
+                     "--out", tmp_path / f"s{step0}.h5", "-q"], n=2, timeout=120)
+        assert p.returncode == 0, p.output
+    out = tmp_path / "rep"
+    cp = report_cli(tmp_path / "s0.5.h5", tmp_path / "s0.05.h5", "--out-dir", out)
+    assert cp.returncode == 0, cp.stderr
+    assert "prox_sgd (step0=0.5)" in cp.stdout and "prox_sgd (step0=0.05)" in cp.stdout
+    assert "max_iter" in cp.stdout
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["label"] for r in rows] == ["prox_sgd (step0=0.5)", "prox_sgd (step0=0.05)"]
+    for r, step0 in zip(rows, (0.5, 0.05)):
+        res = load_result(str(tmp_path / f"s{step0}.h5"))
+        assert r["solver"] == "prox_sgd" and r["problem"] == "logistic" and r["ranks"] == "2"
+        assert int(r["iterations"]) == 60 and r["status"] == "max_iter"
+        assert float(r["objective"]) == pytest.approx(res["fun"], rel=1e-12)
+        assert float(r["final_gap"]) == pytest.approx(res.history["gap"][-1], rel=1e-12)
+    md = (out / "summary.md").read_text().splitlines()
+    assert md[0].startswith("| label | solver | problem | ranks | status") and len(md) == 4
+    for metric in ("gap", "objective", "nnz"):
+        assert (out / f"{metric}.pdf").read_bytes()[:4] == b"%PDF"
+        img = png_pixels(out / f"{metric}.png")
+        assert img.shape[:2] == (round(3.6 * DPI), round(4.2 * 3 * DPI))  # three panels: iteration, time, bytes
+        assert img[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_axes_hold_the_history(tmp_path):
+    h1 = fake_result(tmp_path / "a.h5", n=25, bytes_per_it=1e6)
+    h2 = fake_result(tmp_path / "b.h5", n=40, step0=0.1, bytes_per_it=3e4)
+    runs = [Run(load_result(str(tmp_path / f"{c}.h5")), lab) for c, lab in zip("ab", ("A", "B"))]
+    figs = plot_runs(runs, str(tmp_path / "p"), metrics=["gap"], formats=("png",), dpi=DPI)
+    assert len(figs) == 1 and figs[0].metric == "gap"
+    panels = figs[0].panels
+    assert [p["x"] for p in panels] == ["iteration", "time", "bytes_sent"]
+    assert panels[0]["xlabel"] == "iteration" and panels[1]["xlabel"] == "wall time [s]"
+    assert panels[2]["xlabel"] == "bytes sent by rank 0 [MB]" and panels[2]["logx"]  # 33x apart: log x
+    assert all(p["ylabel"] == "F(x) - F*" and p["log"] for p in panels)
+    assert panels[0]["points"] == [len(h1["gap"]), len(h2["gap"])]
+    assert panels[2]["points"] == [len(h1["gap"]) - 1, len(h2["gap"]) - 1]  # bytes 0 at iteration 0: off a log axis
+    # the drawn lines are the history: re-draw and read the matplotlib lines back
+    from matplotlib.figure import Figure
+    import mpiopt.report as rep
+    drawn = {}
+    orig_savefig = Figure.savefig
+
+    def grab(self, *a, **k):
+        drawn["lines"] = [(ax.get_xlabel(), ln.get_label(), ln.get_xdata(), ln.get_ydata())
+                          for ax in self.axes for ln in ax.get_lines()]
+        return orig_savefig(self, *a, **k)
+    Figure.savefig = grab
+    try:
+        rep.plot_runs(runs, str(tmp_path / "q"), metrics=["objective"], formats=("png",))
+    finally:
+        Figure.savefig = orig_savefig
+    it_lines = [d for d in drawn["lines"] if d[0] == "iteration"]
+    assert [d[1] for d in it_lines] == ["A", "B"]
+    assert np.array_equal(it_lines[1][2], h2["iteration"]) and np.array_equal(it_lines[1][3], h2["objective"])
+
+
+def test_no_bytes_column_gives_two_panels_and_other_metrics(tmp_path):
+    fake_result(tmp_path / "a.h5", bytes_per_it=None, extra_cols={"test_rmse": lambda it: 1.0 + 0.1 / (1 + it)})
+    rows, figs, notes = report([str(tmp_path / "a.h5")], str(tmp_path / "r"), formats=("png",))
+    assert {f.metric for f in figs} == {"gap", "objective", "test_rmse"}
+    rmse = next(f for f in figs if f.metric == "test_rmse")
+    assert [p["x"] for p in rmse.panels] == ["iteration", "time"] and rmse.panels[0]["ylabel"] == "held-out RMSE"
+    img = png_pixels(tmp_path / "r" / "test_rmse.png")
+    assert img.shape[:2] == (round(3.6 * DPI), round(4.2 * 2 * DPI))
+    assert rows[0]["final_test_rmse"] == pytest.approx(1.0 + 0.1 / 30)
+    assert math.isnan(rows[0]["mb_sent_rank0"]) or rows[0]["mb_sent_rank0"] == 0
+
+
+def test_live_file_is_read_while_the_writer_appends(tmp_path):
+    """SWMR: another process reports on a result file the writer still has open."""
+    path = tmp_path / "live.h5"
+    w = ResultWriter(str(path), {"format": FORMAT, "format_version": FORMAT_VERSION, "solver": "prox_sgd",
+                                 "problem": "lasso", "config": {"run": {"seed": 0}}, "n_ranks": 4,
+                                 "status": "running"})
+    try:
+        for i in range(10):
+            w.append({"iteration": i, "time": 0.1 * i, "objective": 5.0 - 0.1 * i})
+        w.flush()
+        cp = report_cli(path, "--out-dir", tmp_path / "r1", "--formats", "png")
+        assert cp.returncode == 0, cp.stderr
+        row = next(csv.DictReader((tmp_path / "r1" / "summary.csv").open()))
+        assert row["status"] == "running" and row["iterations"] == "9"
+        assert float(row["objective"]) == pytest.approx(4.1)
+        assert png_pixels(tmp_path / "r1" / "objective.png").shape[1] == round(4.2 * 2 * DPI)
+        for i in range(10, 25):
+            w.append({"iteration": i, "time": 0.1 * i, "objective": 5.0 - 0.1 * i})
+        w.flush()
+        cp = report_cli(path, "--out-dir", tmp_path / "r2", "--no-plots")
+        assert cp.returncode == 0, cp.stderr
+        row = next(csv.DictReader((tmp_path / "r2" / "summary.csv").open()))
+        assert row["iterations"] == "24" and float(row["objective"]) == pytest.approx(2.6)
+    finally:
+        w.close({"status": "max_iter", "nit": 24, "fun": 2.6})
+    assert load_result(str(path))["status"] == "max_iter"
+
+
+def test_folder_of_sweep_results_skips_other_files(tmp_path):
+    sweep = tmp_path / "results" / "mpiopt-sweep-77"
+    sweep.mkdir(parents=True)
+    for task, seed in enumerate((0, 1, 2)):
+        fake_result(sweep / f"prox_sgd-lasso-n2-77_{task}.h5", seed=seed)
+    ck = sweep / "ckpt"
+    ck.mkdir()
+    import h5py
+    with h5py.File(ck / "ckpt-000000010.h5", "w") as f:
+        f.attrs["format"] = "mpiopt-checkpoint"
+    (sweep / "notes.txt").write_text("not a result")
+    results, notes = collect([str(tmp_path / "results")])
+    assert len(results) == 3 and len(notes) == 1 and "ckpt-000000010.h5" in notes[0]
+    cp = report_cli(tmp_path / "results", "--out-dir", tmp_path / "r", "--no-plots")
+    assert cp.returncode == 0, cp.stderr
+    assert "skipped" in cp.stderr
+    rows = list(csv.DictReader((tmp_path / "r" / "summary.csv").open()))
+    assert [r["label"] for r in rows] == ["prox_sgd (seed=0)", "prox_sgd (seed=1)", "prox_sgd (seed=2)"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["missing.h5"], "missing.h5: not found"),
+    (["empty_dir"], "no mpiopt result files"),
+    (["notres.h5"], "not an mpiopt result file"),
+    (["a.h5", "--metrics", "nope"], "--metrics: nope not in any history"),
+    (["a.h5", "--formats", "gif"], "--formats: gif not supported"),
+    ([], "no result file given"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, args, needle):
+    (tmp_path / "empty_dir").mkdir()
+    import h5py
+    with h5py.File(tmp_path / "notres.h5", "w") as f:
+        f.attrs["format"] = "something-else"
+    fake_result(tmp_path / "a.h5")
+    cp = report_cli(*args, "--out-dir", tmp_path / "r", cwd=tmp_path)
+    assert cp.returncode == 2, (cp.stdout, cp.stderr)
+    lines = cp.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpiopt.report: error:") and needle in lines[0], lines
+
+
+def test_docs_example_plot_is_a_real_png():
+    img_path = Path(__file__).resolve().parent.parent / "docs" / "img" / "report-gap.png"
+    img = png_pixels(img_path)
+    assert img.shape[0] > 200 and img.shape[1] > 600 and img[..., :3].std() > 0.05
+    assert "img/report-gap.png" in (img_path.parent.parent / "report.md").read_text()
