@@ -231,3 +231,14 @@ def test_bad_box_is_an_input_error():
     p = make_problem(n=3, m=2)
     with pytest.raises(InputError, match="box"):
         p.init_box(3, 2, 1.0, -1.0, [1, 1])
+
+
+def test_midcycle_compression_keeps_projection_monotone_and_bounds_valid(poly):
+    M, _ = run_sim(poly, "coordination", rtol=1e-4, max_cuts=3, cut_cap=2.0)
+    assert M.n_midcycle_compressions > 0 and M.model.counts().max() <= 3 * 2 + poly.m
+    assert M.status == "converged"
+    assert M.f_low <= poly.reference_objective + 1e-7 <= M.f_up + 1e-7
+    tr = M.trace.array()
+    for c in np.unique(tr["cycle"]):
+        d = tr["dist"][(tr["cycle"] == c) & (tr["infeasible"] == 0)]
+        assert np.all(np.diff(d) >= -1e-6 * max(1.0, d.max(initial=0)))

@@ -51,6 +51,7 @@ class Params:
     qp_solver: str = "daqp"
     max_iter: int = 100000
     upper_points: int = 50           # points kept per oracle in the Lipschitz upper model
+    cut_cap: float = 2.0             # between critical iterations, compress when a bundle exceeds cut_cap*max_cuts
 
 
 @dataclass
@@ -129,6 +130,7 @@ class LevelBundleMaster:
         self.steps = 0                  # master steps (one per answer batch)
         self.cycle = 0                  # critical iterations
         self.n_infeasible = 0
+        self.n_midcycle_compressions = 0
         self.evals = np.zeros(self.m, dtype=np.int64)
         self.answers = 0
         self.qp_seconds = 0.0
@@ -333,6 +335,13 @@ class LevelBundleMaster:
                 self.lam = None
                 self.lev_prev = math.inf
                 self.last_infeasible = False
+            elif self.lam is not None and self.model.counts().max() > p.cut_cap * p.max_cuts:
+                # drop inactive cuts of the last QP (x+ stays its projection; newer cuts are kept)
+                keep = np.ones(self.model.count)
+                keep[:self.lam.size] = self.lam
+                self.model.compress(keep, p.max_cuts)
+                self.lam = None
+                self.n_midcycle_compressions += 1
             self.lev = min(self.lev_prev, self.f_up - p.alpha * self.gap)
             self.lev_prev = self.lev
             G, e, comp = self.model.rows
@@ -375,7 +384,7 @@ class LevelBundleMaster:
 
     # -- checkpoint -----------------------------------------------------------------------------
     SCALARS = ("f_low", "f_up", "gap_ref", "lev", "lev_prev", "last_infeasible", "k", "steps", "cycle",
-               "n_infeasible", "answers", "qp_seconds", "lp_seconds", "phase", "pending", "coord_id",
+               "n_infeasible", "n_midcycle_compressions", "answers", "qp_seconds", "lp_seconds", "phase", "pending", "coord_id",
                "n_coords", "since_coord")
     ARRAYS = ("x1", "x_best", "xc", "x_next", "evals", "latest_fu", "latest_eta", "coord_seen", "coord_fu")
 

@@ -79,6 +79,8 @@ class LevelBundle(Solver):
         Option("eps_prox", 1e-6, "DAQP proximal regularisation (must be positive)", float, low=0.0, low_open=True),
         Option("qp_solver", "daqp", "level QP solver: daqp (HiGHS fallback) or highs", str, choices=("daqp", "highs")),
         Option("upper_points", 50, "upper_model: points kept per oracle", int, low=1),
+        Option("cut_cap", 2.0, "between critical iterations, drop the last QP's inactive cuts when a bundle "
+               "exceeds cut_cap*max_cuts", float, low=1.0),
     )
 
     # -- construction ---------------------------------------------------------------------------
@@ -108,7 +110,8 @@ class LevelBundle(Solver):
                         max_cuts=o["max_cuts"], lp_every=o["lp_every"], lp_start=o["lp_start"], batch=o["batch"],
                         coord_every=o["coord_every"], coord_promising=o["coord_promising"],
                         coord_blocking=o["coord_blocking"], kappa=o["kappa"], eps_prox=o["eps_prox"],
-                        qp_solver=o["qp_solver"], max_iter=o["max_iter"], upper_points=o["upper_points"])
+                        qp_solver=o["qp_solver"], max_iter=o["max_iter"], upper_points=o["upper_points"],
+                        cut_cap=o["cut_cap"])
         return LevelBundleMaster(p.n_vars, p.m, p.lower, p.upper, p.lipschitz, self.owners, params,
                                  x0=p.x0(), exact=p.exact)
 

@@ -1,0 +1,185 @@
+"""Benchmark of ``level_bundle``: sync vs the asynchronous variants (upper_model, coordination) and the
+plain projected subgradient method on ``block_lp_dual``.
+
+    python benchmarks/bench_level_bundle.py [--quick] [--no-sim] [--no-real]
+
+Launches nothing itself for part A and ``mpirun`` itself for part B (run it WITHOUT mpirun):
+
+A. Simulated grid (in-process discrete-event simulation: the real master logic, QPs and HiGHS
+   oracles; oracle times virtual, drawn from the seeded delay model with mean 1 s; the master's real
+   QP seconds are added to the virtual clock). m = 8, 16; oracle time spread 1, 3, 10; log-normal
+   noise 0.3, 1.0. Reports virtual time to relative gap 1e-3 / 1e-4 / 1e-6, speed-up T_sync/T_variant,
+   evaluations per oracle, master busy fraction, and whether [f_low, f_up] brackets f* (primal LP).
+   The subgradient baseline has no certified gap: its time is to relative error (f_best - f*)/|f*|.
+B. Real MPI runs (``mpirun -n m+1``, oracle delays slept on the oracle ranks): sync vs coordination
+   vs projected subgradient at heavy-tailed delays, wall time to the same gaps and master busy fraction.
+
+--quick: n = 60, spreads 1 and 10, a short real run at m = 8; the full run (n = 200, all spreads, real runs
+at m = 8 and 16) takes hours on a 2-core machine.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+GAPS = (1e-3, 1e-4, 1e-6)
+VARIANTS = ("sync", "upper_model", "coordination")
+
+
+def make_problem(n: int, m: int, seed: int = 0):
+    from mpiopt.comm import world
+    from mpiopt.options import resolve
+    from mpiopt.problems.block_lp import BlockLPDual
+    cfg = resolve({"problem": BlockLPDual.options},
+                  [("problem.n", n, "bench"), ("problem.m", m, "bench"), ("problem.seed", seed, "bench")])["problem"]
+    p = BlockLPDual(cfg, world())
+    p.setup()
+    p.compute_reference()
+    return p
+
+
+def first_time(times, values, tol) -> float:
+    for t, v in zip(times, values):
+        if v <= tol:
+            return float(t)
+    return math.inf
+
+
+def simulate_one(p, variant: str, spread: float, noise: float, max_time: float, seed: int = 1) -> dict:
+    from mpiopt.bundle.master import LevelBundleMaster, Params
+    from mpiopt.bundle.simulate import simulate
+    from mpiopt.bundle.subgradient import SubgradientMaster
+    from mpiopt.problems.oracle import DelayModel
+    owners = [[i] for i in range(p.m)]
+    fstar = p.reference_objective
+    if variant == "subgradient":
+        M = SubgradientMaster(p.n_vars, p.m, p.lower, p.upper, owners, fstar=fstar, max_iter=10**6, x0=p.x0())
+    else:
+        M = LevelBundleMaster(p.n_vars, p.m, p.lower, p.upper, p.lipschitz, owners,
+                              Params(variant=variant, rtol=1e-6), x0=p.x0())
+    t = time.perf_counter()
+    r = simulate(M, [p.make_oracle(i) for i in range(p.m)], DelayModel(p.m, 1.0, spread, noise, seed=seed),
+                 qp_cost="measured", max_time=max_time)
+    h = r.history
+    if variant == "subgradient":
+        measure = [(fu - fstar) / abs(fstar) for fu in h["f_up"]]
+    else:
+        measure = h["rel_gap"]
+    out = {f"t{g:.0e}": first_time(h["time"], measure, g) for g in GAPS}
+    out.update(time=r.time, evals=M.evals.copy(), busy=r.busy / max(r.time, 1e-12), qps=M.k,
+               bracket=bool(M.f_low <= fstar + 1e-7 * abs(fstar) and fstar <= M.f_up + 1e-7 * abs(fstar)),
+               wall=time.perf_counter() - t, status=M.status)
+    return out
+
+
+def fmt(t: float) -> str:
+    return "   inf" if not math.isfinite(t) else f"{t:6.1f}"
+
+
+def part_a(quick: bool) -> list[dict]:
+    n = 60 if quick else 200
+    ms = (8, 16)
+    spreads = (1.0, 10.0) if quick else (1.0, 3.0, 10.0)
+    noises = (0.3, 1.0)
+    rows = []
+    print(f"\nA. simulated (virtual oracle time, mean 1 s; real master QP time added), block_lp_dual n={n}")
+    print("   m spread noise  solver         t(1e-3) t(1e-4) t(1e-6)  speedup@1e-4  evals/oracle(min-max)  busy  QPs  brackets f*")
+    for m in ms:
+        p = make_problem(n, m)
+        for spread in spreads:
+            for noise in noises:
+                ref = None
+                for v in (*VARIANTS, "subgradient"):
+                    cap = 4 * (ref["time"] if ref else 1e9)
+                    r = simulate_one(p, v, spread, noise, max_time=cap)
+                    if v == "sync":
+                        ref = r
+                    sp = ref["t1e-04"] / r["t1e-04"] if math.isfinite(r["t1e-04"]) else 0.0
+                    ev = r["evals"]
+                    print(f"  {m:2d} {spread:5.0f} {noise:5.1f}  {v:13s} {fmt(r['t1e-03'])}  {fmt(r['t1e-04'])}  "
+                          f"{fmt(r['t1e-06'])}  {sp:10.2f}x  {ev.mean():8.1f} ({ev.min()}-{ev.max()})  "
+                          f"{r['busy']:5.1%} {r['qps']:5d}  {r['bracket'] if v != 'subgradient' else '-'}",
+                          flush=True)
+                    rows.append(dict(m=m, spread=spread, noise=noise, solver=v, **r))
+    return rows
+
+
+def real_run(solver: str, variant: str | None, n: int, m: int, mu0: float, spread: float, noise: float,
+             out: str, max_time: float) -> dict:
+    import h5py
+    sets = [f"problem.n={n}", f"problem.m={m}", f"problem.delay_mean={mu0}", f"problem.delay_spread={spread}",
+            f"problem.delay_noise={noise}", "problem.delay_seed=1"]
+    if variant:
+        sets.append(f"solver.variant={variant}")
+    else:
+        sets.append("solver.max_iter=1000000")
+    cmd = ["mpirun", "-n", str(m + 1), sys.executable, "-m", "mpiopt.run", solver, "--problem", "block_lp_dual",
+           "--set", *sets, "--out", out, "--max-time", str(max_time), "-q"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True)
+    try:
+        proc.wait(timeout=max_time + 300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        raise
+    with h5py.File(out, "r") as f:
+        h = {k: f["history"][k][()] for k in f["history"]}
+        fstar = float(f.attrs["reference_objective"])
+        calls = f["solution/oracle_calls"][()]
+        wall = float(f.attrs["wall_time"])
+    measure = h["rel_gap"] if variant else (h["upper_bound"] - fstar) / abs(fstar)
+    res = {f"t{g:.0e}": first_time(h["time"], measure, g) for g in GAPS}
+    res.update(wall=wall, busy=float(h["master_busy"][-1]), evals=calls,
+               bracket=bool(h["lower_bound"][-1] <= fstar + 1e-7 * abs(fstar) <= h["upper_bound"][-1] + 2e-7 * abs(fstar)))
+    return res
+
+
+def part_b(quick: bool) -> list[dict]:
+    configs = [(60, 8, 0.02, 1.0, 1.0)] if quick else [(60, 8, 0.05, 1.0, 1.0), (200, 16, 0.1, 3.0, 1.0)]
+    rows = []
+    print("\nB. real MPI runs (mpirun -n m+1; oracle delays slept on the oracle ranks; wall seconds)")
+    print("   n  m   mu0 spread noise  solver         t(1e-3) t(1e-4) t(1e-6)  speedup@1e-4  evals/oracle  master busy  brackets f*")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, m, mu0, spread, noise in configs:
+            ref = None
+            for solver, variant in (("level_bundle", "sync"), ("level_bundle", "coordination"),
+                                    ("level_bundle", "upper_model"), ("projected_subgradient", None)):
+                cap = 3 * ref["wall"] if ref else 600.0
+                r = real_run(solver, variant, n, m, mu0, spread, noise, os.path.join(tmp, "r.h5"), cap)
+                if ref is None:
+                    ref = r
+                sp = ref["t1e-04"] / r["t1e-04"] if math.isfinite(r["t1e-04"]) else 0.0
+                name = variant or "subgradient"
+                print(f"  {n:3d} {m:2d} {mu0:5.2f} {spread:5.0f} {noise:5.1f}  {name:13s} {fmt(r['t1e-03'])}  "
+                      f"{fmt(r['t1e-04'])}  {fmt(r['t1e-06'])}  {sp:10.2f}x  {r['evals'].mean():8.1f}  "
+                      f"{r['busy']:10.1%}   {r['bracket'] if variant else '-'}", flush=True)
+                rows.append(dict(n=n, m=m, solver=name, **r))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes (minutes instead of hours)")
+    ap.add_argument("--no-sim", action="store_true", help="skip part A (simulated grid)")
+    ap.add_argument("--no-real", action="store_true", help="skip part B (real mpirun runs)")
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if not args.no_sim:
+        part_a(args.quick)
+    if not args.no_real:
+        part_b(args.quick)
+
+
+if __name__ == "__main__":
+    main()
