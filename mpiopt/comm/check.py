@@ -50,6 +50,7 @@ def collective_check(comm: Comm, fn: Callable[[], R]) -> R:
             print(f"mpiopt: error: {err}", file=sys.stderr, flush=True)
             sys.stdout.flush()
             comm.mpi.Abort(EXIT_USAGE)
+            os._exit(EXIT_USAGE)  # MPI_Abort may return before the process manager acts
     failed = int(lowest[0])
     if failed == comm.size:
         return out

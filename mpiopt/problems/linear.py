@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from scipy.special import expit
 
 from .. import options as O
+from ..comm import collective_check
 from ..errors import InputError
 from ..options import Option
 from ..prox import ElasticNet
@@ -58,7 +59,9 @@ class LinearModelProblem(CompositeProblem):
         o = self.opts
         comm = self.comm
         if o["path"]:
-            self._load_file(o["path"])
+            # local parsing first, checked on every rank, before the collectives that follow it
+            X, y = collective_check(comm, lambda: self._read_file(o["path"]))
+            self._finish_file(X, y, o["path"])
         elif o["dataset"] != "generated":
             self._load_bundled(o["dataset"])
         else:
@@ -133,10 +136,13 @@ class LinearModelProblem(CompositeProblem):
                 + ("" if self.opts.get("reg", "elastic_net") == "elastic_net" else f", reg={self.opts['reg']}"))
 
     # -- data sources -------------------------------------------------------------------
-    def _load_file(self, path: str) -> None:
+    def _read_file(self, path: str):
         from ..data.svmlight import read_shard
+        return read_shard(path, self.comm.rank, self.comm.size, self.opts["n_features"] or None,
+                          self.opts["zero_based"])
+
+    def _finish_file(self, X, y, path: str) -> None:
         nf = self.opts["n_features"] or None
-        X, y = read_shard(path, self.comm.rank, self.comm.size, nf, self.opts["zero_based"])
         if nf is None:
             nf = int(self.comm.allreduce_scalar(X.shape[1], op=__import__("mpi4py").MPI.MAX))
             X = sp.csr_matrix((X.data, X.indices, X.indptr), shape=(X.shape[0], nf))
