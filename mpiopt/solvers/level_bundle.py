@@ -362,6 +362,11 @@ class LevelBundle(Solver):
                          stop_rule=M.stop_rule, infeasible_qps=int(M.n_infeasible),
                          worker_idle=[i / wall for i in idle[1:]] if idle and len(idle) > 1 else [],
                          solution={"x": x, "oracle_calls": M.evals.copy()})
+            extra["extra_groups"] = {"level_bundle": {
+                "oracle_calls": M.evals.copy(), "worker_idle": np.asarray(extra["worker_idle"], dtype=np.float64),
+                "master_busy": float(extra["master_busy"]), "cycles": int(M.cycle), "stop_rule": str(M.stop_rule),
+                "infeasible_qps": int(M.n_infeasible), "qps": int(qps), "lower_bound": float(f_low),
+                "upper_bound": float(f_up)}}
         return R.make_result(x, float(f_up), int(steps), int(code), msg, **extra)
 
     # -- checkpoints -------------------------------------------------------------------------------
