@@ -77,40 +77,42 @@ class Comm:
         self.control: MPI.Comm = self.mpi.Dup() if self.size > 1 else self.mpi
 
     # -- buffer collectives -------------------------------------------------------------
+    def _complete(self, req: MPI.Request, tag: str, nbytes: float, t0: float) -> None:
+        """Wait politely for a started collective and account for it."""
+        polite_wait(req)
+        self.stats.add(tag, nbytes, time.perf_counter() - t0)
+
     def Allreduce(self, sendbuf: Any, recvbuf: np.ndarray, op: MPI.Op = MPI.SUM, tag: str = "allreduce") -> np.ndarray:
         """In-place allowed with ``sendbuf=MPI.IN_PLACE``. Returns ``recvbuf``."""
-        t = time.perf_counter()
         if self.size == 1:
             if sendbuf is not MPI.IN_PLACE:
                 np.copyto(recvbuf, sendbuf)
             return recvbuf
-        polite_wait(self.mpi.Iallreduce(sendbuf, recvbuf, op))
-        self.stats.add(tag, _st.allreduce_bytes(recvbuf.nbytes, self.size), time.perf_counter() - t)
+        t0 = time.perf_counter()
+        self._complete(self.mpi.Iallreduce(sendbuf, recvbuf, op), tag,
+                       _st.allreduce_bytes(recvbuf.nbytes, self.size), t0)
         return recvbuf
 
     def Allgather(self, sendbuf: np.ndarray, recvbuf: np.ndarray, tag: str = "allgather") -> np.ndarray:
-        t = time.perf_counter()
         if self.size == 1:
             np.copyto(recvbuf.reshape(sendbuf.shape), sendbuf)
             return recvbuf
-        polite_wait(self.mpi.Iallgather(sendbuf, recvbuf))
-        self.stats.add(tag, _st.allgather_bytes(sendbuf.nbytes, self.size), time.perf_counter() - t)
+        t0 = time.perf_counter()
+        self._complete(self.mpi.Iallgather(sendbuf, recvbuf), tag, _st.allgather_bytes(sendbuf.nbytes, self.size), t0)
         return recvbuf
 
     def Alltoall(self, sendbuf: np.ndarray, recvbuf: np.ndarray, tag: str = "alltoall") -> np.ndarray:
-        t = time.perf_counter()
         if self.size == 1:
             np.copyto(recvbuf.reshape(sendbuf.shape), sendbuf)
             return recvbuf
-        polite_wait(self.mpi.Ialltoall(sendbuf, recvbuf))
-        self.stats.add(tag, _st.alltoall_bytes(sendbuf.nbytes, self.size), time.perf_counter() - t)
+        t0 = time.perf_counter()
+        self._complete(self.mpi.Ialltoall(sendbuf, recvbuf), tag, _st.alltoall_bytes(sendbuf.nbytes, self.size), t0)
         return recvbuf
 
     def Bcast(self, buf: np.ndarray, root: int = 0, tag: str = "bcast") -> np.ndarray:
-        t = time.perf_counter()
         if self.size > 1:
-            polite_wait(self.mpi.Ibcast(buf, root))
-            self.stats.add(tag, _st.bcast_bytes(buf.nbytes, self.size), time.perf_counter() - t)
+            t0 = time.perf_counter()
+            self._complete(self.mpi.Ibcast(buf, root), tag, _st.bcast_bytes(buf.nbytes, self.size), t0)
         return buf
 
     def Sendrecv(self, sendbuf: np.ndarray, dest: int, recvbuf: np.ndarray, source: int,
