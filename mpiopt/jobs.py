@@ -167,6 +167,7 @@ if [ -n "${{SLURM_ARRAY_TASK_ID:-}}" ]; then
 else
   TAG=${{SLURM_JOB_ID:-local-$$}}
 fi
+TAG=${{MPIOPT_TAG:-$TAG}}  # names results and scratch; set it to resume a run outside Slurm
 if [ "$RANKS" = 0 ]; then RANKS=${{SLURM_NTASKS:-1}}; fi
 WORK=$SCRATCH_BASE/mpiopt-$TAG
 OUT=$RESULTS/$SOLVER-${{PROBLEM/#-/demo}}-n$RANKS-$TAG.h5
