@@ -155,13 +155,15 @@ def test_resume_is_bit_identical(tmp_path):
 
 def test_sigterm_checkpoints_then_resume_latest_finishes(tmp_path):
     args = ["prox_sgd", "--problem", "faulty", "--plugin", FAULTY, "--set", "problem.slow=0.01",
-            "solver.max_iter=100000", "--checkpoint-dir", "ck", "--out", "run.h5"]
+            "solver.max_iter=100000", "--checkpoint-dir", "ck", "--checkpoint-every", "2s", "--out", "run.h5"]
     p = run_mpi(args, n=2, cwd=tmp_path, send_signal_after=6, sig=signal.SIGTERM, timeout=60)
     assert p.returncode != 0, p.output
     assert "interrupted" in p.stdout, p.output
     latest = (tmp_path / "ck" / "latest").read_text().strip()
     it = int(latest[5:14])
     assert it > 0
+    ckpts = sorted(f for f in os.listdir(tmp_path / "ck") if f.startswith("ckpt-"))
+    assert len(ckpts) >= 2 and ckpts[-1] == latest, ckpts  # periodic (every 2 s) + the final one
     r = load_result(str(tmp_path / "run.h5"))
     assert r.attrs["status"] == "interrupted" and r.history["iteration"][-1] <= it
     args2 = [a if a != "solver.max_iter=100000" else f"solver.max_iter={it + 20}" for a in args]
