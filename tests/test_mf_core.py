@@ -277,3 +277,40 @@ def test_movielens_official_split_files(tmp_path):
     assert prob2.nnz + prob2.nnz_test == 400 and 60 < prob2.nnz_test < 140
     with pytest.raises(InputError, match="u2.base"):
         minimize("hamsi", "movielens", {"problem.path": str(tmp_path), "problem.split": "u2"})
+
+
+def test_reference_init_emulates_cpp_mt19937_normal_distribution():
+    from mpiopt.mf.init import reference_normals
+    # std::mt19937 g(1453); std::normal_distribution<double> n(0, 1); printf("%.17g", n(g)) (libstdc++)
+    want = [-0.46467933076864182, 0.2564548374064724, 0.89072666379794463, -1.1318916469365365,
+            -0.30116523215126151, -0.23965951596722446]
+    got = reference_normals(1453, 200001)
+    assert got[:6].tolist() == want
+    assert got[100000] == 1.0063876299591925 and got[200000] == 0.44387787184910982
+    assert reference_normals(1453, 7).tolist() == got[:7].tolist()
+
+
+def test_reference_text_format(tmp_path):
+    from mpiopt.comm import world
+    from mpiopt.data.movielens import read_reference, write_reference
+    f = tmp_path / "data.txt"
+    write_reference(str(f), np.array([0, 2, 4]), np.array([1, 0, 2]), np.array([5.0, 3.5, 1.0]), 6, 3)
+    r, c, v, m, n = read_reference(str(f), world())
+    assert (m, n) == (6, 3) and r.tolist() == [0, 2, 4] and c.tolist() == [1, 0, 2] and v.tolist() == [5, 3.5, 1]
+    res, prob = minimize("hamsi", "movielens", {"problem.path": str(f), "problem.split": "none",
+                                                "solver.preset": "hamsi-mf", "solver.max_epochs": 2,
+                                                "solver.init": "mt19937", "run.seed": 1453,
+                                                "problem.latent_dim": 2}, return_problem=True)
+    assert (prob.m, prob.n) == (6, 3)       # empty rows kept, as in the reference
+    from mpiopt.mf.init import reference_normals
+    x0 = reference_normals(1453, (6 + 3) * 2)
+    W0, H0 = x0[:12].reshape(6, 2), x0[12:].reshape(3, 2)
+    r0 = np.einsum("ij,ij->i", W0[[0, 2, 4]], H0[[1, 0, 2]]) - np.array([5.0, 3.5, 1.0])
+    assert res.history["rmse"].size == 3
+    assert res.history["rmse"][0] == pytest.approx(np.sqrt(r0 @ r0 / 3), rel=1e-14)
+    f.write_text("2\n6 3\n3\n1 2 5\n3 1\n5 3 1\n")
+    with pytest.raises(InputError, match=r"data.txt:5: malformed entry"):
+        read_reference(str(f), world())
+    f.write_text("2\n6 3\n3\n1 2 5\n3 9 1\n5 3 1\n")
+    with pytest.raises(InputError, match=r"data.txt:5: .*out of range"):
+        read_reference(str(f), world())

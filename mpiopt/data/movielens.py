@@ -177,3 +177,88 @@ def write_reference(path: str, rows: np.ndarray, cols: np.ndarray, vals: np.ndar
     with open(path, "w") as fh:
         fh.write(f"2\n{m} {n}\n{len(vals)}\n")
         np.savetxt(fh, np.column_stack([np.asarray(rows) + 1, np.asarray(cols) + 1, vals]), fmt="%d %d %.17g")
+
+
+# -- the reference code's text format ------------------------------------------------------------
+def is_reference_format(path: str) -> bool:
+    """True when the file starts with the reference header line ``2`` (number of dimensions)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.readline().strip() == b"2"
+    except OSError:
+        return False
+
+
+def read_reference(path: str, comm) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Collective: this rank's (rows, cols, values) (0-based) and (m, n) of a reference-format file
+    (``2`` / ``m n`` / ``nnz`` / nnz lines ``i j value``, 1-based). Each rank parses a byte range."""
+    with open(path, "rb") as fh:
+        head = [fh.readline() for _ in range(3)]
+        body_start = fh.tell()
+    try:
+        m, n = (int(t) for t in head[1].split())
+        nnz = int(head[2].strip())
+    except ValueError:
+        raise InputError(f"{path}:2: reference header must be 'm n' then 'nnz' on line 3") from None
+    size = os.path.getsize(path) - body_start
+    lo, hi = _byte_range(size, comm.rank, comm.size)
+    lo, hi = lo + body_start, hi + body_start
+    data = b""
+    with open(path, "rb") as fh:
+        if lo > body_start:
+            fh.seek(lo - 1)
+            if fh.read(1) != b"\n":
+                fh.readline()
+            lo = fh.tell()
+        if lo < hi:
+            fh.seek(lo)
+            data = fh.read(hi - lo)
+            if data and not data.endswith(b"\n"):
+                data += fh.readline()
+    text = data.replace(b"\r", b"")
+    if text and not text.endswith(b"\n"):
+        text += b"\n"
+    nlines = text.count(b"\n")
+    counts = comm.allgather_obj(nlines)
+    first_line = 4 + sum(counts[:comm.rank])
+    if sum(counts) != nnz:
+        raise InputError(f"{path}:3: header says {nnz} entries, the file has {sum(counts)} lines")
+    if not text:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), m, n
+    buf = np.frombuffer(text, dtype=np.uint8)
+    nl = np.flatnonzero(buf == 10)
+    ws = (buf == 32) | (buf == 9) | (buf == 10)
+    starts = np.flatnonzero(~ws & np.concatenate([[True], ws[:-1]]))
+    per_line = np.bincount(np.searchsorted(nl, starts), minlength=nl.size)
+    vals = None
+    if (per_line == 3).all():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                vals = np.fromstring(text, dtype=np.float64, sep=" ")  # noqa: NPY201
+            except (ValueError, DeprecationWarning):
+                vals = None
+    if vals is not None and vals.size == 3 * nl.size:
+        v3 = vals.reshape(-1, 3)
+        i, j, v = v3[:, 0], v3[:, 1], v3[:, 2]
+        good = (i == np.floor(i)) & (j == np.floor(j)) & (i >= 1) & (i <= m) & (j >= 1) & (j <= n) & np.isfinite(v)
+        if good.all():
+            return i.astype(np.int64) - 1, j.astype(np.int64) - 1, v.copy(), m, n
+    for k, raw in enumerate(text.split(b"\n")[:nl.size]):
+        line = raw.decode("utf-8", errors="replace")
+        parts = line.split()
+        why = None
+        if len(parts) != 3:
+            why = f"expected 3 fields 'i j value', got {len(parts)}"
+        else:
+            try:
+                a, b, c = int(parts[0]), int(parts[1]), float(parts[2])
+                if not (1 <= a <= m and 1 <= b <= n):
+                    why = f"index out of range 1..{m} x 1..{n}"
+                elif not np.isfinite(c):
+                    why = "value is NaN or Inf"
+            except ValueError:
+                why = "indices must be integers and the value a number"
+        if why:
+            raise InputError(f"{path}:{first_line + k}: malformed entry {line[:60]!r}: {why}")
+    raise InputError(f"{path}: cannot parse entries (line {first_line}..)")  # pragma: no cover

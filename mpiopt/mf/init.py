@@ -1,6 +1,7 @@
 """Initial factors: rank-count independent random draws and factors read from files."""
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -23,6 +24,32 @@ def random_rows(seed: int, matrix_id: int, lo: int, hi: int, k: int, scale: floa
     if scale != 1.0:
         out *= scale
     return out
+
+
+def reference_normals(seed: int, count: int) -> np.ndarray:
+    """The first ``count`` draws of C++ ``std::normal_distribution<double>(0, 1)`` on
+    ``std::mt19937(seed)`` as in libstdc++ (the reference code's initial factors, A then B).
+
+    MT19937 with standard integer seeding; each uniform is (w1 + w2 2^32) / 2^64 from two 32-bit
+    outputs (low word first); Marsaglia's polar method returns y*mult and keeps x*mult for the next
+    call. Vectorized: pairs are drawn in bulk (rejected pairs consume their words as in C++)."""
+    bg = np.random.MT19937(0)
+    bg._legacy_seeding(int(seed))
+    parts, have = [], 0
+    while have < count:
+        need = max(64, int((count - have) * 0.7) + 16)
+        w = bg.random_raw(4 * need).astype(np.float64).reshape(need, 4)
+        x = 2.0 * ((w[:, 0] + w[:, 1] * 2.0 ** 32) / 2.0 ** 64) - 1.0
+        y = 2.0 * ((w[:, 2] + w[:, 3] * 2.0 ** 32) / 2.0 ** 64) - 1.0
+        r2 = x * x + y * y
+        ok = (r2 <= 1.0) & (r2 != 0.0)
+        r2ok = r2[ok]
+        logs = np.fromiter(map(math.log, r2ok), dtype=np.float64, count=r2ok.size)  # libm log, not SIMD
+        mult = np.sqrt(-2.0 * logs / r2ok)
+        pair = np.column_stack([y[ok] * mult, x[ok] * mult]).ravel()
+        parts.append(pair)
+        have += pair.size
+    return np.concatenate(parts)[:count] if parts else np.zeros(0)
 
 
 def read_factors(path: str, m: int, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -24,8 +24,9 @@ def common_options(max_epochs: int = 50, init_scale: float = 0.1, patience: int 
         Option("max_epochs", max_epochs, "number of data passes (epochs)", int, low=0),
         Option("blocks", 0, "blocks per dimension nb (0: one per rank); a multiple of the rank count. "
                "A fixed nb gives the same iterates at any rank count dividing it", int, low=0),
-        Option("init", "random", "initial factors: random (N(0, init_scale^2), same at any rank count) or "
-               "a .npz/.h5 file with W (rows x k) and H (columns x k)", str),
+        Option("init", "random", "initial factors: random (N(0, init_scale^2), same at any rank count), "
+               "mt19937 (the reference code's N(0,1) draw from std::mt19937(run.seed), A then B; use "
+               "--seed 1453 for its default), or a .npz/.h5 file with W (rows x k) and H (columns x k)", str),
         Option("init_scale", init_scale, "standard deviation of random initial factors", float, low=0.0),
         Option("target_rmse", 0.0, "stop when the training RMSE is <= this (0: off)", float, low=0.0),
         Option("target_test_rmse", 0.0, "stop when the held-out RMSE is <= this (0: off)", float, low=0.0),
@@ -60,6 +61,10 @@ class MFSolver(Solver):
         self.seed = int(ctx.cfg.get("seed", 0))
         if o["init"] == "random":
             self.mf.init_random(self.seed, o["init_scale"])
+        elif o["init"] == "mt19937":
+            from .init import reference_normals
+            full = reference_normals(self.seed, self.mf.n_vars)
+            self.mf.init_from(*self.mf.split_global(full))
         else:
             W, H = read_factors(o["init"], self.mf.m, self.mf.n, self.k)
             self.mf.init_from(W, H)

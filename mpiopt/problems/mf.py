@@ -100,7 +100,8 @@ class MovieLens(MFProblem):
 
     summary = "matrix factorization of MovieLens ratings (u.data, ratings.dat, ratings.csv; users x items)"
     options = (
-        O.path("ml-* folder or ratings file (u.data, u1.base, ratings.dat, ratings.csv)"),
+        O.path("ml-* folder or ratings file (u.data, u1.base, ratings.dat, ratings.csv, or the reference "
+               "code's text format: '2' / 'm n' / 'nnz' / 'i j value' lines)"),
         Option("split", "random", "held-out set: random (seeded, test_fraction), none, or an ml-100k split "
                "name such as u1 or ua (reads <name>.base/<name>.test next to the data)", str),
         Option("test_path", None, "explicit held-out ratings file (same format)", str, nullable=True),
@@ -110,10 +111,12 @@ class MovieLens(MFProblem):
     )
 
     def _load(self):
-        from ..data.movielens import compact_ids, read_ratings, resolve_path
+        from ..data.movielens import compact_ids, is_reference_format, read_ratings, read_reference, resolve_path
         o, comm = self.opts, self.comm
         if not o["path"]:
             raise InputError("problem.path: movielens needs the ml-* folder or ratings file (no download)")
+        if os.path.isfile(o["path"]) and is_reference_format(o["path"]):
+            return self._load_reference(read_reference)
         split = str(o["split"])
         test_file = o["test_path"]
         if split not in ("random", "none") and not test_file:
@@ -142,6 +145,24 @@ class MovieLens(MFProblem):
         self.user_ids, self.item_ids = users, items
         return (np.searchsorted(users, u), np.searchsorted(items, i), v,
                 np.searchsorted(users, tu), np.searchsorted(items, ti), tv, users.size, items.size)
+
+
+    def _load_reference(self, read_reference):
+        """The reference code's text format: indices kept as given (empty rows included)."""
+        o, comm = self.opts, self.comm
+        self.source = o["path"]
+        r, c, v, m, n = read_reference(o["path"], comm)
+        if o["test_path"]:
+            tr, tc, tv, tm, tn = read_reference(o["test_path"], comm)
+            if (tm, tn) != (m, n):
+                raise InputError(f"problem.test_path {o['test_path']}: {tm} x {tn}, training data is {m} x {n}")
+        elif o["split"] == "random" and o["test_fraction"] > 0:
+            test = hash_uniform(r, c, o["seed"]) < o["test_fraction"]
+            tr, tc, tv = r[test], c[test], v[test]
+            r, c, v = r[~test], c[~test], v[~test]
+        else:
+            tr, tc, tv = _empty()
+        return r, c, v, tr, tc, tv, m, n
 
 
 @register_problem("synthetic_mf")

@@ -35,11 +35,6 @@ class MFGD(Hamsi):
     )
     use_lbfgs = False
 
-    @classmethod
-    def check_config(cls, cfg, n_ranks):
-        cfg["solver"].setdefault("preset", "none")
-        super().check_config(cfg, n_ranks)
-
     def __init__(self, problem, options, ctx):
         options = dict(options)
         options.setdefault("preset", "none")
