@@ -86,6 +86,8 @@ class AsyncSubgradient(Solver):
         Option("save_snapshots", True, "store every snapshot vector in the result file (/snapshots)", bool),
         Option("window", "auto", "window memory: auto (shared on one node), shared (Allocate_shared), "
                "allocate (Win.Allocate)", str, choices=("auto", "shared", "allocate")),
+        Option("target_accuracy", 0.0, "stop (converged) when a snapshot reaches this test accuracy (0: never)",
+               float, low=0.0, high=1.0),
         Option("rank_history_every", 1.0, "seconds between a worker's history rows (/workers/rankN)", float,
                low=0.0, low_open=True),
     )
@@ -151,6 +153,7 @@ class AsyncSubgradient(Solver):
         self.rank_rows: dict[str, list[float]] = {}
         self._train_eval = None
         self._test_eval = None
+        self._target_hit = False
 
     def _sub_ranges(self) -> list[tuple[int, int]]:
         if self.method != "passm" or not self.is_worker or self.opts["passm_subblocks"] == 1:
@@ -296,6 +299,9 @@ class AsyncSubgradient(Solver):
         if samples / self.problem.n_train >= self.opts["max_epochs"]:
             self._sync_stop = R.MAX_ITER
             return True
+        if self._target_hit:
+            self._sync_stop = R.CONVERGED
+            return True
         if ctx.elapsed() >= ctx.max_time or ctx.signal_received or self._callback_stop or ctl.read(REQUEST):
             return True
         ck_iters, ck_secs = self._ckpt_every
@@ -358,6 +364,8 @@ class AsyncSubgradient(Solver):
                     test_accuracy=test_acc, train_accuracy=train_acc, updates_per_s=ups,
                     snapshot=self.n_snapshots, snapshot_time=t)
         self.n_snapshots += 1
+        target = self.opts["target_accuracy"]
+        self._target_hit = self._target_hit or (target > 0 and test_acc >= target)
         self._final = (train_loss, test_loss, test_acc, x)
 
     def _evaluator(self) -> Any:
@@ -443,7 +451,9 @@ class AsyncSubgradient(Solver):
         extra = comm.bcast_obj(extra)
         updates, samples = self.control.counters()
         self.free()
-        msg = {R.MAX_ITER: f"reached max_epochs={self.opts['max_epochs']}"}.get(status, R.stop_message(status))
+        msg = {R.MAX_ITER: f"reached max_epochs={self.opts['max_epochs']}",
+               R.CONVERGED: f"a snapshot reached target_accuracy={self.opts['target_accuracy']}"}.get(
+            status, R.stop_message(status))
         return R.make_result(x, train_loss, updates, status, msg, test_loss=test_loss,
                              test_accuracy=test_acc, epochs=samples / self.problem.n_train,
                              lost_updates=lost, extra_groups=extra, solution={"x": x})

@@ -58,6 +58,8 @@ class DDP(Solver):
         Option("eval_samples", 0, "test images used for evaluations (0: all)", int, low=0),
         Option("train_eval_samples", 1000, "training images used for the train loss of an evaluation", int, low=1),
         Option("bn_batches", 8, "train batches used to recalibrate BatchNorm statistics before evaluation", int, low=1),
+        Option("target_accuracy", 0.0, "stop (converged) when an evaluation reaches this test accuracy (0: never)",
+               float, low=0.0, high=1.0),
         Option("timeout", 300.0, "seconds a gloo collective may wait before failing", float, low=1.0),
     )
 
@@ -83,6 +85,7 @@ class DDP(Solver):
         self.t = 0
         self.eval_seconds = 0.0
         self._evals: tuple | None = None
+        self._target_hit = False
 
     def _loss_and_grad(self, X: Any, y: Any) -> float:
         import torch.nn.functional as F
@@ -117,6 +120,8 @@ class DDP(Solver):
         self.eval_seconds += time.perf_counter() - t0
         self.notify(self.t, None, tr_loss, epoch=epoch, test_loss=te_loss, test_accuracy=te_acc,
                     train_accuracy=tr_acc, updates_per_s=ups, train_time=self.ctx.elapsed() - self.eval_seconds)
+        target = self.opts["target_accuracy"]
+        self._target_hit = self._target_hit or (target > 0 and te_acc >= target)
         return tr_loss, tr_acc, te_loss, te_acc
 
     def solve(self, callback=None) -> R.OptimizeResult:
@@ -144,9 +149,13 @@ class DDP(Solver):
                 self._record(self.t * per_step / p.n_train, (self.t - step_last) / max(1e-9, now - t_last))
                 t_last, step_last = time.perf_counter(), self.t
                 next_eval = time.perf_counter() + every
+            if self._target_hit and self.t % ctx.poll_every == 0:
+                self._callback_stop = True              # a stop request seen by every rank at this poll
             stop = self.poll(self.t)
             if stop is not None:
                 status, msg = stop, R.stop_message(stop)
+                if comm.bcast_obj(self._target_hit):
+                    status, msg = R.CONVERGED, f"an evaluation reached target_accuracy={o['target_accuracy']}"
                 break
         fin = self._record(self.t * per_step / p.n_train, 0.0) if comm.rank == 0 else None
         tr_loss, tr_acc, te_loss, te_acc = comm.bcast_obj(fin)
