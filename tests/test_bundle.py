@@ -242,3 +242,10 @@ def test_midcycle_compression_keeps_projection_monotone_and_bounds_valid(poly):
     for c in np.unique(tr["cycle"]):
         d = tr["dist"][(tr["cycle"] == c) & (tr["infeasible"] == 0)]
         assert np.all(np.diff(d) >= -1e-6 * max(1.0, d.max(initial=0)))
+
+
+def test_min_batch_gathers_answers_before_a_qp(poly):
+    M1, _ = run_sim(poly, "coordination", rtol=1e-5)
+    M4, _ = run_sim(poly, "coordination", rtol=1e-5, min_batch=4)
+    assert M4.status == "converged" and M4.f_low <= poly.reference_objective + 1e-7 <= M4.f_up + 1e-7
+    assert M4.k < M1.k / 2                  # about one QP per 4 answers instead of one per answer

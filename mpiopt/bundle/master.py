@@ -51,6 +51,7 @@ class Params:
     qp_solver: str = "daqp"
     max_iter: int = 100000
     upper_points: int = 50           # points kept per oracle in the Lipschitz upper model
+    min_batch: int = 1               # asynchronous: answers gathered before the next QP
     cut_cap: float = 2.0             # between critical iterations, compress when a bundle exceeds cut_cap*max_cuts
 
 
@@ -138,6 +139,8 @@ class LevelBundleMaster:
         # oracle bookkeeping
         self.phase = "new"              # new -> init (first round) -> run -> done
         self.idle = np.ones(self.W, dtype=bool)
+        self.sent_k = np.full(self.W, -1, dtype=np.int64)      # iteration of the last point sent
+        self.since_step = 0
         self.sent: dict[int, tuple[int, int, np.ndarray]] = {}
         self.pending = False            # x_next not yet sent (sync)
         self.round_fl = np.zeros(self.m)
@@ -203,13 +206,19 @@ class LevelBundleMaster:
                 self._improve_upper(self.x_next, float(self.round_fu.sum()))
                 self._step()
         else:
+            coord_done = False
             if self.p.variant == "upper_model":
                 self._upper_model_bound(points)
             elif self.coord_id >= 0 and self.coord_seen.all():
                 self._improve_upper(self.z_c, float(self.coord_fu.sum()))
                 self.coord_id = -1
                 self.z_c = None
-            if not (self.p.coord_blocking and self.coord_id >= 0):
+                coord_done = True
+            self.since_step += len(answers)
+            ready = (self.since_step >= min(self.p.min_batch, self.W) or (self.coord_id < 0 and coord_done)
+                     or self.idle.all())
+            if ready and not (self.p.coord_blocking and self.coord_id >= 0):
+                self.since_step = 0
                 self._step()
             if self.p.variant == "coordination" and not self.done:
                 self._maybe_start_coordination()
@@ -227,7 +236,7 @@ class LevelBundleMaster:
         for w in np.flatnonzero(self.idle):
             if self.coord_id >= 0 and not self.coord_seen[self.owners[w]].all():
                 out.append(self._send(int(w), self.z_c, self.coord_id))
-            elif not (self.p.coord_blocking and self.coord_id >= 0):
+            elif not (self.p.coord_blocking and self.coord_id >= 0) and self.sent_k[w] != self.k:
                 out.append(self._send(int(w), self.x_next, -1))
         return out
 
@@ -240,6 +249,7 @@ class LevelBundleMaster:
     # -- internals ------------------------------------------------------------------------------
     def _send(self, w: int, x: np.ndarray, coord_id: int) -> Request:
         self.idle[w] = False
+        self.sent_k[w] = self.k
         self.sent[w] = (self.k, coord_id, x)
         return Request(w, self.k, coord_id, self.eta_request(), x)
 
@@ -385,7 +395,7 @@ class LevelBundleMaster:
     # -- checkpoint -----------------------------------------------------------------------------
     SCALARS = ("f_low", "f_up", "gap_ref", "lev", "lev_prev", "last_infeasible", "k", "steps", "cycle",
                "n_infeasible", "n_midcycle_compressions", "answers", "qp_seconds", "lp_seconds", "phase", "pending", "coord_id",
-               "n_coords", "since_coord")
+               "n_coords", "since_coord", "since_step")
     ARRAYS = ("x1", "x_best", "xc", "x_next", "evals", "latest_fu", "latest_eta", "coord_seen", "coord_fu")
 
     def state_dict(self) -> dict[str, Any]:
@@ -422,6 +432,7 @@ class LevelBundleMaster:
             self.umodel.load_state_dict(st["umodel"])
         self.trace.rows = [tuple(r) for r in np.asarray(st["trace"]).reshape(-1, len(self.trace.names))]
         self.idle[:] = True
+        self.sent_k[:] = -1
         self.sent.clear()
         if self.phase == "run" and self.p.variant == "sync" and not self.pending:
             self.pending = True

@@ -72,6 +72,8 @@ class LevelBundle(Solver):
         Option("lp_every", 0, "exact LP lower bound (HiGHS) every N QPs (0: at start only)", int, low=0),
         Option("lp_start", True, "exact LP lower bound after the first round", bool),
         Option("batch", True, "asynchronous: process all answers that arrived together in one QP", bool),
+        Option("min_batch", 1, "asynchronous: answers gathered before the next QP (fewer QPs: less master load)",
+               int, low=1),
         Option("coord_every", 0, "coordination: answers between coordinations (0: 2m)", int, low=0),
         Option("coord_promising", True, "coordination: also start one when the oracles' latest values look good", bool),
         Option("coord_blocking", False, "coordination: hold new points until the coordination completes (debug)", bool),
@@ -111,7 +113,7 @@ class LevelBundle(Solver):
                         coord_every=o["coord_every"], coord_promising=o["coord_promising"],
                         coord_blocking=o["coord_blocking"], kappa=o["kappa"], eps_prox=o["eps_prox"],
                         qp_solver=o["qp_solver"], max_iter=o["max_iter"], upper_points=o["upper_points"],
-                        cut_cap=o["cut_cap"])
+                        cut_cap=o["cut_cap"], min_batch=o["min_batch"])
         return LevelBundleMaster(p.n_vars, p.m, p.lower, p.upper, p.lipschitz, self.owners, params,
                                  x0=p.x0(), exact=p.exact)
 
