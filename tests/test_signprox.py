@@ -136,3 +136,36 @@ def test_svmlight_file_sparse_ternary(tmp_path):
                   n=3, name="svm")
     assert res["fun"] - res["reference_objective"] < 0.02
     assert res.history["bytes_iter"][-1] == 2 * 16          # 2 ranks x 2 planes x one 8-byte word
+
+
+def test_sgn0_drift_of_one_bit_raw_gradients_and_its_cures(tmp_path):
+    """Spec pitfall 1: features absent from the data have exactly zero gradients; a 1-bit sign of
+    the raw gradient codes them '+', so signsgd_mv (r ignored) drifts by -gamma per step there.
+    The ternary code does not move them; SignProx's mapping keeps them in a band around 0."""
+    import scipy.sparse as sp
+    from sklearn.datasets import dump_svmlight_file
+    rng = np.random.default_rng(6)
+    X = sp.random(400, 30, density=0.2, format="csr", random_state=rng, data_rvs=rng.standard_normal)
+    X = (X @ sp.diags((np.arange(30) < 20).astype(float))).tocsr()   # features 21..30 never occur
+    X.eliminate_zeros()
+    y = np.where(X[:, :5].sum(axis=1).A1 > 0, 1, -1)
+    path = tmp_path / "absent.svm"
+    dump_svmlight_file(X, y, str(path), zero_based=False)
+    T, step0 = 50, 0.05
+    base = [f"problem.path={path}", "problem.n_features=30", "problem.l1=0.01", f"solver.max_iter={T}",
+            f"solver.step0={step0}", "solver.schedule=const"]
+    drift, _ = _run(tmp_path, "signsgd_mv", [*base, "solver.reg=ignore"], name="drift")
+    assert np.allclose(drift.solution["x"][20:], -T * step0)
+    tern, _ = _run(tmp_path, "signsgd_mv", [*base, "solver.reg=ignore", "solver.encoding=ternary"], name="tern")
+    assert (tern.solution["x"][20:] == 0).all()
+    sp_, _ = _run(tmp_path, "signprox", base, name="sp")
+    assert (np.abs(sp_.solution["x_raw"][20:]) <= step0 + 1e-12).all()
+    assert (sp_.solution["x"][20:] == 0).all()
+
+
+def test_step_schedules():
+    from mpiopt.solvers.signprox import sign_step_size
+    assert sign_step_size(0.1, 0, "sqrt", 100) == 0.1
+    assert sign_step_size(0.1, 3, "sqrt", 100) == pytest.approx(0.05)
+    assert sign_step_size(0.1, 7, "const", 100) == 0.1
+    assert sign_step_size(0.1, 7, "theory", 100) == pytest.approx(0.01)
