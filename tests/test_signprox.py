@@ -169,3 +169,24 @@ def test_step_schedules():
     assert sign_step_size(0.1, 3, "sqrt", 100) == pytest.approx(0.05)
     assert sign_step_size(0.1, 7, "const", 100) == 0.1
     assert sign_step_size(0.1, 7, "theory", 100) == pytest.approx(0.01)
+
+
+def test_tv_image_loading(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mpiopt.errors import InputError
+    from mpiopt.problems.tv import load_image, phantom
+    img = phantom(16)
+    plt.imsave(tmp_path / "p.png", img, cmap="gray", vmin=0, vmax=1)
+    got = load_image(str(tmp_path / "p.png"))
+    assert got.shape == (16, 16) and abs(got.min()) < 1e-12 and abs(got.max() - 1) < 1e-12
+    assert np.corrcoef(got.ravel(), img.ravel())[0, 1] > 0.99
+    np.save(tmp_path / "p.npy", img * 5 + 2)
+    assert np.allclose(load_image(str(tmp_path / "p.npy")), img)
+    np.save(tmp_path / "bad.npy", np.zeros(5))
+    with pytest.raises(InputError, match="bad.npy: expected a 2-D image"):
+        load_image(str(tmp_path / "bad.npy"))
+    with pytest.raises(InputError, match="missing.png: file not found"):
+        load_image(str(tmp_path / "missing.png"))
