@@ -286,12 +286,12 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
             time.sleep(0.5)
         raise TimeoutError(f"job {job_id} not finished after {timeout}s: {self.jobs(job_id)}\n{self.diagnostics()}")
 
-    def start_requeued_now(self, job_id: int, timeout: float = 60) -> None:
+    def start_requeued_now(self, job_id: int, restarts: int = 1, timeout: float = 60) -> None:
         """Wait until the job is pending again after a requeue, then make it eligible at once
         (Slurm holds a requeued batch job back for about two minutes through its begin time)."""
         def pending() -> bool:
             recs = self.jobs(job_id)
-            return bool(recs) and recs[0].get("JobState") == "PENDING" and int(recs[0].get("Restarts", 0)) >= 1
+            return bool(recs) and recs[0].get("JobState") == "PENDING" and int(recs[0].get("Restarts", 0)) >= restarts
         self._wait(pending, timeout, f"job {job_id} to be pending after its requeue")
         self.scontrol("update", f"JobId={job_id}", "StartTime=now")
 

@@ -93,53 +93,57 @@ def test_sweep_array_with_mpirun_in_allocation(slurm, tmp_path):
     assert len(rows) == 3 and "prox_sgd" in rows[1] and "lasso" in rows[2]
 
 
-def _long_job(slurm, tmp_path: Path, max_iter: int) -> tuple[int, str]:
+def test_time_limit_warning_and_preemption_resume_from_checkpoints(slurm, tmp_path):
+    """One job, stopped twice, finishing bit-identical to a run never stopped:
+    1. the --signal=B:USR1@N time-limit warning (sent at once here with scancel): the script asks the
+       run to checkpoint, then requeues its own job;
+    2. preemption-like ``scontrol requeue``: Slurm sends SIGTERM, the run checkpoints, Slurm requeues.
+    Each time the requeued job resumes from the latest checkpoint (--resume latest)."""
+    max_iter = 6000
     args = (f"--set solver.max_iter={max_iter} problem.n_samples=2000 problem.n_features=40 run.progress=none "
             "run.history_every=100")
     job = slurm.sbatch(ROOT / "jobs" / "prox_sgd.sbatch", env=job_env(
-        tmp_path, MPIOPT_VARIANT=f"2 prox_sgd logistic {args}", MPIOPT_CHECKPOINT_EVERY="500"), cwd=tmp_path)
+        tmp_path, MPIOPT_VARIANT=f"2 prox_sgd logistic {args}", MPIOPT_CHECKPOINT_EVERY="300"), cwd=tmp_path)
     ckdir = tmp_path / "scratch" / f"mpiopt-{job}" / "checkpoints"
-    slurm.wait_for(lambda: any(ckdir.glob("ckpt-*.h5")) or slurm.state(job) not in ("PENDING", "RUNNING"),
-                   90, "a first checkpoint")
-    assert slurm.state(job) == "RUNNING", f"job ended before the first checkpoint:\n{job_output(tmp_path)}"
-    return job, args
 
+    def wait_checkpoint_after(n_before: int) -> int:
+        def more() -> bool:
+            return len(list(ckdir.glob("ckpt-*.h5"))) > n_before or slurm.state(job) not in ("PENDING", "RUNNING")
+        slurm.wait_for(more, 90, "a new checkpoint")
+        assert slurm.state(job) == "RUNNING", f"job not running:\n{job_output(tmp_path)}"
+        return len(list(ckdir.glob("ckpt-*.h5")))
 
-def _check_resumed(slurm, job: int, tmp_path: Path, args: str, max_iter: int) -> None:
-    slurm.start_requeued_now(job)
-    recs = slurm.wait(job, timeout=180)
-    assert_completed(recs, tmp_path)
-    assert int(recs[0]["Restarts"]) == 1, recs[0]
+    def latest_iteration() -> int:
+        return max(int(p.stem.split("-")[1]) for p in ckdir.glob("ckpt-*.h5"))
+
+    # 1. time-limit warning -> checkpoint, exit 143, self-requeue
+    wait_checkpoint_after(0)
+    slurm.scancel("--signal=USR1", "--batch", str(job))
+    slurm.start_requeued_now(job, restarts=1)
+    it1 = latest_iteration()
+    assert 0 < it1 < max_iter
     log = job_output(tmp_path)
-    assert "restart 1" in log and "resumed from" in log, log
+    assert "SIGUSR1" in log and "requeueing job" in log and "run exited with 143" in log, log
+    # 2. preemption: scontrol requeue of the running job, after it wrote a checkpoint of its own
+    slurm.wait_for(lambda: "restart 1" in job_output(tmp_path), 60, "the first restart")
+    slurm.wait_for(lambda: latest_iteration() > it1 or slurm.state(job) != "RUNNING", 90, "a checkpoint after resume")
+    slurm.scontrol("requeue", str(job))
+    slurm.start_requeued_now(job, restarts=2)
+    recs = slurm.wait(job, timeout=150)
+    assert_completed(recs, tmp_path)
+    assert int(recs[0]["Restarts"]) == 2, recs[0]
+    log = job_output(tmp_path)
+    assert "restart 2" in log and log.count("resumed from") == 2, log
     res = load_result(str(tmp_path / "results" / f"prox_sgd-logistic-n2-{job}.h5"))
-    assert res["status"] == "max_iter" and res["nit"] == max_iter
-    assert "ckpt-" in res["resumed_from"]
-    # the resumed run is bit-identical to one that was never interrupted
+    assert res["status"] == "max_iter" and res["nit"] == max_iter and "ckpt-" in res["resumed_from"]
+    # the twice-resumed run is bit-identical to one that was never interrupted
     ref = tmp_path / "ref.h5"
     p = run_mpi(["prox_sgd", "--problem", "logistic", *args.split(), "--out", str(ref), "-q"], n=2, timeout=120)
     assert p.returncode == 0, p.output
     expect = load_result(str(ref))
     assert np.array_equal(res.solution["x"], expect.solution["x"])
     assert np.array_equal(res.history["iteration"], expect.history["iteration"])
-
-
-def test_scontrol_requeue_resumes_from_checkpoint(slurm, tmp_path):
-    """Preemption-like: Slurm sends SIGTERM, the run checkpoints, the requeued job resumes."""
-    max_iter = 12000
-    job, args = _long_job(slurm, tmp_path, max_iter)
-    slurm.scontrol("requeue", str(job))
-    _check_resumed(slurm, job, tmp_path, args, max_iter)
-
-
-def test_time_limit_warning_requeues_itself(slurm, tmp_path):
-    """The --signal=B:USR1@N warning (sent here at once with scancel): the script asks the run to
-    checkpoint, then requeues its own job, which resumes and completes."""
-    max_iter = 12000
-    job, args = _long_job(slurm, tmp_path, max_iter)
-    slurm.scancel("--signal=USR1", "--batch", str(job))
-    _check_resumed(slurm, job, tmp_path, args, max_iter)
-    assert "SIGUSR1" in job_output(tmp_path) and "requeueing job" in job_output(tmp_path)
+    assert np.array_equal(res.history["objective"], expect.history["objective"])
 
 
 def test_failing_run_is_failed_not_hanging(slurm, tmp_path):
