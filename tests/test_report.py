@@ -172,7 +172,7 @@ def test_live_file_is_read_while_the_writer_appends(tmp_path):
     assert load_result(str(path))["status"] == "max_iter"
 
 
-def test_folder_of_sweep_results_skips_other_files(tmp_path):
+def test_folder_of_sweep_results_skips_other_files(tmp_path, capsys):
     sweep = tmp_path / "results" / "mpiopt-sweep-77"
     sweep.mkdir(parents=True)
     for task, seed in enumerate((0, 1, 2)):
@@ -185,9 +185,10 @@ def test_folder_of_sweep_results_skips_other_files(tmp_path):
     (sweep / "notes.txt").write_text("not a result")
     results, notes = collect([str(tmp_path / "results")])
     assert len(results) == 3 and len(notes) == 1 and "ckpt-000000010.h5" in notes[0]
-    cp = report_cli(tmp_path / "results", "--out-dir", tmp_path / "r", "--no-plots")
-    assert cp.returncode == 0, cp.stderr
-    assert "skipped" in cp.stderr
+    from mpiopt.report import main
+    assert main([str(tmp_path / "results"), "--out-dir", str(tmp_path / "r"), "--no-plots"]) == 0
+    out = capsys.readouterr()
+    assert "skipped" in out.err and out.out.count("prox_sgd (seed=") == 3
     rows = list(csv.DictReader((tmp_path / "r" / "summary.csv").open()))
     assert [r["label"] for r in rows] == ["prox_sgd (seed=0)", "prox_sgd (seed=1)", "prox_sgd (seed=2)"]
 
@@ -200,15 +201,16 @@ def test_folder_of_sweep_results_skips_other_files(tmp_path):
     (["a.h5", "--formats", "gif"], "--formats: gif not supported"),
     ([], "no result file given"),
 ])
-def test_bad_input_exits_2_with_one_line(tmp_path, args, needle):
+def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, args, needle):
     (tmp_path / "empty_dir").mkdir()
     import h5py
     with h5py.File(tmp_path / "notres.h5", "w") as f:
         f.attrs["format"] = "something-else"
     fake_result(tmp_path / "a.h5")
-    cp = report_cli(*args, "--out-dir", tmp_path / "r", cwd=tmp_path)
-    assert cp.returncode == 2, (cp.stdout, cp.stderr)
-    lines = cp.stderr.strip().splitlines()
+    monkeypatch.chdir(tmp_path)
+    from mpiopt.report import main
+    assert main([*args, "--out-dir", str(tmp_path / "r")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mpiopt.report: error:") and needle in lines[0], lines
 
 
