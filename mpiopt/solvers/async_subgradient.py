@@ -150,10 +150,13 @@ class AsyncSubgradient(Solver):
         self.n_snapshots = 0
         self.comm_seconds = 0.0
         self.compute_seconds = 0.0
+        self.comm_cpu_seconds = 0.0
+        self.compute_cpu_seconds = 0.0
         self.rank_rows: dict[str, list[float]] = {}
         self._train_eval = None
         self._test_eval = None
         self._target_hit = False
+        self.eval_seconds = 0.0
 
     def _sub_ranges(self) -> list[tuple[int, int]]:
         if self.method != "passm" or not self.is_worker or self.opts["passm_subblocks"] == 1:
@@ -225,9 +228,9 @@ class AsyncSubgradient(Solver):
     def _worker_iteration(self, epoch: float) -> float:
         from ..nn.train import add_penalties, loss_and_grad, momentum_delta
         o, flat, p = self.opts, self.flat, self.problem
-        t0 = time.perf_counter()
+        c0, t0 = time.thread_time(), time.perf_counter()
         self._read(flat.flat_np)                                        # xhat = read(x)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.thread_time()
         X, y = p.train_batch(self._sample())                            # B ~ uniform
         lo, hi = self.sub_ranges[0] if len(self.sub_ranges) == 1 else \
             self.sub_ranges[int(self.rng.integers(len(self.sub_ranges)))]
@@ -239,15 +242,20 @@ class AsyncSubgradient(Solver):
         self.k += 1
         a, b = lo - self.lo, hi - self.lo
         momentum_delta(self.u[a:b], g, o["momentum"], self._step(epoch), out=self.delta[a:b])
-        t2 = time.perf_counter()
+        c2, t2 = time.thread_time(), time.perf_counter()
         if self.blocks is not None:
             self._write(self.delta[a:b], lo, hi)                       # x_I += delta
         else:
             self._write(self.delta, lo, hi)
         self.control.count_update(o["batch_size"])
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.thread_time()
+        # wall and CPU time of the RMA phases; a syscall after a long compute burst may hand the
+        # core to another process (overloaded machines): thread_time calls sit outside the RMA
+        # intervals so that this wait counts as compute, and CPU time does not count it at all
         self.comm_seconds += (t1 - t0) + (t3 - t2)
         self.compute_seconds += t2 - t1
+        self.comm_cpu_seconds += (c1 - c0) + (c3 - c2)
+        self.compute_cpu_seconds += c2 - c1
         return loss
 
     def _work(self) -> int:
@@ -285,7 +293,8 @@ class AsyncSubgradient(Solver):
         updates, samples = self.control.counters()
         row = {"time": self.ctx.elapsed(), "k": self.k, "epoch": samples / self.problem.n_train,
                "train_loss": float(loss), "updates_per_s": ups,
-               "comm_fraction": self.comm_seconds / max(1e-12, self.comm_seconds + self.compute_seconds)}
+               "comm_fraction": self.comm_seconds / max(1e-12, self.comm_seconds + self.compute_seconds),
+               "comm_cpu_fraction": self.comm_cpu_seconds / max(1e-12, self.comm_cpu_seconds + self.compute_cpu_seconds)}
         for key, v in row.items():
             self.rank_rows.setdefault(key, []).append(float(v))
 
@@ -345,6 +354,7 @@ class AsyncSubgradient(Solver):
         """Host: save a snapshot of the shared model and evaluate it (test loss/accuracy, train loss)."""
         from ..nn.train import evaluate, recalibrate_batchnorm
         t = self.ctx.elapsed()
+        t_eval = time.perf_counter()
         updates, samples = self.control.counters()
         if x is None:
             x = self._take_vector()
@@ -362,7 +372,9 @@ class AsyncSubgradient(Solver):
             self.ctx.writer.append_series("snapshots", x)
         self.notify(updates, None, train_loss, epoch=samples / p.n_train, test_loss=test_loss,
                     test_accuracy=test_acc, train_accuracy=train_acc, updates_per_s=ups,
-                    snapshot=self.n_snapshots, snapshot_time=t)
+                    snapshot=self.n_snapshots, snapshot_time=t, train_time=t - self.eval_seconds)
+        if self.inline_host:                  # one rank: evaluation time is not training time
+            self.eval_seconds += time.perf_counter() - t_eval
         self.n_snapshots += 1
         target = self.opts["target_accuracy"]
         self._target_hit = self._target_hit or (target > 0 and test_acc >= target)
@@ -433,20 +445,22 @@ class AsyncSubgradient(Solver):
             self._snapshot(x)
         ctx.close_progress()
         rows = comm.gather_obj((comm.rank, {k: np.asarray(v) for k, v in self.rank_rows.items()},
-                                self.k, self.comm_seconds, self.compute_seconds))
+                                self.k, self.comm_seconds, self.compute_seconds,
+                                self.comm_cpu_seconds, self.compute_cpu_seconds))
         x = comm.bcast_obj(x)
         fin = comm.bcast_obj(getattr(self, "_final", None))
         train_loss, test_loss, test_acc, _ = fin
         extra: dict[str, Any] = {}
         if self.is_host:
-            workers = {f"rank{r}": {**hist, "k": k, "comm_seconds": cs, "compute_seconds": cp}
-                       for r, hist, k, cs, cp in rows if r in self.workers}
-            total_k = sum(k for r, _, k, _, _ in rows if r in self.workers)
-            cs = sum(c for r, _, _, c, _ in rows if r in self.workers)
-            cp = sum(c for r, _, _, _, c in rows if r in self.workers)
+            rows = [r for r in rows if r[0] in self.workers]
+            workers = {f"rank{r}": {**hist, "k": k, "comm_seconds": cs, "compute_seconds": cp,
+                                    "comm_cpu_seconds": ccs, "compute_cpu_seconds": ccp}
+                       for r, hist, k, cs, cp, ccs, ccp in rows}
+            total_k, cs, cp, ccs, ccp = (sum(r[i] for r in rows) for i in range(2, 7))
             extra = {"workers": workers, "summary": {
                 "method": self.method, "updates": total_k, "lost_updates": lost,
                 "updates_per_s": total_k / max(1e-9, wall), "comm_fraction": cs / max(1e-12, cs + cp),
+                "comm_cpu_fraction": ccs / max(1e-12, ccs + ccp),
                 "n_workers": len(self.workers)}}
         extra = comm.bcast_obj(extra)
         updates, samples = self.control.counters()

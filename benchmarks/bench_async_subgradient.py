@@ -1,0 +1,142 @@
+"""async_subgradient benchmark: SGD, HW, ASSM, PASSM and the ddp baseline on the small CNN.
+
+Run from a shell (it launches ``mpirun`` itself for every rank count):
+
+    python benchmarks/bench_async_subgradient.py --quick          # sgd@1, hw/assm/passm@4, passm@2, ddp@1,2,4
+    python benchmarks/bench_async_subgradient.py                  # every method at 1, 2, 4 ranks, 3 repeats
+    python benchmarks/bench_async_subgradient.py --mnist DIR      # MNIST idx files instead of digits
+
+Each run trains from the same initial weights until a snapshot (async; rank 0 evaluates the shared
+model every ``--snapshot-every`` s) or an evaluation (ddp; rank 0, the time it takes is subtracted)
+reaches ``--target`` test accuracy. Reported per configuration (median over repeats):
+time to target (training wall time from the first evaluation), epochs to target, updates per
+second, RMA fraction of the workers' iteration time (wall clock and thread CPU time: on an overloaded
+machine the first system call after a compute burst may wait milliseconds for a core, which wall
+clock charges to whatever call comes first) and RMA wall time per update, lost updates
+(writes made minus writes applied; must be 0). Async ranks = 1 host/snapshot rank + workers
+(1 rank: one process does everything). Ratios: time of 1-rank sgd / time of X, and of the best
+ddp / time of X (> 1: X is faster).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def run_one(solver: str, method: str | None, ranks: int, args: argparse.Namespace, seed: int, out: str) -> dict:
+    problem = ["--problem", "mnist", "--set", f"problem.path={args.mnist}"] if args.mnist else \
+        ["--problem", "digits", "--set"]
+    sets = [f"problem.width={args.width}", f"solver.max_epochs={args.max_epochs}",
+            f"solver.target_accuracy={args.target}", f"solver.gamma={args.gamma}",
+            f"run.snapshot_every={args.snapshot_every}", f"run.max_time={args.max_time}"]
+    if method:
+        sets.append(f"solver.method={method}")
+    if args.mnist and args.n_train:
+        sets.append(f"problem.n_train={args.n_train}")
+    cmd = ["mpirun", "-n", str(ranks), sys.executable, "-m", "mpiopt.run", solver, *problem, *sets,
+           "--seed", str(seed), "--out", out, "-q"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.max_time + 240,
+                       start_new_session=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stdout}\n{p.stderr}")
+    from mpiopt.io import load_result
+    r = load_result(out)
+    h = r.history
+    t = h["train_time"] - h["train_time"][0]
+    hit = np.flatnonzero(h["test_accuracy"] >= args.target)
+    s = r.groups.get("summary", {})
+    rec = {"time_to_target": float(t[hit[0]]) if hit.size else float("nan"),
+           "epochs_to_target": float(h["epoch"][hit[0]]) if hit.size else float("nan"),
+           "final_accuracy": float(h["test_accuracy"][-1]), "wall": float(t[-1]),
+           "updates": int(s.get("updates", r.attrs["nit"])), "lost_updates": s.get("lost_updates", 0)}
+    rec["updates_per_s"] = float(s["updates_per_s"]) if "updates_per_s" in s else rec["updates"] / max(1e-9, rec["wall"])
+    workers = r.groups.get("workers", {})
+    if workers:
+        cs = sum(w["comm_seconds"] for w in workers.values())
+        cp = sum(w["compute_seconds"] for w in workers.values())
+        ks = sum(w["k"] for w in workers.values())
+        ccs = sum(w["comm_cpu_seconds"] for w in workers.values())
+        ccp = sum(w["compute_cpu_seconds"] for w in workers.values())
+        rec["comm_fraction"] = cs / max(1e-12, cs + cp)
+        rec["comm_cpu_fraction"] = ccs / max(1e-12, ccs + ccp)
+        rec["rma_us_per_update"] = 1e6 * cs / max(1, ks)
+    else:
+        rec["comm_fraction"] = rec["comm_cpu_fraction"] = rec["rma_us_per_update"] = float("nan")
+    return rec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer configurations, one repeat")
+    ap.add_argument("--mnist", help="folder of the MNIST idx files (default: scikit-learn digits)")
+    ap.add_argument("--n-train", type=int, default=0, help="MNIST: use the first n training images")
+    ap.add_argument("--width", type=int, default=16, help="CNN base width (16: the small CNN)")
+    ap.add_argument("--target", type=float, default=0.92, help="target test accuracy")
+    ap.add_argument("--gamma", type=float, default=1.0)
+    ap.add_argument("--max-epochs", type=float, default=40)
+    ap.add_argument("--max-time", type=float, default=120)
+    ap.add_argument("--snapshot-every", type=float, default=0.2)
+    ap.add_argument("--repeats", type=int, default=0, help="runs per configuration (default 1 quick, 3 full)")
+    ap.add_argument("--json", help="write the raw records here")
+    args = ap.parse_args()
+    repeats = args.repeats or (1 if args.quick else 3)
+    if args.quick:
+        configs = [("async_subgradient", "sgd", 1), ("async_subgradient", "hw", 4), ("async_subgradient", "assm", 4),
+                   ("async_subgradient", "passm", 2), ("async_subgradient", "passm", 4),
+                   ("ddp", None, 1), ("ddp", None, 2), ("ddp", None, 4)]
+    else:
+        configs = [("async_subgradient", "sgd", 1)]
+        configs += [("async_subgradient", m, r) for m in ("hw", "assm", "passm") for r in (1, 2, 4)]
+        configs += [("ddp", None, r) for r in (1, 2, 4)]
+    data = f"MNIST at {args.mnist}" if args.mnist else "scikit-learn digits (1438 train / 359 test)"
+    print(f"# async_subgradient benchmark: CNN width {args.width} on {data}; target test accuracy {args.target}; "
+          f"{repeats} repeat(s); {os.cpu_count()} CPUs", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for solver, method, ranks in configs:
+            name = f"{method or 'ddp'}@{ranks}"
+            recs = []
+            for rep in range(repeats):
+                recs.append(run_one(solver, method, ranks, args, seed=rep, out=os.path.join(tmp, f"{name}-{rep}.h5")))
+            med = {k: float(np.median([r[k] for r in recs])) for k in recs[0]}
+            med["name"], med["ranks"] = name, ranks
+            rows.append(med)
+            print(f"  {name:9s} time-to-target {med['time_to_target']:7.2f}s  epochs {med['epochs_to_target']:5.1f}  "
+                  f"upd/s {med['updates_per_s']:7.1f}  RMA wall {100 * med['comm_fraction']:5.1f}% "
+                  f"cpu {100 * med['comm_cpu_fraction']:5.1f}% "
+                  f"({med['rma_us_per_update']:7.0f} us/update)  lost {int(med['lost_updates'])}  "
+                  f"final acc {med['final_accuracy']:.3f}", flush=True)
+    base = next(r for r in rows if r["name"] == "sgd@1")["time_to_target"]
+    ddp_best = min(r["time_to_target"] for r in rows if r["name"].startswith("ddp"))
+    print("\n# ratios (> 1: faster than the reference)")
+    print(f"{'config':10s} {'sgd@1 / X':>10s} {'best ddp / X':>13s}")
+    for r in rows:
+        print(f"{r['name']:10s} {base / r['time_to_target']:10.2f} {ddp_best / r['time_to_target']:13.2f}")
+    p4 = next((r for r in rows if r["name"] == "passm@4"), None)
+    if p4 is not None:
+        print(f"\ntarget 1: passm@4 faster than sgd@1: {p4['time_to_target'] < base} "
+              f"({base / p4['time_to_target']:.2f}x); than best ddp: {p4['time_to_target'] < ddp_best} "
+              f"({ddp_best / p4['time_to_target']:.2f}x)")
+        asyn = [r for r in rows if not r["name"].startswith("ddp")]
+        print(f"target 2: RMA fraction of iteration time, worst async config: wall "
+              f"{100 * max(r['comm_fraction'] for r in asyn):.1f}%, CPU {100 * max(r['comm_cpu_fraction'] for r in asyn):.1f}%"
+              f" (goal < 10%)")
+    lost = {r["name"]: int(r["lost_updates"]) for r in rows if not r["name"].startswith("ddp")}
+    print(f"lost updates: {lost}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
