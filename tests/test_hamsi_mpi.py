@@ -49,14 +49,14 @@ def test_hamsi_preset_same_trajectory_at_1_and_2_ranks(tmp_path):
     assert a.config["problem"]["l2"] == 0.0 and a.config["solver"]["safeguard"] is False
 
 
-@pytest.mark.parametrize("solver", ["hamsi", "dsgd", "mf_gd"])
-def test_resume_is_bit_identical(tmp_path, solver):
+@pytest.mark.parametrize("solver,n", [("hamsi", 1), ("hamsi", 2), ("dsgd", 2), ("mf_gd", 2)])
+def test_resume_is_bit_identical(tmp_path, solver, n):
     sets = ["solver.max_epochs=6", "problem.test_fraction=0.1"]
-    straight = _run(tmp_path, solver, 2, "straight", sets)
+    straight = _run(tmp_path, solver, n, "straight", sets)
     ck = tmp_path / "ck"
-    _run(tmp_path, solver, 2, "first", ["solver.max_epochs=3", "problem.test_fraction=0.1"],
+    _run(tmp_path, solver, n, "first", ["solver.max_epochs=3", "problem.test_fraction=0.1"],
          ["--checkpoint-dir", ck, "--checkpoint-every", "3"])
-    resumed = _run(tmp_path, solver, 2, "resumed", sets, ["--checkpoint-dir", ck, "--resume", "latest"])
+    resumed = _run(tmp_path, solver, n, "resumed", sets, ["--checkpoint-dir", ck, "--resume", "latest"])
     assert "ckpt-000000003" in resumed.attrs["resumed_from"]       # really continued from epoch 3
     assert _same(straight, resumed)
     np.testing.assert_array_equal(straight.history["rmse"], resumed.history["rmse"])

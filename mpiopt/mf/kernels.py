@@ -32,6 +32,7 @@ class RatingBlock:
         self.reg_cols: np.ndarray | None = None
         self._R: sp.csr_matrix | None = None
         self._pred = np.empty(self.nnz)
+        self._resid_kept = False      # R.data holds unscaled residuals of the last loss(keep=True)
 
     @property
     def R(self) -> sp.csr_matrix:
@@ -74,25 +75,34 @@ class RatingBlock:
         return 0.5 * (float(self.reg_rows @ np.einsum("ij,ij->i", A, A)) +
                       float(self.reg_cols @ np.einsum("ij,ij->i", B, B)))
 
-    def loss(self, A: np.ndarray, B: np.ndarray, inv_nnz: float) -> tuple[float, float]:
-        """(objective part, sum of squared residuals) of this block."""
+    def loss(self, A: np.ndarray, B: np.ndarray, inv_nnz: float, keep: bool = False) -> tuple[float, float]:
+        """(objective part, sum of squared residuals) of this block. ``keep``: leave the residuals
+        for a following :meth:`loss_grad` at the same factors (``reuse=True``)."""
         if self.nnz == 0:
             return self.reg_value(A, B), 0.0
-        r = self.predict(A, B)
+        r = self.predict(A, B, out=self.R.data if keep else None)
         r -= self.v
+        if keep:
+            self._resid_kept = True
         sse = float(r @ r)
         return 0.5 * inv_nnz * sse + self.reg_value(A, B), sse
 
-    def loss_grad(self, A: np.ndarray, B: np.ndarray, inv_nnz: float) -> tuple[float, float, np.ndarray, np.ndarray]:
-        """(objective part, sse, dA, dB) of this block at factors ``A`` (n_rows x k), ``B`` (n_cols x k)."""
+    def loss_grad(self, A: np.ndarray, B: np.ndarray, inv_nnz: float,
+                  reuse: bool = False) -> tuple[float, float, np.ndarray, np.ndarray]:
+        """(objective part, sse, dA, dB) of this block at factors ``A`` (n_rows x k), ``B`` (n_cols x k).
+        ``reuse``: the caller guarantees the last ``loss(keep=True)`` was at these same factors."""
         if self.nnz == 0:
             gA = np.zeros_like(A)
             gB = np.zeros_like(B)
             sse = 0.0
         else:
             R = self.R
-            r = self.predict(A, B, out=R.data)
-            r -= self.v
+            if reuse and self._resid_kept:
+                r = R.data
+            else:
+                r = self.predict(A, B, out=R.data)
+                r -= self.v
+            self._resid_kept = False
             sse = float(r @ r)
             r *= inv_nnz
             gA = np.asarray(R @ B)

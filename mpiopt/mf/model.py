@@ -150,14 +150,16 @@ class DistMF:
             pos += sz
 
     # -- losses and gradients ------------------------------------------------------------
-    def stratum_loss_grad(self, s: int, vec: np.ndarray, g: np.ndarray, accumulate: bool = False) -> np.ndarray:
+    def stratum_loss_grad(self, s: int, vec: np.ndarray, g: np.ndarray, accumulate: bool = False,
+                          reuse: bool = False) -> np.ndarray:
         """Gradient of the stratum-``s`` objective at ``vec`` into ``g`` (A parts and, via the
-        ring, B parts). Returns (q, 2) per-block partials [objective, sse]."""
+        ring, B parts). Returns (q, 2) per-block partials [objective, sse]. ``reuse``: residuals
+        kept by the last ``stratum_loss(s, vec, keep=True)`` at this same ``vec`` are used."""
         Bs = self.fetch(s, vec)
         parts = np.zeros((self.q, 2))
         gbufs = []
         for t in range(self.q):
-            f, sse, gA, gB = self.blocks[s][t].loss_grad(self.A(vec, t), Bs[t], self.inv_nnz)
+            f, sse, gA, gB = self.blocks[s][t].loss_grad(self.A(vec, t), Bs[t], self.inv_nnz, reuse)
             parts[t] = f, sse
             if accumulate:
                 self.A(g, t)[...] += gA
@@ -167,12 +169,12 @@ class DistMF:
         self.send_home(s, gbufs, g, accumulate)
         return parts
 
-    def stratum_loss(self, s: int, vec: np.ndarray) -> np.ndarray:
+    def stratum_loss(self, s: int, vec: np.ndarray, keep: bool = False) -> np.ndarray:
         """(q, 2) per-block partials [objective, sse] of stratum ``s`` at ``vec``."""
         Bs = self.fetch(s, vec)
         parts = np.zeros((self.q, 2))
         for t in range(self.q):
-            parts[t] = self.blocks[s][t].loss(self.A(vec, t), Bs[t], self.inv_nnz)
+            parts[t] = self.blocks[s][t].loss(self.A(vec, t), Bs[t], self.inv_nnz, keep)
         return parts
 
     def full_loss_grad(self, vec: np.ndarray, g: np.ndarray) -> np.ndarray:

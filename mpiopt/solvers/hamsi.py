@@ -91,6 +91,7 @@ class Hamsi(MFSolver):
         self.x_trial = np.zeros(mf.n_local) if o["safeguard"] else None
         self.x_epoch = mf.x.copy() if o["safeguard"] else None
         self.last_obj = math.inf
+        self._fresh = False           # residuals of stratum (e+1) mod C at x are kept in the blocks
         self.H = CompactLBFGS(mf.n_local, o["memory"], o["sigma0"], o["tau"], mf.seg, mf.reduce,
                               o["curvature"]) \
             if self.use_lbfgs else None
@@ -100,7 +101,9 @@ class Hamsi(MFSolver):
         o, mf, C, e = self.opts, self.mf, self.C, self.e
         x, g, d = mf.x, self.g, self.d
         s = stratum_at(e, C)
-        parts = mf.stratum_loss_grad(s, x, g)
+        # with one stratum, the safeguard's last accepted trial already holds this step's residuals
+        parts = mf.stratum_loss_grad(s, x, g, reuse=self._fresh)
+        self._fresh = False
         H = self.H
         if H is not None:
             if e > 0 and (C == 1 or e % (C + 1) == C):
@@ -131,9 +134,10 @@ class Hamsi(MFSolver):
         for _ in range(SAFEGUARD_TRIES + 1):
             np.multiply(d, self.mult, out=xt)
             np.subtract(x, xt, out=xt)
-            f1 = float(mf.reduce(mf.stratum_loss(s, xt)[:, :1])[0])
+            f1 = float(mf.reduce(mf.stratum_loss(s, xt, keep=self.C == 1)[:, :1])[0])
             if math.isfinite(f1) and f1 - f0 <= SAFEGUARD_RTOL * abs(f0):
                 x[...] = xt
+                self._fresh = self.C == 1
                 warm = self.H is None or not self.H.ready
                 cap = WARMUP_MAX_MULT if (warm and self.opts["warmup_growth"]) else 1.0
                 self.mult = min(cap, 2.0 * self.mult)
@@ -159,6 +163,7 @@ class Hamsi(MFSolver):
         if not math.isfinite(f) or (math.isfinite(self.last_obj) and f > 2.0 * self.last_obj):
             # diverged epoch: back to the last epoch's factors, clear the memory, smaller steps
             self.mf.x[...] = self.x_epoch
+            self._fresh = False
             if self.H is not None:
                 self.H.reset()
             self.mult = 0.25
