@@ -153,6 +153,7 @@ CHECKPOINT_EVERY=${{MPIOPT_CHECKPOINT_EVERY:-{checkpoint_every}}}           # N 
 LAUNCHER=${{MPIOPT_LAUNCHER:-{launcher}}}                       # srun (srun --mpi=pmi2) or mpirun
 PYTHON=${{MPIOPT_PYTHON:-python3}}
 SELF_REQUEUE=${{MPIOPT_SELF_REQUEUE:-1}}                 # requeue after the time-limit warning
+START_RETRIES=${{MPIOPT_START_RETRIES:-2}}               # launch again when MPI fails to start
 # ---- end of settings -------------------------------------------------------------------------------
 export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-1}}
 
@@ -186,7 +187,9 @@ esac
 
 echo "mpiopt job $TAG: $(date -Is) on $(hostname), restart ${{SLURM_RESTART_COUNT:-0}}: ${{LAUNCH[*]}} ${{CMD[*]}}"
 WARNED=0
+SIGNALLED=0
 forward() {{  # $1: the signal this shell got; the run checkpoints and stops on SIGTERM
+  SIGNALLED=1
   [ "$1" = USR1 ] && WARNED=1
   echo "mpiopt job $TAG: $(date -Is) SIG$1: asking the run to checkpoint and stop" >&2
   [ -n "${{STEP:-}}" ] || return 0
@@ -198,11 +201,26 @@ forward() {{  # $1: the signal this shell got; the run checkpoints and stops on 
 }}
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
-"${{LAUNCH[@]}}" "${{CMD[@]}}" &
-STEP=$!
-while :; do  # wait returns early when a trapped signal arrives: wait again until the run has ended
-  wait "$STEP"; RC=$?
-  kill -0 "$STEP" 2>/dev/null || break
+ATTEMPT=0
+while :; do
+  touch "$WORK/.launched"
+  "${{LAUNCH[@]}}" "${{CMD[@]}}" &
+  STEP=$!
+  while :; do  # wait returns early when a trapped signal arrives: wait again until the run has ended
+    wait "$STEP"; RC=$?
+    kill -0 "$STEP" 2>/dev/null || break
+  done
+  STEP=
+  # A run that failed before writing its result file (MPI start-up) is launched again, at most
+  # START_RETRIES times; bad input (exit 2), signals and failures after the start are final.
+  if [ "$RC" -ne 0 ] && [ "$RC" -ne 2 ] && [ "$SIGNALLED" = 0 ] && [ "$ATTEMPT" -lt "$START_RETRIES" ] \
+     && ! [ "$OUT" -nt "$WORK/.launched" ]; then
+    ATTEMPT=$((ATTEMPT + 1))
+    echo "mpiopt job $TAG: $(date -Is) the run failed before it started (exit $RC): launch $ATTEMPT of $START_RETRIES more" >&2
+    sleep 2
+    continue
+  fi
+  break
 done
 echo "mpiopt job $TAG: $(date -Is) run exited with $RC; result $OUT"
 if [ "$RC" -ne 0 ] && [ "$WARNED" = 1 ] && [ "$SELF_REQUEUE" = 1 ] && [ -n "${{SLURM_JOB_ID:-}}" ]; then
@@ -392,4 +410,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Checking run configs imports the solver modules, which import mpi4py.MPI: no need to start MPI
+    # for that (a login node may not even allow it).
+    import mpi4py
+    mpi4py.rc.initialize = False
+    mpi4py.rc.finalize = False
     sys.exit(main())

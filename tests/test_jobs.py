@@ -140,3 +140,22 @@ def test_sweep_script_runs_a_variant_from_a_file_and_rejects_bad_task(tmp_path):
     assert p.returncode == 2 and "array task 5 but only 1 variants" in p.stderr
     p = run_script(JOBS / "sweep.sbatch", tmp_path, dict(env, MPIOPT_LAUNCHER="aprun"))
     assert p.returncode == 2 and "expected srun or mpirun" in p.stderr
+
+
+def test_run_that_fails_to_start_is_launched_again(tmp_path):
+    """A launch that dies before the run wrote its result file (as MPI start-up failures do) is
+    retried; a run that stops with bad input (exit 2) is not."""
+    mark = tmp_path / "failed-once"
+    wrapper = tmp_path / "py.sh"
+    wrapper.write_text(f"#!/bin/bash\nif [ ! -e {mark} ]; then touch {mark}; echo 'MPI_Init failed' >&2; exit 15; fi\n"
+                       f"exec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    env = {"MPIOPT_LAUNCHER": "mpirun", "MPIOPT_PYTHON": str(wrapper), "MPIOPT_TAG": "r",
+           "MPIOPT_VARIANT": "1 prox_sgd lasso --set solver.max_iter=10 problem.n_samples=100 run.progress=none",
+           "MPIOPT_RESULTS": str(tmp_path / "res"), "MPIOPT_SCRATCH": str(tmp_path / "scr")}
+    p = run_script(JOBS / "prox_sgd.sbatch", tmp_path, env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stderr.count("failed before it started (exit 15): launch 1 of 2 more") == 1, p.stderr
+    assert load_result(str(tmp_path / "res" / "prox_sgd-lasso-n1-r.h5"))["status"] == "max_iter"
+    p = run_script(JOBS / "prox_sgd.sbatch", tmp_path, dict(env, MPIOPT_VARIANT="1 prox_sgd lasso --set solver.x=1"))
+    assert p.returncode == 2 and "failed before it started" not in p.stderr
