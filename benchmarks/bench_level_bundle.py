@@ -115,7 +115,7 @@ def part_a(quick: bool) -> list[dict]:
 
 
 def real_run(solver: str, variant: str | None, n: int, m: int, mu0: float, spread: float, noise: float,
-             out: str, max_time: float) -> dict:
+             out: str, max_time: float, extra: tuple = ()) -> dict:
     import h5py
     sets = [f"problem.n={n}", f"problem.m={m}", f"problem.delay_mean={mu0}", f"problem.delay_spread={spread}",
             f"problem.delay_noise={noise}", "problem.delay_seed=1"]
@@ -123,6 +123,7 @@ def real_run(solver: str, variant: str | None, n: int, m: int, mu0: float, sprea
         sets.append(f"solver.variant={variant}")
     else:
         sets.append("solver.max_iter=1000000")
+    sets += list(extra)
     cmd = ["mpirun", "-n", str(m + 1), sys.executable, "-m", "mpiopt.run", solver, "--problem", "block_lp_dual",
            "--set", *sets, "--out", out, "--max-time", str(max_time), "-q"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -145,22 +146,25 @@ def real_run(solver: str, variant: str | None, n: int, m: int, mu0: float, sprea
     return res
 
 
-def part_b(quick: bool) -> list[dict]:
-    configs = [(60, 8, 0.02, 1.0, 1.0)] if quick else [(60, 8, 0.05, 1.0, 1.0), (200, 16, 0.1, 3.0, 1.0)]
+def part_b(quick: bool, configs: list | None = None) -> list[dict]:
+    if not configs:
+        configs = [(60, 8, 0.02, 1.0, 1.0)] if quick else [(60, 8, 0.05, 1.0, 1.0), (200, 16, 0.1, 3.0, 1.0)]
     rows = []
     print("\nB. real MPI runs (mpirun -n m+1; oracle delays slept on the oracle ranks; wall seconds)")
     print("   n  m   mu0 spread noise  solver         t(1e-3) t(1e-4) t(1e-6)  speedup@1e-4  evals/oracle  master busy  brackets f*")
     with tempfile.TemporaryDirectory() as tmp:
         for n, m, mu0, spread, noise in configs:
             ref = None
-            for solver, variant in (("level_bundle", "sync"), ("level_bundle", "coordination"),
-                                    ("level_bundle", "upper_model"), ("projected_subgradient", None)):
+            half = (f"solver.min_batch={m // 2}",)
+            for solver, variant, extra in (("level_bundle", "sync", ()), ("level_bundle", "coordination", ()),
+                                           ("level_bundle", "coordination", half),
+                                           ("level_bundle", "upper_model", ()), ("projected_subgradient", None, ())):
                 cap = 3 * ref["wall"] if ref else 600.0
-                r = real_run(solver, variant, n, m, mu0, spread, noise, os.path.join(tmp, "r.h5"), cap)
+                r = real_run(solver, variant, n, m, mu0, spread, noise, os.path.join(tmp, "r.h5"), cap, extra)
                 if ref is None:
                     ref = r
                 sp = ref["t1e-04"] / r["t1e-04"] if math.isfinite(r["t1e-04"]) else 0.0
-                name = variant or "subgradient"
+                name = (variant or "subgradient") + (f" mb={m // 2}" if extra else "")
                 print(f"  {n:3d} {m:2d} {mu0:5.2f} {spread:5.0f} {noise:5.1f}  {name:13s} {fmt(r['t1e-03'])}  "
                       f"{fmt(r['t1e-04'])}  {fmt(r['t1e-06'])}  {sp:10.2f}x  {r['evals'].mean():8.1f}  "
                       f"{r['busy']:10.1%}   {r['bracket'] if variant else '-'}", flush=True)
@@ -173,12 +177,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (minutes instead of hours)")
     ap.add_argument("--no-sim", action="store_true", help="skip part A (simulated grid)")
     ap.add_argument("--no-real", action="store_true", help="skip part B (real mpirun runs)")
+    ap.add_argument("--real-config", action="append", default=[], metavar="N,M,MU0,SPREAD,NOISE",
+                    help="part B configuration (repeatable), e.g. 200,16,0.1,3,1.0")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if not args.no_sim:
         part_a(args.quick)
     if not args.no_real:
-        part_b(args.quick)
+        configs = []
+        for text in args.real_config:
+            n, m, mu0, spread, noise = text.split(",")
+            configs.append((int(n), int(m), float(mu0), float(spread), float(noise)))
+        part_b(args.quick, configs)
 
 
 if __name__ == "__main__":
