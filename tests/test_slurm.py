@@ -171,8 +171,17 @@ def test_other_solver_scripts_when_registered(slurm, tmp_path):
         d.mkdir()
         jobs[s] = (slurm.sbatch(ROOT / "jobs" / f"{s}.sbatch", f"--ntasks={ranks}", env=job_env(
             d, MPIOPT_VARIANT=f"{ranks} {s} - --max-time 4 --set run.progress=none"), cwd=d), d)
+    files = []
     for s, (job, d) in jobs.items():
         recs = slurm.wait(job, timeout=240)
         assert_completed(recs, d)
-        res = load_result(str(d / "results" / f"{s}-demo-n{max(2, registry.SOLVERS[s].min_ranks)}-{job}.h5"))
+        files.append(d / "results" / f"{s}-demo-n{max(2, registry.SOLVERS[s].min_ranks)}-{job}.h5")
+        res = load_result(str(files[-1]))
         assert res["solver"] == s and res["status"] != "running"
+    # the report tool reads these different histories side by side
+    from mpiopt.report import Run, history_metrics, plot_runs, report
+    rows, _, _ = report([str(f) for f in files], str(tmp_path / "report"), plots=False)
+    assert [r["solver"] for r in rows] == present
+    runs = [Run(load_result(str(f)), s) for f, s in zip(files, present)]
+    figures = plot_runs(runs, str(tmp_path / "report"), metrics=history_metrics(runs)[:2], formats=("png",))
+    assert figures and all(f.paths and any(sum(p["points"]) for p in f.panels) for f in figures)
