@@ -74,9 +74,9 @@ def _sbin(name: str) -> str:
 class SlurmCluster:
     """One controller and one compute node on this machine, advertising ``cpus`` CPUs."""
 
-    # first_job_id: on fresh test clusters, job 3 failed in MPI_Init under srun --mpi=pmi2 with the PyPI
-    # MPICH (UCX "failed to unpack address, invalid bandwidth") three times out of three; with job ids
-    # from 100 on, no srun launch failed. Real clusters have large job ids.
+    # first_job_id: large ids like a real cluster's. (Step 0 of some jobs, e.g. ids 3 and 1003, failed in
+    # MPI_Init under srun --mpi=pmi2 with the PyPI MPICH: UCX "failed to unpack address"; the job
+    # scripts launch such a run again, see MPIOPT_START_RETRIES.)
     def __init__(self, cpus: int = 16, base: str | None = None, first_job_id: int = 1000):
         self.first_job_id = first_job_id
         self.cpus = cpus

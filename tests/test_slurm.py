@@ -170,7 +170,7 @@ def test_other_solver_scripts_when_registered(slurm, tmp_path):
         d = tmp_path / s
         d.mkdir()
         jobs[s] = (slurm.sbatch(ROOT / "jobs" / f"{s}.sbatch", f"--ntasks={ranks}", env=job_env(
-            d, MPIOPT_VARIANT=f"{ranks} {s} - --max-time 4 --set run.progress=none"), cwd=d), d)
+            d, MPIOPT_VARIANT=f"{ranks} {s} - --max-time 3 --set run.progress=none"), cwd=d), d)
     files = []
     for s, (job, d) in jobs.items():
         recs = slurm.wait(job, timeout=240)
