@@ -103,10 +103,10 @@ def run_script(script: Path, cwd: Path, env: dict, timeout: float = 120, usr1_wh
 def test_script_outside_slurm_usr1_checkpoints_and_resumes(tmp_path):
     """The time-limit warning path without Slurm: SIGUSR1 -> the run checkpoints and exits 143
     (no requeue outside Slurm); the same tag then resumes and matches an uninterrupted run."""
-    args = ("--set solver.max_iter=3000 problem.n_samples=1000 problem.n_features=20 run.progress=none "
+    args = ("--set solver.max_iter=1500 problem.n_samples=1000 problem.n_features=20 run.progress=none "
             "run.history_every=200")
     env = {"MPIOPT_LAUNCHER": "mpirun", "MPIOPT_PYTHON": sys.executable, "MPIOPT_TAG": "t1",
-           "MPIOPT_VARIANT": f"2 prox_sgd logistic {args}", "MPIOPT_CHECKPOINT_EVERY": "500",
+           "MPIOPT_VARIANT": f"2 prox_sgd logistic {args}", "MPIOPT_CHECKPOINT_EVERY": "300",
            "MPIOPT_RESULTS": str(tmp_path / "res"), "MPIOPT_SCRATCH": str(tmp_path / "scr")}
     ckdir = tmp_path / "scr" / "mpiopt-t1" / "checkpoints"
     first = run_script(JOBS / "prox_sgd.sbatch", tmp_path, env, usr1_when=lambda: any(ckdir.glob("ckpt-*.h5")))
@@ -117,7 +117,7 @@ def test_script_outside_slurm_usr1_checkpoints_and_resumes(tmp_path):
     second = run_script(JOBS / "prox_sgd.sbatch", tmp_path, env)
     assert second.returncode == 0, second.stdout + second.stderr
     res = load_result(str(out))
-    assert res["status"] == "max_iter" and res["nit"] == 3000 and "ckpt-" in res["resumed_from"]
+    assert res["status"] == "max_iter" and res["nit"] == 1500 and "ckpt-" in res["resumed_from"]
     env_ref = dict(env, MPIOPT_TAG="ref")
     ref = run_script(JOBS / "prox_sgd.sbatch", tmp_path, env_ref)
     assert ref.returncode == 0, ref.stderr
