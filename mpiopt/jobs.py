@@ -344,19 +344,19 @@ EXAMPLES: dict[str, list[str]] = {
                         "problem.n_samples=400000", "problem.n_features=1000", "--ranks", "8",
                         "--time", "00:30:00", "--title", "mpiopt batch job: prox_sgd (uncompressed baseline) on a "
                         "generated logistic regression"],
-    "signprox.sbatch": ["signprox", "--ranks", "8", "--time", "00:30:00", "--no-check", "--title",
+    "signprox.sbatch": ["signprox", "--ranks", "8", "--time", "00:30:00", "--title",
                         "mpiopt batch job: signprox (1-bit majority vote) on its demo problem; "
                         "baselines: prox_sgd, signsgd_mv"],
-    "hamsi.sbatch": ["hamsi", "--ranks", "8", "--time", "01:00:00", "--no-check", "--title",
+    "hamsi.sbatch": ["hamsi", "--ranks", "8", "--time", "01:00:00", "--title",
                      "mpiopt batch job: hamsi (matrix factorization) on its demo problem; baselines: mf_gd, dsgd"],
-    "level_bundle.sbatch": ["level_bundle", "--ranks", "9", "--time", "01:00:00", "--no-check", "--title",
+    "level_bundle.sbatch": ["level_bundle", "--ranks", "9", "--time", "01:00:00", "--title",
                             "mpiopt batch job: level_bundle (master + oracle ranks) on its demo problem"],
-    "async_subgradient.sbatch": ["async_subgradient", "--ranks", "8", "--time", "02:00:00", "--no-check",
+    "async_subgradient.sbatch": ["async_subgradient", "--ranks", "8", "--time", "02:00:00",
                                  "--title", "mpiopt batch job: async_subgradient (RMA windows) on its demo "
                                  "problem; baselines: sgd, ddp"],
     "sweep.sbatch": ["prox_sgd", "signprox", "--problem", "logistic", "--set", "solver.max_iter=5000",
                      "problem.n_samples=200000", "problem.n_features=500", "--seeds", "0", "1", "2",
-                     "--ranks", "2", "4", "8", "--time", "00:30:00", "--no-check", "--title",
+                     "--ranks", "2", "4", "8", "--time", "00:30:00", "--title",
                      "mpiopt sweep: prox_sgd vs signprox x 3 seeds x 2/4/8 ranks as a Slurm job array"],
 }
 
