@@ -12,7 +12,7 @@ spartensor/hamsi-mf).
 
 The ``hamsi-mf`` preset follows the reference exactly (no L2, N(0,1) init, no safeguard). The
 default adds L2 (problem.l2), a small init, and a safeguard that halves a step that raises the
-stratum loss or is not finite (and clears the memory after two rejections in a row).
+stratum loss or is not finite (and clears the memory after four rejections in a row).
 """
 from __future__ import annotations
 
