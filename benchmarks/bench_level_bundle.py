@@ -146,7 +146,7 @@ def real_run(solver: str, variant: str | None, n: int, m: int, mu0: float, sprea
     return res
 
 
-def part_b(quick: bool, configs: list | None = None) -> list[dict]:
+def part_b(quick: bool, configs: list | None = None, only: list | None = None) -> list[dict]:
     if not configs:
         configs = [(60, 8, 0.02, 1.0, 1.0)] if quick else [(60, 8, 0.05, 1.0, 1.0), (200, 16, 0.1, 3.0, 1.0)]
     rows = []
@@ -159,12 +159,14 @@ def part_b(quick: bool, configs: list | None = None) -> list[dict]:
             for solver, variant, extra in (("level_bundle", "sync", ()), ("level_bundle", "coordination", ()),
                                            ("level_bundle", "coordination", half),
                                            ("level_bundle", "upper_model", ()), ("projected_subgradient", None, ())):
-                cap = 3 * ref["wall"] if ref else 600.0
+                name = (variant or "subgradient") + (f" mb={m // 2}" if extra else "")
+                if only and (variant or "subgradient") + ("_mb" if extra else "") not in only:
+                    continue
+                cap = 3 * ref["wall"] if ref else 900.0
                 r = real_run(solver, variant, n, m, mu0, spread, noise, os.path.join(tmp, "r.h5"), cap, extra)
                 if ref is None:
                     ref = r
                 sp = ref["t1e-04"] / r["t1e-04"] if math.isfinite(r["t1e-04"]) else 0.0
-                name = (variant or "subgradient") + (f" mb={m // 2}" if extra else "")
                 print(f"  {n:3d} {m:2d} {mu0:5.2f} {spread:5.0f} {noise:5.1f}  {name:13s} {fmt(r['t1e-03'])}  "
                       f"{fmt(r['t1e-04'])}  {fmt(r['t1e-06'])}  {sp:10.2f}x  {r['evals'].mean():8.1f}  "
                       f"{r['busy']:10.1%}   {r['bracket'] if variant else '-'}", flush=True)
@@ -179,6 +181,8 @@ def main() -> None:
     ap.add_argument("--no-real", action="store_true", help="skip part B (real mpirun runs)")
     ap.add_argument("--real-config", action="append", default=[], metavar="N,M,MU0,SPREAD,NOISE",
                     help="part B configuration (repeatable), e.g. 200,16,0.1,3,1.0")
+    ap.add_argument("--solvers", nargs="*", default=None,
+                    help="part B: run only these (sync coordination coordination_mb upper_model subgradient)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if not args.no_sim:
@@ -188,7 +192,7 @@ def main() -> None:
         for text in args.real_config:
             n, m, mu0, spread, noise = text.split(",")
             configs.append((int(n), int(m), float(mu0), float(spread), float(noise)))
-        part_b(args.quick, configs)
+        part_b(args.quick, configs, args.solvers)
 
 
 if __name__ == "__main__":
