@@ -121,6 +121,10 @@ class AsyncSubgradient(Solver):
         if self.method == "passm":
             from ..nn.flat import partition_tensors
             ranges = partition_tensors([s.size for s in self.flat.slots], len(self.workers))
+            if any(hi == lo for lo, hi in ranges):
+                raise InputError(f"solver.method=passm: {len(self.workers)} workers but the model has only "
+                                 f"{len(self.flat.slots)} parameter tensors (blocks never split a tensor); "
+                                 f"use at most {len(self.flat.slots) + 1} ranks")
             self.blocks: BlockVector | None = BlockVector(comm, n, ranges, self.workers, shared=shared)
             self.vec: HostedVector | None = None
             self.lo, self.hi = self.blocks.my_range if self.is_worker else (0, 0)
