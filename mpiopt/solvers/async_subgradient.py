@@ -48,8 +48,8 @@ class AsyncSubgradient(Solver):
     problem_kind = TorchModelProblem
     default_problem = "digits"
     deterministic = False
-    demo_settings = {"solver.method": "passm", "solver.max_epochs": 12, "solver.gamma": 1.0,
-                     "run.snapshot_every": 1.0, "run.max_time": 60}
+    demo_settings = {"solver.method": "passm", "solver.max_epochs": 40, "solver.target_accuracy": 0.95,
+                     "run.snapshot_every": 0.5, "run.max_time": 60}
     options = (
         Option("method", "passm", "sgd (one worker), hw (Hogwild), assm (locked writes), passm (partitioned)",
                str, choices=METHODS),
