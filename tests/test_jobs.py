@@ -103,7 +103,7 @@ def run_script(script: Path, cwd: Path, env: dict, timeout: float = 120, usr1_wh
 def test_script_outside_slurm_usr1_checkpoints_and_resumes(tmp_path):
     """The time-limit warning path without Slurm: SIGUSR1 -> the run checkpoints and exits 143
     (no requeue outside Slurm); the same tag then resumes and matches an uninterrupted run."""
-    args = ("--set solver.max_iter=1500 problem.n_samples=1000 problem.n_features=20 run.progress=none "
+    args = ("--set solver.max_iter=1500 problem.n_samples=1000 problem.n_features=20 problem.reference=no run.progress=none "
             "run.history_every=200")
     env = {"MPIOPT_LAUNCHER": "mpirun", "MPIOPT_PYTHON": sys.executable, "MPIOPT_TAG": "t1",
            "MPIOPT_VARIANT": f"2 prox_sgd logistic {args}", "MPIOPT_CHECKPOINT_EVERY": "300",

@@ -100,8 +100,8 @@ def test_time_limit_warning_and_preemption_resume_from_checkpoints(slurm, tmp_pa
     2. preemption-like ``scontrol requeue``: Slurm sends SIGTERM, the run checkpoints, Slurm requeues.
     Each time the requeued job resumes from the latest checkpoint (--resume latest)."""
     max_iter = 6000
-    args = (f"--set solver.max_iter={max_iter} problem.n_samples=2000 problem.n_features=40 run.progress=none "
-            "run.history_every=100")
+    args = (f"--set solver.max_iter={max_iter} problem.n_samples=2000 problem.n_features=40 problem.reference=no "
+            "run.progress=none run.history_every=100")
     job = slurm.sbatch(ROOT / "jobs" / "prox_sgd.sbatch", env=job_env(
         tmp_path, MPIOPT_VARIANT=f"2 prox_sgd logistic {args}", MPIOPT_CHECKPOINT_EVERY="300"), cwd=tmp_path)
     ckdir = tmp_path / "scratch" / f"mpiopt-{job}" / "checkpoints"
