@@ -88,3 +88,16 @@ def test_movielens_bad_line_in_second_shard_and_good_run(tmp_path):
 def test_bad_block_count_is_an_input_error(tmp_path):
     p = run_mpi(["hamsi", "--set", "solver.blocks=3", "run.progress=none"], n=2, cwd=tmp_path)
     assert p.returncode == 2 and "solver.blocks=3 must be a multiple of the rank count 2" in p.stderr
+
+
+def test_resume_at_another_rank_count_with_fixed_blocks_is_bit_identical(tmp_path):
+    """Checkpoints are in global order: 3 epochs at 2 ranks + 3 at 4 ranks == 6 epochs at 1 rank."""
+    sets = ["solver.blocks=4", "problem.test_fraction=0.1"]
+    straight = _run(tmp_path, "hamsi", 1, "straight", sets + ["solver.max_epochs=6"])
+    ck = tmp_path / "ck"
+    _run(tmp_path, "hamsi", 2, "first", sets + ["solver.max_epochs=3"], ["--checkpoint-dir", ck, "--checkpoint-every", "3"])
+    resumed = _run(tmp_path, "hamsi", 4, "resumed", sets + ["solver.max_epochs=6"],
+                   ["--checkpoint-dir", ck, "--resume", "latest"])
+    assert "ckpt-000000003" in resumed.attrs["resumed_from"]
+    assert _same(straight, resumed)
+    np.testing.assert_array_equal(straight.history["rmse"], resumed.history["rmse"])
