@@ -75,7 +75,8 @@ def test_movielens_bad_line_in_second_shard_and_good_run(tmp_path):
     assert p.returncode == 0, p.output
     r = load_result(str(tmp_path / "ml.h5"))
     assert "test_rmse" in r.history and r.solution["W"].shape[1] == 3
-    assert r.solution["user_ids"].size == r.solution["W"].shape[0]
+    assert r.solution["row_ids"].size == r.solution["W"].shape[0]      # users x items
+    assert r.solution["col_ids"].size == r.solution["H"].shape[0]
     bad = list(lines)
     bad[450] = "7\t3\t4"        # line 451, read by rank 1 of 2
     (folder / "u.data").write_text("\n".join(bad) + "\n")

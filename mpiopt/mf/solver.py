@@ -175,7 +175,7 @@ class MFSolver(Solver):
             W, H = self.mf.split_global(full)
             solution = {"W": W.copy(), "H": H.copy(),
                         "offset": np.array([getattr(self.problem, "offset", 0.0)])}
-            for name in ("user_ids", "item_ids"):
+            for name in ("row_ids", "col_ids"):
                 ids = getattr(self.problem, name, None)
                 if ids is not None:
                     solution[name] = np.asarray(ids)

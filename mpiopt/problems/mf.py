@@ -58,8 +58,11 @@ class MFProblem(Problem):
 
     def setup(self) -> None:
         r, c, v, tr, tc, tv, m, n = self._load()
+        self.row_ids = getattr(self, "user_ids", None)     # original ids of rows / columns, if any
+        self.col_ids = getattr(self, "item_ids", None)
         if self.opts["transpose"]:
             r, c, tr, tc, m, n = c, r, tc, tr, n, m
+            self.row_ids, self.col_ids = self.col_ids, self.row_ids
         self.rows, self.cols, self.vals = r, c, v
         self.test_rows, self.test_cols, self.test_vals = tr, tc, tv
         self.m, self.n = int(m), int(n)
