@@ -8,14 +8,15 @@ import pytest
 from conftest import run_mpi
 
 
-def _build(comm, solver_name, solver_opts, run_opts=None, width=4):
+def _build(comm, solver_name, solver_opts, run_opts=None, width=4, problem="digits", problem_opts=None):
     """A solver on digits with a small CNN, built the way run.py builds it (no result file)."""
     from mpiopt import options as O
     from mpiopt import registry
     from mpiopt.context import RunContext
-    from mpiopt.problems.torch_models import Digits
     cls = registry.get_solver(solver_name)
+    Digits = registry.get_problem(problem)
     values = [("problem.width", width, "test")]
+    values += [(f"problem.{k}", v, "test") for k, v in (problem_opts or {}).items()]
     values += [(f"solver.{k}", v, "test") for k, v in solver_opts.items()]
     values += [(f"run.{k}", v, "test") for k, v in (run_opts or {}).items()]
     cfg = O.resolve({"solver": cls.options, "problem": Digits.options, "run": O.RUN_OPTIONS}, values)
@@ -242,6 +243,33 @@ def test_ddp_baseline_trains_and_is_reproducible():
             assert f[-1] < 0.6 * f[0], f
         xs.append(res.x)
     assert np.array_equal(xs[0], xs[1])                                  # deterministic for a seed
+
+
+@pytest.mark.mpi(ranks=2, timeout=180)
+def test_resnet18_on_cifar_batches_with_local_batchnorm():
+    """The paper's network on CIFAR-10-format files: BatchNorm statistics stay local to the worker
+    and the snapshot rank recalibrates them for the snapshot's own weights."""
+    import tempfile
+    from mpi4py import MPI
+    from mpiopt.comm import Comm
+    from mpiopt.data.cifar import write_batch
+    c = Comm(MPI.COMM_WORLD)
+    folder = c.bcast_obj(tempfile.mkdtemp() if c.rank == 0 else None)
+    if c.rank == 0:
+        rng = np.random.default_rng(0)
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            write_batch(f"{folder}/{name}", rng.integers(0, 256, (16, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 16))
+    c.Barrier()
+    s = _build(c, "async_subgradient", {"method": "hw", "max_epochs": 1, "batch_size": 16, "bn_batches": 2},
+               {"snapshot_every": 0}, width=4, problem="cifar10", problem_opts={"path": folder})
+    assert s.flat.n > 10000 and len(s.flat.slots) == 62
+    res = s.solve()
+    assert res.status == 1 and res.lost_updates == 0 and res.nit >= 5 and np.isfinite(res.fun)
+    if c.rank == 0:                            # snapshot model: statistics of the recalibration batches
+        bn = s._eval_model.module.bn1
+        assert int(bn.num_batches_tracked) == 2 and float(bn.running_var.mean()) != 1.0
+    else:                                      # the worker's own statistics moved with its batches
+        assert int(s.flat.module.bn1.num_batches_tracked) == res.nit
 
 
 # -- end to end through the CLI --------------------------------------------------------------------
