@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import csv
 import io as _io
+import json
 import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -38,10 +40,14 @@ _LOG_METRICS = {"gap", "rel_gap", "grad_norm", "gap_rel", "delta", "step"}
 
 @dataclass
 class Run:
-    """One result file with its label for tables and legends."""
+    """One result file with its label for tables and legends; or, from :func:`aggregate_seeds`,
+    several runs differing only in their seed: mean ``history`` and min-max ``band`` per column."""
 
     result: Result
     label: str = ""
+    mean_history: dict[str, np.ndarray] | None = None
+    band: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    n_seeds: int = 1
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -49,7 +55,7 @@ class Run:
 
     @property
     def history(self) -> dict[str, np.ndarray]:
-        return self.result.history
+        return self.mean_history if self.mean_history is not None else self.result.history
 
     def final(self, column: str) -> float:
         v = self.history.get(column)
@@ -114,9 +120,10 @@ def _fmt_value(v: Any) -> str:
     return str(v)
 
 
-def make_labels(results: Sequence[Result]) -> list[str]:
-    """Legend labels: the solver, plus problem, rank count and config values where runs differ.
-    ``solver.*`` keys are compared only between runs of the same solver."""
+def make_labels(results: Sequence[Result], ignore: Iterable[str] = ()) -> list[str]:
+    """Legend labels: the solver, plus problem, rank count and config values where runs differ
+    (config keys in ``ignore`` left out). ``solver.*`` keys are compared only between runs of the
+    same solver."""
     if not results:
         return []
     flats = [_flat_config(r) for r in results]
@@ -135,7 +142,7 @@ def make_labels(results: Sequence[Result]) -> list[str]:
     if n == 1 or varies(ranks):
         for i in range(n):
             parts[i].append(f"{ranks[i]} ranks")
-    keys = sorted({k for f in flats for k in f} - _NOISE_KEYS)
+    keys = sorted({k for f in flats for k in f} - _NOISE_KEYS - set(ignore))
     for k in keys:
         if k.startswith("solver."):
             for i in range(n):
@@ -153,6 +160,45 @@ def make_labels(results: Sequence[Result]) -> list[str]:
         seen[lab] = seen.get(lab, 0) + 1
     return [lab if seen[lab] == 1 else f"{lab} [{os.path.splitext(os.path.basename(r.path))[0]}]"
             for lab, r in zip(labels, results)]
+
+
+def aggregate_seeds(results: Sequence[Result]) -> list[Run]:
+    """Group runs that differ only in ``run.seed``; a group of several becomes one :class:`Run`
+    whose history is the mean over the group at the iterations all of them recorded, with the
+    min-max band of every column. Single runs stay as they are."""
+    def key(r: Result) -> str:
+        cfg = {k: v for k, v in _flat_config(r).items() if k not in _NOISE_KEYS and k != "run.seed"}
+        return json.dumps([r.attrs.get("solver"), r.attrs.get("problem"), str(r.attrs.get("n_ranks")), cfg],
+                          sort_keys=True, default=str)
+    groups: dict[str, list[Result]] = {}
+    for r in results:
+        groups.setdefault(key(r), []).append(r)
+    members = list(groups.values())
+    labels = make_labels([g[0] for g in members], ignore=("run.seed",))
+    runs = []
+    for group, label in zip(members, labels):
+        if len(group) == 1 or any("iteration" not in r.history for r in group):
+            runs += [Run(r, lab) for r, lab in zip(group, make_labels(group))] if len(group) > 1 \
+                else [Run(group[0], label)]
+            continue
+        uniq = [np.unique(r.history["iteration"], return_index=True) for r in group]
+        common = uniq[0][0]
+        for its, _ in uniq[1:]:
+            common = np.intersect1d(common, its)
+        cols = [c for c in group[0].history if c != "iteration" and all(c in r.history for r in group)]
+        mean: dict[str, np.ndarray] = {"iteration": common}
+        band: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for c in cols:
+            stack = np.stack([r.history[c][first[np.searchsorted(its, common)]].astype(np.float64)
+                              for r, (its, first) in zip(group, uniq)])
+            with warnings.catch_warnings():  # all-NaN columns stay NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean[c] = np.nanmean(stack, axis=0)
+                band[c] = (np.nanmin(stack, axis=0), np.nanmax(stack, axis=0))
+        n = len(group)
+        lab = f"{label[:-1]}, {n} seeds)" if label.endswith(")") else f"{label} ({n} seeds)"
+        runs.append(Run(group[0], lab, mean_history=mean, band=band, n_seeds=n))
+    return runs
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -313,6 +359,11 @@ def plot_runs(runs: Sequence[Run], out_dir: str, metrics: Sequence[str] | None =
                     continue
                 ax.plot(x[ok], y[ok], label=run.label, color=f"C{k % 10}", lw=1.4,
                         marker="o" if ok.sum() <= 12 else None, ms=3)
+                if metric in run.band:
+                    lo, hi = (b.astype(np.float64) for b in run.band[metric])
+                    lo = np.where(np.isfinite(lo) & ((lo > 0) if log else True), lo, y)
+                    hi = np.where(np.isfinite(hi), hi, y)
+                    ax.fill_between(x[ok], lo[ok], hi[ok], color=f"C{k % 10}", alpha=0.2, lw=0)
                 lines.append(int(ok.sum()))
             ax.set_xlabel(xlabels[xname])
             ax.set_ylabel(_METRIC_LABELS.get(metric, metric))
@@ -354,13 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="", help="prefix of the plot file names")
     p.add_argument("--title", help="figure title")
     p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--mean-over-seeds", action="store_true",
+                   help="plot runs that differ only in run.seed as one mean line with a min-max band")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the table")
     return p
 
 
 def report(paths: Sequence[str], out_dir: str = "report", metrics: Sequence[str] | None = None,
            formats: Sequence[str] = ("png", "pdf"), plots: bool = True, prefix: str = "",
-           title: str | None = None) -> tuple[list[dict[str, Any]], list[Figure], list[str]]:
+           title: str | None = None, mean_over_seeds: bool = False
+           ) -> tuple[list[dict[str, Any]], list[Figure], list[str]]:
     """Read ``paths``, write ``summary.csv``/``summary.md`` and the plots into ``out_dir``.
     Returns the summary rows, the figures and notes (skipped files)."""
     results, notes = collect(paths)
@@ -374,6 +428,8 @@ def report(paths: Sequence[str], out_dir: str = "report", metrics: Sequence[str]
     bad = [f for f in formats if f not in ("png", "pdf", "svg")]
     if bad:
         raise InputError(f"--formats: {', '.join(bad)} not supported (png, pdf, svg)")
+    if plots and mean_over_seeds:
+        runs = aggregate_seeds(results)
     figures = plot_runs(runs, out_dir, metrics, formats, prefix, title=title) if plots else []
     return rows, figures, notes
 
@@ -384,7 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         metrics = [m.strip() for m in ns.metrics.split(",") if m.strip()] if ns.metrics else None
         formats = [f.strip().lower() for f in ns.formats.split(",") if f.strip()]
-        rows, figures, notes = report(ns.paths, ns.out_dir, metrics, formats, not ns.no_plots, ns.prefix, ns.title)
+        rows, figures, notes = report(ns.paths, ns.out_dir, metrics, formats, not ns.no_plots, ns.prefix, ns.title,
+                                      ns.mean_over_seeds)
     except InputError as exc:
         print(f"mpiopt.report: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -12,22 +12,22 @@ import pytest
 
 from conftest import mpi_env, run_mpi
 from mpiopt.io import FORMAT, FORMAT_VERSION, ResultWriter, load_result
-from mpiopt.report import Run, collect, make_labels, plot_runs, report
+from mpiopt.report import Run, aggregate_seeds, collect, make_labels, plot_runs, report
 
 DPI = 110
 
 
 def fake_result(path: Path, solver: str = "prox_sgd", problem: str = "lasso", ranks: int = 2, n: int = 30,
                 step0: float = 0.5, bytes_per_it: float | None = 800.0, finish: bool = True, seed: int = 0,
-                extra_cols: dict | None = None) -> dict:
+                extra_cols: dict | None = None, offset: float = 0.0, max_iter: int | None = None) -> dict:
     """A result file written with the real ResultWriter; returns its history columns."""
-    cfg = {"solver": {"max_iter": n - 1, "step0": step0}, "problem": {"n_samples": 100},
+    cfg = {"solver": {"max_iter": n - 1 if max_iter is None else max_iter, "step0": step0}, "problem": {"n_samples": 100},
            "run": {"seed": seed, "out": str(path), "checkpoint_dir": None}}
     w = ResultWriter(str(path), {"format": FORMAT, "format_version": FORMAT_VERSION, "solver": solver,
                                  "problem": problem, "config": cfg, "n_ranks": ranks, "seed": seed,
                                  "status": "running", "reference_objective": 1.0})
     it = np.arange(n)
-    hist = {"iteration": it, "time": 0.01 * it + 0.001, "objective": 1.0 + 2.0 / (1.0 + it) ** (1 + step0)}
+    hist = {"iteration": it, "time": 0.01 * it + 0.001, "objective": 1.0 + offset + 2.0 / (1.0 + it) ** (1 + step0)}
     hist["gap"] = hist["objective"] - 1.0
     if bytes_per_it is not None:
         hist["bytes_sent"] = bytes_per_it * it
@@ -219,3 +219,39 @@ def test_docs_example_plot_is_a_real_png():
     img = png_pixels(img_path)
     assert img.shape[0] > 200 and img.shape[1] > 600 and img[..., :3].std() > 0.05
     assert "img/report-gap.png" in (img_path.parent.parent / "report.md").read_text()
+
+
+def test_mean_over_seeds_draws_one_line_with_a_band(tmp_path):
+    hists = [fake_result(tmp_path / f"s{seed}.h5", seed=seed, offset=0.1 * seed, n=20 + 5 * seed, max_iter=99)
+             for seed in (0, 1, 2)]
+    fake_result(tmp_path / "other.h5", step0=0.1, max_iter=99)
+    results = [load_result(str(tmp_path / f)) for f in ("s0.h5", "s1.h5", "s2.h5", "other.h5")]
+    runs = aggregate_seeds(results)
+    assert [r.label for r in runs] == ["prox_sgd (step0=0.5, 3 seeds)", "prox_sgd (step0=0.1)"]
+    agg = runs[0]
+    assert agg.n_seeds == 3 and np.array_equal(agg.history["iteration"], np.arange(20))  # common iterations
+    objs = np.stack([h["objective"][:20] for h in hists])
+    assert np.allclose(agg.history["objective"], objs.mean(axis=0))
+    assert np.array_equal(agg.band["objective"][0], objs.min(axis=0))
+    assert np.array_equal(agg.band["objective"][1], objs.max(axis=0))
+    assert runs[1].mean_history is None and runs[1].history["objective"].shape == (30,)
+    from matplotlib.figure import Figure
+    drawn = {}
+    orig = Figure.savefig
+
+    def grab(self, *a, **k):
+        ax = self.axes[0]
+        drawn["lines"] = [(ln.get_label(), ln.get_ydata()) for ln in ax.get_lines()]
+        drawn["bands"] = len(ax.collections)
+        return orig(self, *a, **k)
+    Figure.savefig = grab
+    try:
+        plot_runs(runs, str(tmp_path / "p"), metrics=["objective"], formats=("png",))
+    finally:
+        Figure.savefig = orig
+    assert [d[0] for d in drawn["lines"]] == [runs[0].label, runs[1].label]
+    assert np.allclose(drawn["lines"][0][1], objs.mean(axis=0)) and drawn["bands"] == 1
+    from mpiopt.report import main
+    assert main([str(tmp_path), "--mean-over-seeds", "--metrics", "objective", "--formats", "png",
+                 "--out-dir", str(tmp_path / "r"), "-q"]) == 0
+    assert png_pixels(tmp_path / "r" / "objective.png")[..., :3].std() > 0.05
