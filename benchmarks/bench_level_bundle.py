@@ -27,12 +27,12 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 GAPS = (1e-3, 1e-4, 1e-6)
+ALPHA = [0.5]
 VARIANTS = ("sync", "upper_model", "coordination")
 
 
@@ -55,7 +55,8 @@ def first_time(times, values, tol) -> float:
     return math.inf
 
 
-def simulate_one(p, variant: str, spread: float, noise: float, max_time: float, seed: int = 1) -> dict:
+def simulate_one(p, variant: str, spread: float, noise: float, max_time: float, seed: int = 1,
+                 alpha: float = 0.5) -> dict:
     from mpiopt.bundle.master import LevelBundleMaster, Params
     from mpiopt.bundle.simulate import simulate
     from mpiopt.bundle.subgradient import SubgradientMaster
@@ -66,7 +67,7 @@ def simulate_one(p, variant: str, spread: float, noise: float, max_time: float, 
         M = SubgradientMaster(p.n_vars, p.m, p.lower, p.upper, owners, fstar=fstar, max_iter=10**6, x0=p.x0())
     else:
         M = LevelBundleMaster(p.n_vars, p.m, p.lower, p.upper, p.lipschitz, owners,
-                              Params(variant=variant, rtol=1e-6), x0=p.x0())
+                              Params(variant=variant, rtol=1e-6, alpha=alpha), x0=p.x0())
     t = time.perf_counter()
     r = simulate(M, [p.make_oracle(i) for i in range(p.m)], DelayModel(p.m, 1.0, spread, noise, seed=seed),
                  qp_cost="measured", max_time=max_time)
@@ -86,13 +87,14 @@ def fmt(t: float) -> str:
     return "   inf" if not math.isfinite(t) else f"{t:6.1f}"
 
 
-def part_a(quick: bool) -> list[dict]:
+def part_a(quick: bool, alpha: float = 0.5, variants: list | None = None) -> list[dict]:
     n = 60 if quick else 200
     ms = (8, 16)
     spreads = (1.0, 10.0) if quick else (1.0, 3.0, 10.0)
     noises = (0.3, 1.0)
     rows = []
-    print(f"\nA. simulated (virtual oracle time, mean 1 s; real master QP time added), block_lp_dual n={n}")
+    print(f"\nA. simulated (virtual oracle time, mean 1 s; real master QP time added), block_lp_dual n={n}, "
+          f"alpha={alpha}")
     print("   m spread noise  solver         t(1e-3) t(1e-4) t(1e-6)  speedup@1e-4  evals/oracle(min-max)  busy  QPs  brackets f*")
     for m in ms:
         p = make_problem(n, m)
@@ -100,8 +102,10 @@ def part_a(quick: bool) -> list[dict]:
             for noise in noises:
                 ref = None
                 for v in (*VARIANTS, "subgradient"):
+                    if variants and v not in variants and v != "sync":
+                        continue
                     cap = 4 * (ref["time"] if ref else 1e9)
-                    r = simulate_one(p, v, spread, noise, max_time=cap)
+                    r = simulate_one(p, v, spread, noise, max_time=cap, alpha=alpha)
                     if v == "sync":
                         ref = r
                     sp = ref["t1e-04"] / r["t1e-04"] if math.isfinite(r["t1e-04"]) else 0.0
@@ -121,6 +125,7 @@ def real_run(solver: str, variant: str | None, n: int, m: int, mu0: float, sprea
             f"problem.delay_noise={noise}", "problem.delay_seed=1"]
     if variant:
         sets.append(f"solver.variant={variant}")
+        sets.append(f"solver.alpha={ALPHA[0]}")
     else:
         sets.append("solver.max_iter=1000000")
     sets += list(extra)
@@ -183,10 +188,14 @@ def main() -> None:
                     help="part B configuration (repeatable), e.g. 200,16,0.1,3,1.0")
     ap.add_argument("--solvers", nargs="*", default=None,
                     help="part B: run only these (sync coordination coordination_mb upper_model subgradient)")
+    ap.add_argument("--alpha", type=float, default=0.5, help="level parameter of every level-bundle run")
+    ap.add_argument("--variants", nargs="*", default=None,
+                    help="part A: run only these besides sync (upper_model coordination subgradient)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    ALPHA[0] = args.alpha
     if not args.no_sim:
-        part_a(args.quick)
+        part_a(args.quick, args.alpha, args.variants)
     if not args.no_real:
         configs = []
         for text in args.real_config:

@@ -249,3 +249,10 @@ def test_min_batch_gathers_answers_before_a_qp(poly):
     M4, _ = run_sim(poly, "coordination", rtol=1e-5, min_batch=4)
     assert M4.status == "converged" and M4.f_low <= poly.reference_objective + 1e-7 <= M4.f_up + 1e-7
     assert M4.k < M1.k / 2                  # about one QP per 4 answers instead of one per answer
+
+
+def test_coordination_started_at_the_laggard_still_certifies(poly):
+    M, _ = run_sim(poly, "coordination", rtol=1e-5, coord_laggard=True, alpha=0.7)
+    assert M.status == "converged" and M.n_coords >= 1
+    assert M.f_low <= poly.reference_objective + 1e-7 <= M.f_up + 1e-7
+    assert poly.evaluate(M.x_best) == pytest.approx(M.f_up, rel=1e-12, abs=1e-9)

@@ -46,6 +46,7 @@ class Params:
     coord_every: int = 0             # answers between coordinations (0: 2m)
     coord_promising: bool = True
     coord_blocking: bool = False
+    coord_laggard: bool = False      # start a due coordination when the longest-running oracle has just answered
     kappa: float = 0.5
     eps_prox: float = 1e-6
     qp_solver: str = "daqp"
@@ -140,6 +141,9 @@ class LevelBundleMaster:
         self.phase = "new"              # new -> init (first round) -> run -> done
         self.idle = np.ones(self.W, dtype=bool)
         self.sent_k = np.full(self.W, -1, dtype=np.int64)      # iteration of the last point sent
+        self.sent_seq = np.zeros(self.W, dtype=np.int64)       # send order (oldest point in flight)
+        self.n_sent = 0
+        self._laggard_answered = False
         self.since_step = 0
         self.sent: dict[int, tuple[int, int, np.ndarray]] = {}
         self.pending = False            # x_next not yet sent (sync)
@@ -196,6 +200,9 @@ class LevelBundleMaster:
                 self.idle[a.worker] = True
                 self.sent.pop(a.worker, None)
             return
+        busy_seq = self.sent_seq[~self.idle]
+        oldest = busy_seq.min() if busy_seq.size else -1
+        self._laggard_answered = any(self.sent_seq[a.worker] == oldest for a in answers)
         points = [self._absorb(a) for a in answers]
         if self.phase == "init":
             if self.round_seen.all():
@@ -250,6 +257,8 @@ class LevelBundleMaster:
     def _send(self, w: int, x: np.ndarray, coord_id: int) -> Request:
         self.idle[w] = False
         self.sent_k[w] = self.k
+        self.n_sent += 1
+        self.sent_seq[w] = self.n_sent
         self.sent[w] = (self.k, coord_id, x)
         return Request(w, self.k, coord_id, self.eta_request(), x)
 
@@ -384,7 +393,10 @@ class LevelBundleMaster:
             return
         promising = (self.p.coord_promising and np.isfinite(self.latest_fu).all()
                      and self.latest_fu.sum() <= self.f_up - self.p.alpha * self.gap / 2)
-        if self.since_coord >= self.coord_every or promising:
+        due = self.since_coord >= self.coord_every or promising
+        if due and self.p.coord_laggard and not self._laggard_answered and self.since_coord < 4 * self.coord_every:
+            return                       # wait until the oracle with the oldest point in flight is free
+        if due:
             self.n_coords += 1
             self.coord_id = self.n_coords
             self.z_c = self.x_next.copy()

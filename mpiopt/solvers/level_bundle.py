@@ -22,7 +22,6 @@ With one rank the master runs with in-process oracles under the discrete-event s
 from __future__ import annotations
 
 import json
-import math
 import time
 import traceback
 from typing import Any
@@ -32,7 +31,7 @@ import numpy as np
 from .. import options as O
 from .. import result as R
 from ..bundle.master import VARIANTS, Answer, LevelBundleMaster, Params
-from ..comm.master import EVAL, HEADER_ANSWER, POLL, STOP, MasterChannel, WorkerChannel
+from ..comm.master import HEADER_ANSWER, POLL, STOP, MasterChannel, WorkerChannel
 from ..errors import CheckpointError, InputError
 from ..options import Option
 from ..problems.oracle import OracleProblem, polite_delay
@@ -76,6 +75,8 @@ class LevelBundle(Solver):
                int, low=1),
         Option("coord_every", 0, "coordination: answers between coordinations (0: 2m)", int, low=0),
         Option("coord_promising", True, "coordination: also start one when the oracles' latest values look good", bool),
+        Option("coord_laggard", False, "coordination: start a due coordination when the oracle with the oldest point "
+               "in flight has just answered (experimental)", bool),
         Option("coord_blocking", False, "coordination: hold new points until the coordination completes (debug)", bool),
         Option("kappa", 0.5, "on-demand accuracy: eta_i = kappa*alpha*gap/(2m)", float, low=0.0, low_open=True),
         Option("eps_prox", 1e-6, "DAQP proximal regularisation (must be positive)", float, low=0.0, low_open=True),
@@ -111,7 +112,8 @@ class LevelBundle(Solver):
         params = Params(variant=o["variant"], alpha=o["alpha"], atol=o["atol"], rtol=o["rtol"],
                         max_cuts=o["max_cuts"], lp_every=o["lp_every"], lp_start=o["lp_start"], batch=o["batch"],
                         coord_every=o["coord_every"], coord_promising=o["coord_promising"],
-                        coord_blocking=o["coord_blocking"], kappa=o["kappa"], eps_prox=o["eps_prox"],
+                        coord_blocking=o["coord_blocking"], coord_laggard=o["coord_laggard"],
+                        kappa=o["kappa"], eps_prox=o["eps_prox"],
                         qp_solver=o["qp_solver"], max_iter=o["max_iter"], upper_points=o["upper_points"],
                         cut_cap=o["cut_cap"], min_batch=o["min_batch"])
         return LevelBundleMaster(p.n_vars, p.m, p.lower, p.upper, p.lipschitz, self.owners, params,
