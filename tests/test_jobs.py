@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from conftest import ROOT, mpi_env
 from mpiopt.io import load_result
