@@ -293,6 +293,9 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
             recs = self.jobs(job_id)
             return bool(recs) and recs[0].get("JobState") == "PENDING" and int(recs[0].get("Restarts", 0)) >= restarts
         self._wait(pending, timeout, f"job {job_id} to be pending after its requeue")
+        # Not at once: a batch job started again within the second its old credential was revoked is
+        # killed as "non-startable" (Job credential revoked) and ends FAILED.
+        time.sleep(3)
         self.scontrol("update", f"JobId={job_id}", "StartTime=now")
 
     def wait_for(self, ok, timeout: float, what: str) -> None:
