@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 
+from ..comm import collective_check
 from ..errors import InputError
 
 FOLDER_FILES = ("u.data", "ratings.dat", "ratings.csv")
@@ -63,11 +64,12 @@ def read_shard_bytes(path: str, rank: int, nranks: int) -> bytes:
     return data
 
 
-def _check_line(text: str, nsep: str) -> str | None:
+def _check_line(text: str, nsep: str, show: str | None = None) -> str | None:
     """Why a line is malformed (None if fine)."""
     parts = text.split(nsep)
     if len(parts) != 4:
-        return f"expected 4 fields user{nsep}item{nsep}rating{nsep}timestamp, got {len(parts)}"
+        sh = (show or nsep).replace("\t", "<TAB>")
+        return f"expected 4 fields user{sh}item{sh}rating{sh}timestamp, got {len(parts)}"
     try:
         u, i = int(parts[0]), int(parts[1])
     except ValueError:
@@ -107,33 +109,36 @@ def parse_ratings(data: bytes, sep: bytes, path: str, first_line: int) -> tuple[
     per_line = np.bincount(np.searchsorted(nl, tabs), minlength=nl.size)
     line_len = np.diff(np.concatenate([[-1], nl])) - 1
     if (per_line != 3).any() or (line_len <= 0).any():
-        return _slow_scan(text, b"\t", path, first_line)
+        return _slow_scan(text, b"\t", path, first_line, sep)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         try:
             vals = np.fromstring(text, dtype=np.float64, sep=" ")  # noqa: NPY201 - C parser, whitespace-separated
         except (ValueError, DeprecationWarning):
-            return _slow_scan(text, b"\t", path, first_line)
+            return _slow_scan(text, b"\t", path, first_line, sep)
     if vals.size != 4 * nl.size:
-        return _slow_scan(text, b"\t", path, first_line)
+        return _slow_scan(text, b"\t", path, first_line, sep)
     vals = vals.reshape(-1, 4)
     u, i, r = vals[:, 0], vals[:, 1], vals[:, 2]
     bad = ~((u == np.floor(u)) & (i == np.floor(i)) & (u >= 0) & (i >= 0) & np.isfinite(r) & np.isfinite(vals[:, 3]))
     if bad.any():
-        return _slow_scan(text, b"\t", path, first_line)
+        return _slow_scan(text, b"\t", path, first_line, sep)
     return u.astype(np.int64), i.astype(np.int64), r.copy()
 
 
-def _slow_scan(text: bytes, sep: bytes, path: str, first_line: int):
+def _slow_scan(text: bytes, sep: bytes, path: str, first_line: int, shown_sep: bytes | None = None):
+    """Name the first malformed line (``text`` split by ``sep``; shown with ``shown_sep``)."""
     nsep = sep.decode()
+    show = (shown_sep or sep).decode()
     lines = text.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     for n, raw in enumerate(lines):
         line = raw.decode("utf-8", errors="replace")
-        why = _check_line(line, nsep) if line.strip() else "empty line"
+        why = _check_line(line, nsep, show) if line.strip() else "empty line"
         if why is not None:
-            raise InputError(f"{path}:{first_line + n}: malformed rating line {line[:60]!r}: {why}")
+            shown = line.replace(nsep, show) if show != nsep else line
+            raise InputError(f"{path}:{first_line + n}: malformed rating line {shown[:60]!r}: {why}")
     raise InputError(f"{path}: cannot parse ratings (line {first_line}..)")  # pragma: no cover
 
 
@@ -152,7 +157,9 @@ def read_ratings(path: str, comm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     nlines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
     counts = comm.allgather_obj(nlines + header)
     first_line = 1 + sum(counts[:comm.rank]) + header
-    return parse_ratings(data, sep, path, first_line)
+    # a bad line in one rank's shard is reported by every rank (no rank runs ahead into the next
+    # collective while another one fails)
+    return collective_check(comm, lambda: parse_ratings(data, sep, path, first_line))
 
 
 def compact_ids(local_ids: list[np.ndarray], comm) -> np.ndarray:
@@ -223,6 +230,10 @@ def read_reference(path: str, comm) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     first_line = 4 + sum(counts[:comm.rank])
     if sum(counts) != nnz:
         raise InputError(f"{path}:3: header says {nnz} entries, the file has {sum(counts)} lines")
+    return collective_check(comm, lambda: _parse_reference(text, path, first_line, m, n))
+
+
+def _parse_reference(text: bytes, path: str, first_line: int, m: int, n: int):
     if not text:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), m, n
     buf = np.frombuffer(text, dtype=np.uint8)
