@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from typing import Callable
 
@@ -35,5 +36,6 @@ def abort_on_exception(fn: Callable[[], int], verbose: bool = False) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         if MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
+            time.sleep(0.3)  # let the process manager forward the message before the abort
             MPI.COMM_WORLD.Abort(code)
         os._exit(code)

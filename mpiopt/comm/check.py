@@ -49,6 +49,7 @@ def collective_check(comm: Comm, fn: Callable[[], R]) -> R:
         if not req.Test():  # the others are stuck elsewhere: report and end the job
             print(f"mpiopt: error: {err}", file=sys.stderr, flush=True)
             sys.stdout.flush()
+            time.sleep(0.3)  # let the process manager forward the message before the abort
             comm.mpi.Abort(EXIT_USAGE)
             os._exit(EXIT_USAGE)  # MPI_Abort may return before the process manager acts
     failed = int(lowest[0])
