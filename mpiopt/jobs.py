@@ -279,12 +279,16 @@ def spec_from_args(ns: argparse.Namespace, argv: Sequence[str]) -> tuple[JobSpec
         data = load_toml(ns.config)
         with open(ns.config, encoding="utf-8") as fh:
             toml_text = fh.read()
-        if not solvers and isinstance(data.get("solver"), str):
-            solvers = [data["solver"]]
-        if problem is None and isinstance(data.get("problem"), str):
-            problem = data["problem"]
+        # names as python -m mpiopt.run reads them: [run] solver = "..." or a top-level solver = "..."
+        run_table = data.get("run") if isinstance(data.get("run"), dict) else {}
+        for key in ("solver", "problem"):
+            name = run_table.get(key) or (data.get(key) if isinstance(data.get(key), str) else None)
+            if key == "solver" and not solvers and name:
+                solvers = [str(name)]
+            if key == "problem" and problem is None and name:
+                problem = str(name)
     if not solvers:
-        raise InputError("no solver: name one (python -m mpiopt.jobs SOLVER) or set solver = \"...\" in --config")
+        raise InputError("no solver: name one (python -m mpiopt.jobs SOLVER) or set [run] solver = \"...\" in --config")
     if any(r < 1 for r in ns.ranks):
         raise InputError(f"--ranks {ns.ranks}: rank counts must be >= 1")
     if ns.warn < 1:

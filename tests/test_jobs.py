@@ -65,6 +65,10 @@ def test_generator_sweep_config_inlining_and_errors(tmp_path, capsys):
     assert variants[-1] == "2 prox_sgd lasso --set solver.step0=0.2 --seed 1"
     assert "max_iter = 50" in text and "--config \"$WORK/config.toml\"" in text  # the TOML is inlined
     assert " -o " not in text.splitlines()[2] and str(out) not in text  # the recorded command omits -o FILE
+    named = tmp_path / "named.toml"  # solver and problem named in the file, as python -m mpiopt.run reads them
+    named.write_text('[run]\nsolver = "prox_sgd"\nproblem = "lasso"\nmax_time = 60\n[solver]\nmax_iter = 7\n')
+    assert jobs_main(["--config", str(named), "--ranks", "3", "-o", str(tmp_path / "n.sbatch")]) == 0
+    assert re.findall(r"^  '(.*)'$", (tmp_path / "n.sbatch").read_text(), flags=re.M) == ["3 prox_sgd lasso"]
     capsys.readouterr()
     for argv, needle in [(["prox_sgd", "--set", "solver.max_iterz=3"], "no option 'max_iterz'"),
                          (["nosuch_solver", "--problem", "lasso"], None),
