@@ -79,3 +79,38 @@ def recalibrate_batchnorm(module: Any, batches: list[Any]) -> None:
     for bn, mom in zip(bns, saved):
         bn.momentum = mom
     module.train(was_training)
+
+
+class Evaluator:
+    """Test loss/accuracy and the loss/accuracy on a fixed training subset of a model. Models with
+    BatchNorm get their statistics recalibrated on fixed training batches first; with
+    ``restore_buffers`` the module's own statistics are put back afterwards."""
+
+    def __init__(self, problem: Any, eval_samples: int = 0, train_eval_samples: int = 1000,
+                 bn_batches: int = 8, batch_size: int = 64, restore_buffers: bool = False):
+        self.problem = problem
+        self.test = problem.test_set(eval_samples)
+        self.train = problem.train_subset(train_eval_samples, seed=1)
+        self.n_bn, self.batch_size = bn_batches, batch_size
+        self.bn: list[Any] | None = None
+        self.restore_buffers = restore_buffers
+
+    def _bn_batches(self) -> list[Any]:
+        if self.bn is None:
+            p, rng = self.problem, np.random.default_rng(2)
+            self.bn = [p.train_batch(rng.integers(0, p.n_train, self.batch_size))[0] for _ in range(self.n_bn)]
+        return self.bn
+
+    def __call__(self, flat: Any) -> tuple[float, float, float, float]:
+        """(train_loss, train_accuracy, test_loss, test_accuracy) of ``flat`` (a FlatModel)."""
+        from .models import has_batchnorm
+        module = flat.module
+        bn = has_batchnorm(module)
+        saved = flat.buffers_vector() if (bn and self.restore_buffers) else None
+        if bn:
+            recalibrate_batchnorm(module, self._bn_batches())
+        te_loss, te_acc = evaluate(module, *self.test)
+        tr_loss, tr_acc = evaluate(module, *self.train)
+        if saved is not None:
+            flat.load_buffers_vector(saved)
+        return tr_loss, tr_acc, te_loss, te_acc

@@ -157,8 +157,7 @@ class AsyncSubgradient(Solver):
         self.comm_cpu_seconds = 0.0
         self.compute_cpu_seconds = 0.0
         self.rank_rows: dict[str, list[float]] = {}
-        self._train_eval = None
-        self._test_eval = None
+        self._eval = None
         self._target_hit = False
         self.eval_seconds = 0.0
 
@@ -341,14 +340,7 @@ class AsyncSubgradient(Solver):
         """Host: a copy of the shared vector while workers run (faithful or consistent)."""
         consistent = self.opts["snapshot_mode"] == "consistent"
         if self.blocks is not None:
-            x = np.empty(self.flat.n, np.float32)
-            for j, (lo, hi) in enumerate(self.blocks.ranges):
-                if hi > lo:
-                    if j == self.blocks.my_block:
-                        x[lo:hi] = self.blocks.local
-                    else:
-                        self.blocks.read_block(j, x[lo:hi], consistent)
-            return x
+            return self.blocks.read_all(np.empty(self.flat.n, np.float32), consistent)
         if consistent:
             with self.control.paused():
                 return self.vec.host_copy()[:-1]
@@ -356,25 +348,20 @@ class AsyncSubgradient(Solver):
 
     def _snapshot(self, x: np.ndarray | None = None) -> None:
         """Host: save a snapshot of the shared model and evaluate it (test loss/accuracy, train loss)."""
-        from ..nn.train import evaluate, recalibrate_batchnorm
         t = self.ctx.elapsed()
         t_eval = time.perf_counter()
         updates, samples = self.control.counters()
         if x is None:
             x = self._take_vector()
-        ev = self._evaluator()
-        ev.flat_np[:] = x
-        p = self.problem
-        if self._bn_batches:
-            recalibrate_batchnorm(ev.module, self._bn_batches)
-        test_loss, test_acc = evaluate(ev.module, *self._test_eval)
-        train_loss, train_acc = evaluate(ev.module, *self._train_eval)
+        model, evaluate = self._evaluator()
+        model.flat_np[:] = x
+        train_loss, train_acc, test_loss, test_acc = evaluate(model)
         prev = getattr(self, "_last_snap", None)
         ups = (updates - prev[1]) / max(1e-9, t - prev[0]) if prev else 0.0
         self._last_snap = (t, updates)
         if self.ctx.writer is not None and self.opts["save_snapshots"]:
             self.ctx.writer.append_series("snapshots", x)
-        self.notify(updates, None, train_loss, epoch=samples / p.n_train, test_loss=test_loss,
+        self.notify(updates, None, train_loss, epoch=samples / self.problem.n_train, test_loss=test_loss,
                     test_accuracy=test_acc, train_accuracy=train_acc, updates_per_s=ups,
                     snapshot=self.n_snapshots, snapshot_time=t, train_time=t - self.eval_seconds)
         if self.inline_host:                  # one rank: evaluation time is not training time
@@ -384,17 +371,15 @@ class AsyncSubgradient(Solver):
         self._target_hit = self._target_hit or (target > 0 and test_acc >= target)
         self._final = (train_loss, test_loss, test_acc, x)
 
-    def _evaluator(self) -> Any:
-        if self._test_eval is None:
-            p = self.problem
-            self._test_eval = p.test_set(self.opts["eval_samples"])
-            self._train_eval = p.train_subset(self.opts["train_eval_samples"], seed=1)
-            from ..nn.models import has_batchnorm
-            rng = np.random.default_rng(2)
-            self._bn_batches = [p.train_batch(rng.integers(0, p.n_train, self.opts["batch_size"]))[0]
-                                for _ in range(self.opts["bn_batches"])] if has_batchnorm(self.flat.module) else []
-            self._eval_model = self.flat if not self.is_worker else _flat_model(p)
-        return self._eval_model
+    def _evaluator(self) -> tuple[Any, Any]:
+        """Host: the model snapshots are loaded into (its own one if it also trains) and the evaluator."""
+        if self._eval is None:
+            from ..nn.train import Evaluator
+            o = self.opts
+            self._eval_model = self.flat if not self.is_worker else _flat_model(self.problem)
+            self._eval = Evaluator(self.problem, o["eval_samples"], o["train_eval_samples"], o["bn_batches"],
+                                   o["batch_size"])
+        return self._eval_model, self._eval
 
     # -- collective phases ----------------------------------------------------------------------------
     def _sync(self) -> int | None:

@@ -84,7 +84,7 @@ class DDP(Solver):
         self.delta = np.zeros(self.flat.n, np.float32)
         self.t = 0
         self.eval_seconds = 0.0
-        self._evals: tuple | None = None
+        self._evals: Any = None
         self._target_hit = False
 
     def _loss_and_grad(self, X: Any, y: Any) -> float:
@@ -95,24 +95,12 @@ class DDP(Solver):
         return float(loss.detach())
 
     def _evaluate(self) -> tuple[float, float, float, float]:
-        from ..nn.models import has_batchnorm
-        from ..nn.train import evaluate, recalibrate_batchnorm
-        p, o = self.problem, self.opts
         if self._evals is None:
-            rng = np.random.default_rng(2)
-            bn = [p.train_batch(rng.integers(0, p.n_train, o["batch_size"]))[0] for _ in range(o["bn_batches"])] \
-                if has_batchnorm(self.flat.module) else []
-            self._evals = (p.test_set(o["eval_samples"]), p.train_subset(o["train_eval_samples"], seed=1), bn)
-        test, train, bn = self._evals
-        module = self.flat.module
-        if bn:
-            saved = self.flat.buffers_vector()
-            recalibrate_batchnorm(module, bn)
-        te_loss, te_acc = evaluate(module, *test)
-        tr_loss, tr_acc = evaluate(module, *train)
-        if bn:
-            self.flat.load_buffers_vector(saved)
-        return tr_loss, tr_acc, te_loss, te_acc
+            from ..nn.train import Evaluator
+            o = self.opts
+            self._evals = Evaluator(self.problem, o["eval_samples"], o["train_eval_samples"], o["bn_batches"],
+                                    o["batch_size"], restore_buffers=True)
+        return self._evals(self.flat)
 
     def _record(self, epoch: float, ups: float) -> tuple[float, float, float, float]:
         t0 = time.perf_counter()
