@@ -31,6 +31,7 @@ def minimize(solver: str, problem: str, options: dict[str, Any] | None = None, *
     prob = problem_cls(cfg["problem"], comm)
     collective_check(comm, prob.setup)
     prob.compute_reference()
+    comm.stats.reset()  # setup and reference traffic is not the solver's
     ctx = RunContext(comm, cfg["run"], solver=solver, problem=problem, config=cfg, quiet=True)
     res = solver_cls(prob, cfg["solver"], ctx).solve(callback=callback)
     res["history"] = ctx.history_arrays()

@@ -249,6 +249,7 @@ def execute(spec: RunSpec, verbose: bool = False, quiet: bool = False) -> int:
         print(f"[rank {rank}] set up in {time.perf_counter() - t_setup:.2f}s"
               + (f", {local} local samples" if local is not None else ""), flush=True)
     problem.compute_reference()
+    comm.stats.reset()  # setup and reference traffic is not the solver's
     if problem.reference_objective is not None:
         say(f"reference objective F* = {problem.reference_objective:.10g}")
 

@@ -94,14 +94,18 @@ class ProxSGD(Solver):
                 break
         ctx.close_progress()
         fun = p.objective(x)
-        return R.make_result(x.copy(), fun, self.t, status, msg, bytes_sent=comm.stats.bytes_sent,
+        return R.make_result(x.copy(), fun, self.t, status, msg, bytes_sent=self.bytes_sent(),
                              nnz=int(np.count_nonzero(x)), reference_objective=fstar)
 
     def _notify(self, it: int, fstar: float | None) -> None:
         f = self.problem.objective(self.x)
         extra = {"gap": f - fstar} if fstar is not None else {}
-        self.notify(it, self.x, f, **extra, bytes_sent=self.comm.stats.bytes_sent,
+        self.notify(it, self.x, f, **extra, bytes_sent=self.bytes_sent(),
                     nnz=np.count_nonzero(self.x))
+
+    def bytes_sent(self) -> int:
+        """Bytes this rank sent for the gradients (evaluation traffic excluded)."""
+        return int(self.comm.stats.bytes_by_op["gradient"])
 
     def state_dict(self):
         rngs = self.comm.gather_obj(json.dumps(self.rng.bit_generator.state))
