@@ -13,7 +13,9 @@ time to target (training wall time from the first evaluation), epochs to target,
 second, RMA fraction of the workers' iteration time (wall clock and thread CPU time: on an overloaded
 machine the first system call after a compute burst may wait milliseconds for a core, which wall
 clock charges to whatever call comes first) and RMA wall time per update, lost updates
-(writes made minus writes applied; must be 0). Async ranks = 1 host/snapshot rank + workers
+(writes made minus writes applied; must be 0), and the cores the workers actually got (their thread
+CPU time over wall time, summed: on a shared machine this, not the rank count, bounds the speed-up).
+Async ranks = 1 host/snapshot rank + workers
 (1 rank: one process does everything). Ratios: time of 1-rank sgd / time of X, and of the best
 ddp / time of X (> 1: X is faster).
 """
@@ -70,8 +72,12 @@ def run_one(solver: str, method: str | None, ranks: int, args: argparse.Namespac
         rec["comm_fraction"] = cs / max(1e-12, cs + cp)
         rec["comm_cpu_fraction"] = ccs / max(1e-12, ccs + ccp)
         rec["rma_us_per_update"] = 1e6 * cs / max(1, ks)
+        # cores the workers actually got: thread CPU time / wall time of their iterations, summed
+        rec["worker_cores"] = sum((w["comm_cpu_seconds"] + w["compute_cpu_seconds"]) /
+                                  max(1e-9, w["comm_seconds"] + w["compute_seconds"]) for w in workers.values())
     else:
         rec["comm_fraction"] = rec["comm_cpu_fraction"] = rec["rma_us_per_update"] = float("nan")
+        rec["worker_cores"] = float("nan")
     return rec
 
 
@@ -114,7 +120,7 @@ def main() -> None:
             print(f"  {name:9s} time-to-target {med['time_to_target']:7.2f}s  epochs {med['epochs_to_target']:5.1f}  "
                   f"upd/s {med['updates_per_s']:7.1f}  RMA wall {100 * med['comm_fraction']:5.1f}% "
                   f"cpu {100 * med['comm_cpu_fraction']:5.1f}% "
-                  f"({med['rma_us_per_update']:7.0f} us/update)  lost {int(med['lost_updates'])}  "
+                  f"({med['rma_us_per_update']:7.0f} us/update)  cores {med['worker_cores']:4.2f}  lost {int(med['lost_updates'])}  "
                   f"final acc {med['final_accuracy']:.3f}", flush=True)
     base = next(r for r in rows if r["name"] == "sgd@1")["time_to_target"]
     ddp_best = min(r["time_to_target"] for r in rows if r["name"].startswith("ddp"))
