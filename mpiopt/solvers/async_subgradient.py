@@ -20,7 +20,6 @@ rank 0 does everything). The MPI plumbing lives in :mod:`mpiopt.comm.shared_mode
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import Any
 
