@@ -256,3 +256,24 @@ def test_coordination_started_at_the_laggard_still_certifies(poly):
     assert M.status == "converged" and M.n_coords >= 1
     assert M.f_low <= poly.reference_objective + 1e-7 <= M.f_up + 1e-7
     assert poly.evaluate(M.x_best) == pytest.approx(M.f_up, rel=1e-12, abs=1e-9)
+
+
+class _AbsOracle:
+    def __init__(self, i):
+        self.i = i
+
+    def __call__(self, z, eta):
+        v = abs(z[self.i] - 0.5)
+        g = np.zeros_like(z)
+        g[self.i] = np.sign(z[self.i] - 0.5)
+        return v, g, v
+
+
+def test_zero_optimum_closes_the_gap_despite_qp_tolerances():
+    """f* = 0 exactly: levels below the QP solver's feasibility tolerance are settled by the exact LP
+    (regression: the gap used to stall at ~1e-6 with DAQP accepting violated levels)."""
+    n = m = 4
+    M = LevelBundleMaster(n, m, -np.ones(n), np.ones(n), np.ones(m), [[i] for i in range(m)], Params(rtol=1e-9))
+    simulate(M, [_AbsOracle(i) for i in range(m)], DelayModel(m))
+    assert M.status == "converged" and M.stop_rule == "gap" and M.k < 50
+    assert M.f_low <= 0.0 <= M.f_up and M.gap <= 1e-9

@@ -133,6 +133,7 @@ class LevelBundleMaster:
         self.cycle = 0                  # critical iterations
         self.n_infeasible = 0
         self.n_midcycle_compressions = 0
+        self.n_lp_checks = 0
         self.evals = np.zeros(self.m, dtype=np.int64)
         self.answers = 0
         self.qp_seconds = 0.0
@@ -314,13 +315,15 @@ class LevelBundleMaster:
         j = int(np.argmin(vals))
         self._improve_upper(Y[j], float(vals[j]))
 
-    def _lp_bound(self) -> None:
+    def _lp_bound(self) -> float | None:
+        """f_low = max(f_low, min_X fv) with the exact LP; returns min_X fv (None on LP failure)."""
         import time
         t = time.perf_counter()
         v = self.lp.solve(self.model)
         self.lp_seconds += time.perf_counter() - t
         if v is not None and v > self.f_low:
             self.f_low = min(v, self.f_up)
+        return v
 
     def _stop_test(self) -> bool:
         if self.gap <= self.tolerance():
@@ -376,6 +379,15 @@ class LevelBundleMaster:
             if res.status == FAILED:
                 self._finish("failed", "qp_failed", f"level QP failed ({res.solver}: {res.info})")
                 return
+            if self.model.value(res.x) > self.lev + 1e-9 * max(1.0, abs(self.lev)):
+                # the QP solver accepted the level within its tolerance: settle it with the exact LP
+                self.n_lp_checks += 1
+                v = self._lp_bound()
+                if v is not None and v > self.lev:
+                    self.n_infeasible += 1
+                    self.last_infeasible = True
+                    self.trace.add(self.k, self.cycle, self.f_low, self.f_up, self.lev, math.nan, critical, 1)
+                    continue
             self.x_next = res.x
             self.lam = res.lam
             self.pending = True
@@ -406,7 +418,7 @@ class LevelBundleMaster:
 
     # -- checkpoint -----------------------------------------------------------------------------
     SCALARS = ("f_low", "f_up", "gap_ref", "lev", "lev_prev", "last_infeasible", "k", "steps", "cycle",
-               "n_infeasible", "n_midcycle_compressions", "answers", "qp_seconds", "lp_seconds", "phase", "pending", "coord_id",
+               "n_infeasible", "n_midcycle_compressions", "n_lp_checks", "answers", "qp_seconds", "lp_seconds", "phase", "pending", "coord_id",
                "n_coords", "since_coord", "since_step")
     ARRAYS = ("x1", "x_best", "xc", "x_next", "evals", "latest_fu", "latest_eta", "coord_seen", "coord_fu")
 
