@@ -16,7 +16,7 @@ from ..options import Option
 from ..prox import ElasticNet
 from ..registry import register_problem
 from .base import CompositeProblem
-from .reference import elastic_net_optimum
+from .reference import elastic_net_optimum, weighted_split_optimum
 
 CHUNK = 1024  # generated rows come in chunks keyed by (seed, chunk): identical data at any rank count
 BUNDLED = ("breast_cancer", "digits", "diabetes")
@@ -280,29 +280,3 @@ class _WeightedElasticNet:
         if self.l2 > 0:
             out /= 1.0 + t * self.l2
         return out
-
-
-def weighted_split_optimum(comm, local_loss_grad, n_vars: int, n_samples: int, lam: np.ndarray,
-                           l2: float, nonneg: bool = False) -> tuple[float, np.ndarray]:
-    """Collective: min (1/N) sum loss_i(w) + sum lam_i |w_i| + l2/2||w||^2 (w >= 0 if ``nonneg``)
-    by L-BFGS-B on w = u - v, u, v >= 0. Returns (F*, w*) on every rank."""
-    from .reference import driven_minimize
-
-    def fg(z: np.ndarray) -> tuple[float, np.ndarray]:
-        u, v = z[:n_vars], z[n_vars:]
-        w = u - v
-        loss, g = local_loss_grad(w, None)
-        f = loss / n_samples
-        g = g / n_samples
-        if comm.rank == 0:
-            f += float(lam @ (u + v)) + 0.5 * l2 * float(w @ w)
-            g = g + l2 * w
-            return f, np.concatenate([g + lam, -g + lam])
-        return f, np.concatenate([g, -g])
-
-    bounds = [(0.0, None)] * n_vars + [(0.0, 0.0 if nonneg else None)] * n_vars
-    z = driven_minimize(comm, fg, np.zeros(2 * n_vars), bounds=bounds)
-    w = z[:n_vars] - z[n_vars:]
-    loss, _ = local_loss_grad(w, None)
-    total = comm.allreduce_scalar(loss, tag="reference") / n_samples
-    return total + float(lam @ np.abs(w)) + 0.5 * l2 * float(w @ w), w

@@ -48,10 +48,10 @@ def driven_minimize(comm: Comm, fg_local: LocalFG, z0: np.ndarray, bounds, **opt
         total_fg(buf[1:])
 
 
-def elastic_net_optimum(comm: Comm, local_loss_grad: Callable, n_vars: int, n_samples: int,
-                        l1: float, l2: float) -> tuple[float, np.ndarray]:
-    """min (1/N) sum loss_i(w) + l1||w||_1 + l2/2||w||^2 via the split w = u - v, u, v >= 0.
-    Collective; returns (F*, w*) on every rank."""
+def weighted_split_optimum(comm: Comm, local_loss_grad: Callable, n_vars: int, n_samples: int,
+                           lam: np.ndarray, l2: float, nonneg: bool = False) -> tuple[float, np.ndarray]:
+    """Collective: min (1/N) sum loss_i(w) + sum lam_i |w_i| + l2/2||w||^2 (w >= 0 if ``nonneg``)
+    by L-BFGS-B on the split w = u - v, u, v >= 0. Returns (F*, w*) on every rank."""
     def fg(z: np.ndarray) -> tuple[float, np.ndarray]:
         u, v = z[:n_vars], z[n_vars:]
         w = u - v
@@ -59,15 +59,20 @@ def elastic_net_optimum(comm: Comm, local_loss_grad: Callable, n_vars: int, n_sa
         f = loss / n_samples
         g = g / n_samples
         if comm.rank == 0:  # the regulariser is added once
-            f += l1 * float(z.sum()) + 0.5 * l2 * float(w @ w)
+            f += float(lam @ (u + v)) + 0.5 * l2 * float(w @ w)
             g = g + l2 * w
-            return f, np.concatenate([g + l1, -g + l1])
+            return f, np.concatenate([g + lam, -g + lam])
         return f, np.concatenate([g, -g])
 
-    z0 = np.zeros(2 * n_vars)
-    z = driven_minimize(comm, fg, z0, bounds=[(0.0, None)] * (2 * n_vars))
+    bounds = [(0.0, None)] * n_vars + [(0.0, 0.0 if nonneg else None)] * n_vars
+    z = driven_minimize(comm, fg, np.zeros(2 * n_vars), bounds=bounds)
     w = z[:n_vars] - z[n_vars:]
     loss, _ = local_loss_grad(w, None)
     total = comm.allreduce_scalar(loss, tag="reference") / n_samples
-    fstar = total + l1 * float(np.abs(w).sum()) + 0.5 * l2 * float(w @ w)
-    return fstar, w
+    return total + float(lam @ np.abs(w)) + 0.5 * l2 * float(w @ w), w
+
+
+def elastic_net_optimum(comm: Comm, local_loss_grad: Callable, n_vars: int, n_samples: int,
+                        l1: float, l2: float) -> tuple[float, np.ndarray]:
+    """Collective: min (1/N) sum loss_i(w) + l1||w||_1 + l2/2||w||^2; (F*, w*) on every rank."""
+    return weighted_split_optimum(comm, local_loss_grad, n_vars, n_samples, np.full(n_vars, float(l1)), l2)
