@@ -106,16 +106,18 @@ def run_script(script: Path, cwd: Path, env: dict, timeout: float = 120, usr1_wh
 def test_script_outside_slurm_usr1_checkpoints_and_resumes(tmp_path):
     """The time-limit warning path without Slurm: SIGUSR1 -> the run checkpoints and exits 143
     (no requeue outside Slurm); the same tag then resumes and matches an uninterrupted run."""
-    args = ("--set solver.max_iter=1500 problem.n_samples=1000 problem.n_features=20 problem.reference=no run.progress=none "
+    # 2 ms per gradient call: the run lasts about 3 s, so the signal always comes before its end
+    plugin = Path(__file__).resolve().parent / "plugins" / "faulty.py"
+    args = (f"--plugin {plugin} --set solver.max_iter=1500 problem.slow=0.002 run.progress=none "
             "run.history_every=200")
     env = {"MPIOPT_LAUNCHER": "mpirun", "MPIOPT_PYTHON": sys.executable, "MPIOPT_TAG": "t1",
-           "MPIOPT_VARIANT": f"2 prox_sgd logistic {args}", "MPIOPT_CHECKPOINT_EVERY": "300",
+           "MPIOPT_VARIANT": f"2 prox_sgd faulty {args}", "MPIOPT_CHECKPOINT_EVERY": "300",
            "MPIOPT_RESULTS": str(tmp_path / "res"), "MPIOPT_SCRATCH": str(tmp_path / "scr")}
     ckdir = tmp_path / "scr" / "mpiopt-t1" / "checkpoints"
     first = run_script(JOBS / "prox_sgd.sbatch", tmp_path, env, usr1_when=lambda: any(ckdir.glob("ckpt-*.h5")))
     assert first.returncode == 143, first.stdout + first.stderr
     assert "SIGUSR1" in first.stderr and "requeueing" not in first.stdout
-    out = tmp_path / "res" / "prox_sgd-logistic-n2-t1.h5"
+    out = tmp_path / "res" / "prox_sgd-faulty-n2-t1.h5"
     assert load_result(str(out))["status"] == "interrupted"
     second = run_script(JOBS / "prox_sgd.sbatch", tmp_path, env)
     assert second.returncode == 0, second.stdout + second.stderr
@@ -124,7 +126,7 @@ def test_script_outside_slurm_usr1_checkpoints_and_resumes(tmp_path):
     env_ref = dict(env, MPIOPT_TAG="ref")
     ref = run_script(JOBS / "prox_sgd.sbatch", tmp_path, env_ref)
     assert ref.returncode == 0, ref.stderr
-    expect = load_result(str(tmp_path / "res" / "prox_sgd-logistic-n2-ref.h5"))
+    expect = load_result(str(tmp_path / "res" / "prox_sgd-faulty-n2-ref.h5"))
     assert np.array_equal(res.solution["x"], expect.solution["x"])
 
 
