@@ -67,7 +67,7 @@ def test_single_job_completes_with_srun(slurm, tmp_path):
     out = tmp_path / f"mpiopt-prox_sgd-{job}.out"  # --output=%x-%j.out in the submit dir
     assert out.exists(), sorted(p.name for p in tmp_path.iterdir())
     assert "srun --mpi=pmi2" in out.read_text()
-    res = load_result(str(tmp_path / "results" / f"prox_sgd-logistic-n2-{job}.h5"))
+    res = load_result(str(tmp_path / "results" / f"prox_sgd-faulty-n2-{job}.h5"))
     assert res["status"] == "max_iter" and res["nit"] == 300 and res["n_ranks"] == 2
     assert res.config["run"]["checkpoint_dir"] == str(tmp_path / "scratch" / f"mpiopt-{job}" / "checkpoints")
 
@@ -100,11 +100,13 @@ def test_time_limit_warning_and_preemption_resume_from_checkpoints(slurm, tmp_pa
        run to checkpoint, then requeues its own job;
     2. preemption-like ``scontrol requeue``: Slurm sends SIGTERM, the run checkpoints, Slurm requeues.
     Each time the requeued job resumes from the latest checkpoint (--resume latest)."""
-    max_iter = 6000
-    args = (f"--set solver.max_iter={max_iter} problem.n_samples=2000 problem.n_features=40 problem.reference=no "
+    # 2 ms per gradient call: about 6 s of work, so the signals always come before the end
+    max_iter = 3000
+    plugin = ROOT / "tests" / "plugins" / "faulty.py"
+    args = (f"--plugin {plugin} --set solver.max_iter={max_iter} problem.slow=0.002 "
             "run.progress=none run.history_every=100")
     job = slurm.sbatch(ROOT / "jobs" / "prox_sgd.sbatch", env=job_env(
-        tmp_path, MPIOPT_VARIANT=f"2 prox_sgd logistic {args}", MPIOPT_CHECKPOINT_EVERY="300"), cwd=tmp_path)
+        tmp_path, MPIOPT_VARIANT=f"2 prox_sgd faulty {args}", MPIOPT_CHECKPOINT_EVERY="300"), cwd=tmp_path)
     ckdir = tmp_path / "scratch" / f"mpiopt-{job}" / "checkpoints"
 
     def wait_checkpoint_after(n_before: int) -> int:
@@ -135,11 +137,11 @@ def test_time_limit_warning_and_preemption_resume_from_checkpoints(slurm, tmp_pa
     assert int(recs[0]["Restarts"]) == 2, recs[0]
     log = job_output(tmp_path)
     assert "restart 2" in log and log.count("resumed from") == 2, log
-    res = load_result(str(tmp_path / "results" / f"prox_sgd-logistic-n2-{job}.h5"))
+    res = load_result(str(tmp_path / "results" / f"prox_sgd-faulty-n2-{job}.h5"))
     assert res["status"] == "max_iter" and res["nit"] == max_iter and "ckpt-" in res["resumed_from"]
     # the twice-resumed run is bit-identical to one that was never interrupted
     ref = tmp_path / "ref.h5"
-    p = run_mpi(["prox_sgd", "--problem", "logistic", *args.split(), "--out", str(ref), "-q"], n=2, timeout=120)
+    p = run_mpi(["prox_sgd", "--problem", "faulty", *args.split(), "--out", str(ref), "-q"], n=2, timeout=120)
     assert p.returncode == 0, p.output
     expect = load_result(str(ref))
     assert np.array_equal(res.solution["x"], expect.solution["x"])
