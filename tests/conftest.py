@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,15 +48,23 @@ def mpi_env(extra: dict | None = None) -> dict:
 
 def run_mpi(args: list[str], n: int = 2, timeout: float = 120, cwd: str | os.PathLike | None = None,
             env: dict | None = None, python: str | None = None, module: str = "mpiopt.run",
-            send_signal_after: float | None = None, sig: int = signal.SIGTERM) -> Proc:
+            send_signal_after: float | None = None, sig: int = signal.SIGTERM,
+            signal_when=None) -> Proc:
     """``mpirun -n N python -m MODULE ARGS`` in its own session; killed as a group on timeout.
 
-    ``send_signal_after``: deliver ``sig`` to the whole process group after that many seconds."""
+    ``send_signal_after``: deliver ``sig`` to the whole process group after that many seconds, or,
+    with ``signal_when`` (a predicate polled every 0.1 s), once the predicate holds."""
     cmd = [find_mpirun(python), "-n", str(n), python or sys.executable, "-m", module, *map(str, args)]
     p = subprocess.Popen(cmd, cwd=cwd, env=mpi_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, start_new_session=True)
     try:
-        if send_signal_after is not None:
+        if signal_when is not None:
+            t_end = time.monotonic() + timeout
+            while not signal_when() and p.poll() is None and time.monotonic() < t_end:
+                time.sleep(0.1)
+            if p.poll() is None:
+                os.killpg(p.pid, sig)
+        elif send_signal_after is not None:
             try:
                 out, err = p.communicate(timeout=send_signal_after)
                 return Proc(p.returncode, out, err)

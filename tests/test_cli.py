@@ -156,7 +156,9 @@ def test_resume_is_bit_identical(tmp_path):
 def test_sigterm_checkpoints_then_resume_latest_finishes(tmp_path):
     args = ["prox_sgd", "--problem", "faulty", "--plugin", FAULTY, "--set", "problem.slow=0.01",
             "solver.max_iter=100000", "--checkpoint-dir", "ck", "--checkpoint-every", "2s", "--out", "run.h5"]
-    p = run_mpi(args, n=2, cwd=tmp_path, send_signal_after=6, sig=signal.SIGTERM, timeout=60)
+    # signal once a periodic checkpoint exists: the run is past start-up and its handlers are installed
+    p = run_mpi(args, n=2, cwd=tmp_path, sig=signal.SIGTERM, timeout=120,
+                signal_when=lambda: (tmp_path / "ck" / "latest").exists())
     assert p.returncode != 0, p.output
     assert "interrupted" in p.stdout, p.output
     latest = (tmp_path / "ck" / "latest").read_text().strip()
