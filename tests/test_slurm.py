@@ -67,7 +67,7 @@ def test_single_job_completes_with_srun(slurm, tmp_path):
     out = tmp_path / f"mpiopt-prox_sgd-{job}.out"  # --output=%x-%j.out in the submit dir
     assert out.exists(), sorted(p.name for p in tmp_path.iterdir())
     assert "srun --mpi=pmi2" in out.read_text()
-    res = load_result(str(tmp_path / "results" / f"prox_sgd-faulty-n2-{job}.h5"))
+    res = load_result(str(tmp_path / "results" / f"prox_sgd-logistic-n2-{job}.h5"))
     assert res["status"] == "max_iter" and res["nit"] == 300 and res["n_ranks"] == 2
     assert res.config["run"]["checkpoint_dir"] == str(tmp_path / "scratch" / f"mpiopt-{job}" / "checkpoints")
 
