@@ -15,6 +15,7 @@ import numpy as np
 
 from ..comm import collective_check
 from ..errors import InputError
+from .shards import byte_range, read_lines_bytes, read_shard_bytes
 
 FOLDER_FILES = ("u.data", "ratings.dat", "ratings.csv")
 
@@ -40,28 +41,6 @@ def separator(path: str) -> bytes:
     if name.endswith(".csv"):
         return b","
     return b"\t"   # u.data, u1.base, u1.test, ua.base, ...
-
-
-def _byte_range(size: int, rank: int, nranks: int) -> tuple[int, int]:
-    return size * rank // nranks, size * (rank + 1) // nranks
-
-
-def read_shard_bytes(path: str, rank: int, nranks: int) -> bytes:
-    """The complete lines that start in this rank's byte range."""
-    size = os.path.getsize(path)
-    lo, hi = _byte_range(size, rank, nranks)
-    with open(path, "rb") as fh:
-        if lo > 0:
-            fh.seek(lo - 1)
-            if fh.read(1) != b"\n":
-                fh.readline()          # that line belongs to the previous rank
-            lo = fh.tell()
-        if lo >= hi:
-            return b""
-        data = fh.read(hi - lo)
-        if data and not data.endswith(b"\n"):
-            data += fh.readline()
-    return data
 
 
 def _check_line(text: str, nsep: str, show: str | None = None) -> str | None:
@@ -207,21 +186,7 @@ def read_reference(path: str, comm) -> tuple[np.ndarray, np.ndarray, np.ndarray,
         nnz = int(head[2].strip())
     except ValueError:
         raise InputError(f"{path}:2: reference header must be 'm n' then 'nnz' on line 3") from None
-    size = os.path.getsize(path) - body_start
-    lo, hi = _byte_range(size, comm.rank, comm.size)
-    lo, hi = lo + body_start, hi + body_start
-    data = b""
-    with open(path, "rb") as fh:
-        if lo > body_start:
-            fh.seek(lo - 1)
-            if fh.read(1) != b"\n":
-                fh.readline()
-            lo = fh.tell()
-        if lo < hi:
-            fh.seek(lo)
-            data = fh.read(hi - lo)
-            if data and not data.endswith(b"\n"):
-                data += fh.readline()
+    data = read_lines_bytes(path, *byte_range(path, comm.rank, comm.size, start=body_start))
     text = data.replace(b"\r", b"")
     if text and not text.endswith(b"\n"):
         text += b"\n"

@@ -8,13 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import InputError
-
-
-def byte_range(path: str, rank: int, size: int) -> tuple[int, int]:
-    """[lo, hi) byte range of ``rank``'s shard; lines belong to the shard where they start
-    (sklearn's offset/length convention)."""
-    total = os.path.getsize(path)
-    return total * rank // size, total * (rank + 1) // size
+from .shards import byte_range, read_lines_bytes
 
 
 def read_shard(path: str, rank: int, size: int, n_features: int | None = None,
@@ -44,22 +38,6 @@ def read_shard(path: str, rank: int, size: int, n_features: int | None = None,
         line = line_of_row(path, lo, hi, row)
         raise InputError(f"{path}:{line}: NaN or Inf value in data")
     return X, y
-
-
-def read_lines_bytes(path: str, lo: int, hi: int) -> bytes:
-    """The bytes of the whole lines that start in [lo, hi)."""
-    with open(path, "rb") as fh:
-        if lo > 0:
-            fh.seek(lo - 1)
-            if fh.read(1) != b"\n":
-                fh.readline()  # the line in progress belongs to the previous shard
-        start = fh.tell()
-        if start >= hi:
-            return b""
-        data = fh.read(hi - start)
-        if data and not data.endswith(b"\n"):
-            data += fh.readline()
-    return data
 
 
 def _first_line_number(path: str, lo: int) -> int:
