@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .kernels import BLOCK, blocks
+
 
 def soft_threshold(v: np.ndarray, thresh: float | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """sign(v) * max(|v| - thresh, 0), elementwise."""
@@ -27,6 +29,9 @@ def soft_threshold(v: np.ndarray, thresh: float | np.ndarray, out: np.ndarray | 
 
 class ElasticNet:
     """r(x) = l1*||x||_1 + (l2/2)*||x||^2 (l1 = 0: ridge; l2 = 0: lasso penalty)."""
+
+    #: prox acts on each element alone with scalar parameters: it may be applied to any slice
+    elementwise = True
 
     def __init__(self, l1: float = 0.0, l2: float = 0.0):
         self.l1 = float(l1)
@@ -77,6 +82,8 @@ _FEAS_TOL = 1e-9
 
 class Zero:
     """r = 0 (prox = identity)."""
+
+    elementwise = True
 
     def value(self, x: np.ndarray) -> float:
         return 0.0
@@ -458,3 +465,21 @@ def gradient_mapping(reg, x: np.ndarray, g: np.ndarray, t: float, out: np.ndarra
     if fused is not None and work is not None:
         return fused(x, g, t, out, work)
     return _generic_mapping(reg, x, g, t, out)
+
+
+def prox_step(reg, x: np.ndarray, d: np.ndarray, t: float, work: np.ndarray) -> np.ndarray:
+    """x <- prox_{t r}(x - t d) in place, in float64 (``d`` of any float dtype, e.g. the fp32 wire).
+
+    Elementwise regularizers run block by block (one pass over memory; ``work``: a float64 buffer of
+    at least one block); others take the whole vector (``work`` as long as ``x``)."""
+    if not getattr(reg, "elementwise", False):
+        w = work[:x.size]
+        np.multiply(d, t, out=w, dtype=np.float64)
+        np.subtract(x, w, out=x)
+        return reg.prox(x, t, out=x)
+    for lo, hi in blocks(x.size, min(BLOCK, work.size)):
+        w = work[:hi - lo]
+        np.multiply(d[lo:hi], t, out=w, dtype=np.float64)
+        np.subtract(x[lo:hi], w, out=w)               # v = x - t d
+        reg.prox(w, t, out=x[lo:hi])                  # out distinct from v: no temporary
+    return x

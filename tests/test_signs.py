@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from mpiopt.kernels import BLOCK
 from mpiopt.comm.signs import (AGGREGATORS, StepTable, bitsliced_count, decision_values, n_words,
                                pack_bits, sign_planes, tie_bits, unpack_bits, vote)
 
@@ -104,7 +105,7 @@ def test_tie_bits_same_for_any_chunking():
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_sign_bit_injection_equals_float_update(dtype):
     rng = np.random.default_rng(3)
-    for n in (1, 8, 9, 1001):
+    for n in (1, 8, 9, 1001, 2 * BLOCK + 13):      # the last: apply runs in 3 cache blocks
         v = rng.integers(-1, 2, size=n)
         W = n_words(n, 4)
         neg = pack_bits(v < 0, np.zeros(W, dtype=np.uint64))
@@ -159,3 +160,36 @@ def test_aggregators_agree_with_numpy_vote_and_count_bytes():
                     assert agg.last_bytes == round((P - 1) / P * planes * chunk_bytes * P) + back
                 else:
                     assert agg.last_bytes == round(2 * (P - 1) / P * n)
+
+
+@pytest.mark.parametrize("encoding", ["1bit", "ternary"])
+def test_blockwise_encoding_equals_whole_vector_encoding(encoding):
+    from mpi4py import MPI
+
+    from mpiopt.comm import Comm
+    from mpiopt.comm.signs import SignAggregator
+
+    comm = Comm(MPI.COMM_SELF)
+    rng = np.random.default_rng(11)
+    for n in (5, 64, 1001, 2 * BLOCK + 13):
+        m = rng.standard_normal(n)
+        m[rng.random(n) < 0.2] = 0.0
+        m[:3] = [-0.0, 0.0, -1e-300]
+        whole = SignAggregator(comm, n, encoding)
+        whole.encode(m)
+        blocked = SignAggregator(comm, n, encoding)
+        seen = []
+
+        def message(lo, hi, out, work):
+            seen.append((lo, hi))
+            np.copyto(out, m[lo:hi])
+            return out
+
+        blocked.encode_blocks(message)
+        assert np.array_equal(blocked.send, whole.send)
+        assert seen == [(lo, min(n, lo + BLOCK)) for lo in range(0, n, BLOCK)]
+    bad = np.ones(BLOCK + 100)
+    bad[BLOCK + 7] = np.nan
+    agg = SignAggregator(comm, bad.size, encoding)
+    with pytest.raises(ValueError, match=f"element {BLOCK + 7}"):
+        agg.encode_blocks(lambda lo, hi, out, work: bad[lo:hi])

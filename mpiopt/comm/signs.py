@@ -24,11 +24,12 @@ Bytes are counted by :class:`~mpiopt.comm.stats.CommStats` from the buffers actu
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 from mpi4py import MPI
 
+from ..kernels import BLOCK, blocks, first_nonfinite
 from .core import Comm
 
 WORD_BITS = 64
@@ -64,14 +65,11 @@ def unpack_bits(words: np.ndarray, n: int) -> np.ndarray:
     return np.unpackbits(words.view(np.uint8), count=n).view(np.bool_)
 
 
-def check_finite(m: np.ndarray) -> None:
-    """Raise ValueError naming the first NaN/inf element (fast path: one BLAS dot product)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        if m.dtype.kind == "f" and np.isfinite(np.dot(m, m)):
-            return
-    bad = np.flatnonzero(~np.isfinite(m))
-    if bad.size:
-        raise ValueError(f"non-finite value {m[bad[0]]} at element {int(bad[0])}: cannot code its sign")
+def check_finite(m: np.ndarray, offset: int = 0) -> None:
+    """Raise ValueError naming the first NaN/inf element (``offset``: index of m[0] in the message)."""
+    i = first_nonfinite(m)
+    if i is not None:
+        raise ValueError(f"non-finite value {m[i]} at element {offset + i}: cannot code its sign")
 
 
 def sign_planes(m: np.ndarray, encoding: str, out: np.ndarray, work: np.ndarray | None = None) -> np.ndarray:
@@ -189,7 +187,7 @@ def decision_values(neg: np.ndarray, nz: np.ndarray, n: int) -> np.ndarray:
 class StepTable:
     """x -= gamma * v from packed decision planes by sign-bit injection: the bit pattern of gamma
     with the sign bit set from the ``neg`` plane, zeroed where the ``nz`` plane is 0 (no float
-    arithmetic except the final subtraction; preallocated buffers)."""
+    arithmetic except the final subtraction; preallocated buffers, cache-sized blocks)."""
 
     def __init__(self, n: int, dtype: np.dtype = np.float64):
         self.n = n
@@ -198,22 +196,32 @@ class StepTable:
             raise ValueError("x must be float32 or float64")
         self.uint = np.uint64 if self.dtype.itemsize == 8 else np.uint32
         self.shift = self.uint(8 * self.dtype.itemsize - 1)
-        self.delta = np.empty(n, dtype=self.dtype)
-        self._bits = self.delta.view(self.uint)
+        self._block = np.empty(min(n, BLOCK), dtype=self.dtype)
+        self.delta: np.ndarray | None = None          # whole-vector buffer, made on first deltas()
 
-    def deltas(self, neg: np.ndarray, nz: np.ndarray | None, gamma: float) -> np.ndarray:
-        """gamma * v as a vector of length n (an internal buffer, overwritten by the next call)."""
-        d = self._bits
-        np.left_shift(np.unpackbits(neg.view(np.uint8), count=self.n), self.shift, out=d,
+    def _fill(self, out: np.ndarray, neg: np.ndarray, nz: np.ndarray | None, gamma: float, lo: int) -> np.ndarray:
+        """out = gamma * v[lo:lo+len(out)] (``lo`` a multiple of 8)."""
+        k = out.size
+        d = out.view(self.uint)
+        b0, b1 = lo // 8, -(-(lo + k) // 8)
+        np.left_shift(np.unpackbits(neg.view(np.uint8)[b0:b1], count=k), self.shift, out=d,
                       dtype=self.uint, casting="unsafe")
         np.bitwise_or(d, np.array(gamma, dtype=self.dtype).view(self.uint), out=d)
         if nz is not None:
-            np.multiply(d, np.unpackbits(nz.view(np.uint8), count=self.n), out=d, casting="unsafe")
-        return self.delta
+            np.multiply(d, np.unpackbits(nz.view(np.uint8)[b0:b1], count=k), out=d, casting="unsafe")
+        return out
+
+    def deltas(self, neg: np.ndarray, nz: np.ndarray | None, gamma: float) -> np.ndarray:
+        """gamma * v as a vector of length n (an internal buffer, overwritten by the next call)."""
+        if self.delta is None:
+            self.delta = np.empty(self.n, dtype=self.dtype)
+        return self._fill(self.delta, neg, nz, gamma, 0)
 
     def apply(self, x: np.ndarray, neg: np.ndarray, nz: np.ndarray | None, gamma: float) -> np.ndarray:
-        """x -= gamma * v in place."""
-        np.subtract(x, self.deltas(neg, nz, gamma), out=x)
+        """x -= gamma * v in place, block by block."""
+        for lo, hi in blocks(self.n, self._block.size):
+            xs = x[lo:hi]
+            np.subtract(xs, self._fill(self._block[:hi - lo], neg, nz, gamma, lo), out=xs)
         return x
 
 
@@ -249,6 +257,7 @@ class SignAggregator:
         self.send = np.zeros((self.planes, W), dtype=np.uint64)
         self._work = np.empty(n, dtype=np.bool_)
         self.table = StepTable(n, dtype)
+        self._blk: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.payload_bytes = self.send.nbytes if method != "int8_allreduce" else n
         # the decision carries zeros unless ties cannot occur or resolve to a sign
         self.carries_zero = tie == "zero" and (encoding == "ternary" or P % 2 == 0)
@@ -283,6 +292,29 @@ class SignAggregator:
                 c -= self._work.view(np.int8)
         else:
             sign_planes(m, self.encoding, self.send, self._work)
+
+    def encode_blocks(self, message: Callable[[int, int, np.ndarray, np.ndarray], np.ndarray]) -> None:
+        """Code a message produced block by block: ``message(lo, hi, out, work)`` writes elements
+        [lo, hi) into ``out`` (``work``: scratch of the same size) and returns it. The message is
+        never stored whole: each block is made, checked and packed while it is in cache."""
+        if self.method == "int8_allreduce":
+            raise ValueError("encode_blocks: int8_allreduce codes whole messages (use encode)")
+        if self._blk is None:
+            k = min(self.n, BLOCK)
+            self._blk = (np.empty(k), np.empty(k), np.empty(k, dtype=np.bool_))
+        out, work, flags = self._blk
+        planes = [p.view(np.uint8) for p in self.send]
+        for lo, hi in blocks(self.n, out.size):
+            k = hi - lo
+            m = message(lo, hi, out[:k], work[:k])
+            check_finite(m, lo)
+            f = flags[:k]
+            b0, b1 = lo // 8, -(-hi // 8)
+            np.less(m, 0.0, out=f)
+            planes[0][b0:b1] = np.packbits(f)
+            if self.planes == 2:
+                np.not_equal(m, 0.0, out=f)
+                planes[1][b0:b1] = np.packbits(f)
 
     def own_deltas(self, gamma: float) -> np.ndarray:
         """gamma * (this rank's own coded signs), e.g. for error feedback; call after :meth:`encode`."""

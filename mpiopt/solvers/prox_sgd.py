@@ -16,8 +16,10 @@ from mpi4py import MPI
 from .. import options as O
 from .. import result as R
 from ..errors import CheckpointError
+from ..kernels import all_finite
 from ..options import Option
 from ..problems.base import CompositeProblem
+from ..prox import prox_step
 from ..registry import register_solver
 from .base import Solver
 
@@ -74,12 +76,10 @@ class ProxSGD(Solver):
                 g[:] = 0.0
             wire[:] = g
             comm.Allreduce(MPI.IN_PLACE, wire, tag="gradient")
-            g[:] = wire
             x_old = x.copy() if o["tol"] > 0 else None
-            x -= step * g
-            p.regularizer.prox(x, step, out=x)
+            prox_step(p.regularizer, x, wire, step, g)     # x <- prox(x - step * wire), g as scratch
             self.t += 1
-            if not np.isfinite(x).all():
+            if not all_finite(x):
                 status, msg = R.FAILED, f"non-finite iterate at iteration {self.t}"
                 break
             converged = x_old is not None and np.linalg.norm(x - x_old) / step < o["tol"]

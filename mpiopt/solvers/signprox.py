@@ -77,9 +77,14 @@ class SignProx(Solver):
     options = SIGN_OPTIONS
 
     # -- the algorithm's two hooks (baselines override them) --------------------------------------
-    def message(self, x: np.ndarray, g: np.ndarray, gam: float, out: np.ndarray) -> np.ndarray:
-        """The vector whose signs are sent: m = x - prox_{gam r}(x - gam g)."""
-        return gradient_mapping(self.problem.regularizer, x, g, gam, out, self.work)
+    def message(self, x: np.ndarray, g: np.ndarray, gam: float, out: np.ndarray,
+                work: np.ndarray) -> np.ndarray:
+        """The vector whose signs are sent: m = x - prox_{gam r}(x - gam g) (``work``: scratch like out)."""
+        return gradient_mapping(self.problem.regularizer, x, g, gam, out, work)
+
+    def message_elementwise(self) -> bool:
+        """True if message() may be computed on slices (then it is made and packed block by block)."""
+        return bool(getattr(self.problem.regularizer, "elementwise", False))
 
     def after_vote(self, x: np.ndarray, gam: float) -> None:
         """Local step after x -= gam * v (none for SignProx)."""
@@ -105,9 +110,12 @@ class SignProx(Solver):
         self.method = method
         self.agg = SignAggregator(comm, self.n, o["encoding"], method, o["tie"], self.seed, self.x.dtype)
         self.g = np.empty(self.n)
-        self.m = np.empty(self.n)
-        self.work = np.empty(self.n)
         self.ef = np.zeros(self.n) if o["error_feedback"] else None
+        # the message is made, checked and packed in cache-sized blocks unless it needs the whole
+        # vector (non-separable prox, error feedback, int8 codes)
+        self.blockwise = self.ef is None and method != "int8_allreduce" and self.message_elementwise()
+        self.m = None if self.blockwise else np.empty(self.n)
+        self.work = None if self.blockwise else np.empty(self.n)
         T = o["max_iter"]
         self.batch = (max(o["batch_size"], math.ceil(o["theory_batch"] * T)) if o["schedule"] == "theory"
                       else o["batch_size"])
@@ -133,10 +141,13 @@ class SignProx(Solver):
                 p.batch_grad(x, self.rng.integers(0, p.n_local, size=self.batch), out=g)
             else:
                 g[:] = 0.0
-            self.message(x, g, gam, m)
-            if self.ef is not None:
-                m += self.ef
-            agg.encode(m)
+            if self.blockwise:
+                agg.encode_blocks(lambda lo, hi, out, work: self.message(x[lo:hi], g[lo:hi], gam, out, work))
+            else:
+                self.message(x, g, gam, m, self.work)
+                if self.ef is not None:
+                    m += self.ef
+                agg.encode(m)
             if self.ef is not None:   # memory = what the scaled sign (||m||_1/k) sgn(m) leaves out
                 k = max(1, agg.own_nonzeros())
                 np.subtract(m, agg.own_deltas(float(np.abs(m).sum()) / k), out=self.ef)

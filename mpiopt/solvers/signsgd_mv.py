@@ -24,15 +24,21 @@ class SignSGDMV(SignProx):
                str, choices=("subgradient", "ignore")),
     )
 
-    def message(self, x: np.ndarray, g: np.ndarray, gam: float, out: np.ndarray) -> np.ndarray:
+    def message(self, x: np.ndarray, g: np.ndarray, gam: float, out: np.ndarray,
+                work: np.ndarray) -> np.ndarray:
         np.copyto(out, g)
         r = self.problem.regularizer
         if self.opts["reg"] == "subgradient" and isinstance(r, ElasticNet):
             if r.l1 > 0:
-                out += r.l1 * np.sign(x)
+                np.sign(x, out=work)
+                work *= r.l1
+                out += work
             if r.l2 > 0:
                 out += r.l2 * x
         return out
+
+    def message_elementwise(self) -> bool:
+        return True
 
 
 @register_solver("sign_then_prox")
@@ -42,9 +48,13 @@ class SignThenProx(SignProx):
         Option("polish", "none", "final polish: none, prox or band", str, choices=("none", "prox", "band")),
     )
 
-    def message(self, x: np.ndarray, g: np.ndarray, gam: float, out: np.ndarray) -> np.ndarray:
+    def message(self, x: np.ndarray, g: np.ndarray, gam: float, out: np.ndarray,
+                work: np.ndarray) -> np.ndarray:
         np.copyto(out, g)
         return out
+
+    def message_elementwise(self) -> bool:
+        return True
 
     def after_vote(self, x: np.ndarray, gam: float) -> None:
         self.problem.regularizer.prox(x, gam, out=x)
