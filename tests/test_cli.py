@@ -77,6 +77,7 @@ BAD_CASES = [
     (["prox_sgd", "--resume", "latest"], "--resume latest needs --checkpoint-dir"),
     (["prox_sgd", "--config", "/no/such.toml"], "config file /no/such.toml: not found"),
     (["prox_sgd", "--checkpoint-every", "soon"], "run.checkpoint_every"),
+    (["prox_sgd", "--set", "problem.reg=group_lasso", "problem.l2=0.1"], "problem.l2: not supported with problem.reg=group_lasso"),
     (["prox_sgd", "--problem", "faulty", "--plugin", FAULTY, "--set", "problem.bad_input_rank=2"], "faulty.dat:5: bad value"),
 ]
 

@@ -101,3 +101,38 @@ def test_callback_stop_iteration_stops_all_ranks():
 
     res = minimize("prox_sgd", "lasso", {"solver.max_iter": 1000, "run.history_every": 10}, callback=cb)
     assert res.status == 3 and res.nit == 40 and seen[-1] == 40
+
+
+@pytest.mark.mpi(ranks=[1, 2], timeout=180)
+def test_group_lasso_reference_satisfies_kkt_and_prox_sgd_reaches_it():
+    """F* for group lasso (FISTA reference) is a certified optimum: the KKT conditions hold, the
+    value does not depend on the rank count, and prox_sgd converges to it."""
+    from mpi4py import MPI
+
+    from mpiopt.comm import Comm
+    from mpiopt.context import RunContext
+    from mpiopt.problems.linear import Logistic
+    from mpiopt.solvers.prox_sgd import ProxSGD
+
+    comm = Comm(MPI.COMM_WORLD)
+    popts = {o.name: o.default for o in Logistic.options}
+    popts.update(n_samples=2000, n_features=100, density=0.2, l1=0.01, reg="group_lasso", group_size=5)
+    p = Logistic(popts, comm)
+    p.setup()
+    p.compute_reference()
+    x, fstar = p.reference_x, p.reference_objective
+    _, g = p.full_grad(x)
+    X, Gr = x.reshape(-1, 5), g.reshape(-1, 5)
+    lam = 0.01 * np.sqrt(5)
+    norms = np.linalg.norm(X, axis=1)
+    on = norms > 0
+    assert 0 < on.sum() < on.size                       # some groups active, some zero
+    assert np.abs(Gr[on] + lam * X[on] / norms[on, None]).max() < 1e-8
+    assert np.linalg.norm(Gr[~on], axis=1).max() <= lam + 1e-8
+    assert comm.allgather_obj(fstar) == [fstar] * comm.size
+    assert fstar == pytest.approx(0.5686069455, abs=1e-8)   # the same at 1 and 2 ranks (data are rank-count free)
+    ctx = RunContext(comm, {"seed": 0, "progress": "none"}, quiet=True)
+    sopts = {o.name: o.default for o in ProxSGD.options}
+    sopts.update(max_iter=3000, step0=2.0, batch_size=256)
+    res = ProxSGD(p, sopts, ctx).solve()
+    assert fstar <= res.fun < fstar + 2e-3

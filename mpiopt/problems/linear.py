@@ -16,7 +16,7 @@ from ..options import Option
 from ..prox import ElasticNet
 from ..registry import register_problem
 from .base import CompositeProblem
-from .reference import elastic_net_optimum, weighted_split_optimum
+from .reference import elastic_net_optimum, prox_gradient_optimum, weighted_split_optimum
 
 CHUNK = 1024  # generated rows come in chunks keyed by (seed, chunk): identical data at any rank count
 BUNDLED = ("breast_cancer", "digits", "diabetes")
@@ -85,9 +85,9 @@ class LinearModelProblem(CompositeProblem):
         if reg == "weighted_l1":
             w = self._weights()
             return _WeightedElasticNet(o["l1"], o["l2"], w)
+        if reg in ("nonneg_l1", "group_lasso", "l0") and o["l2"] > 0:
+            raise InputError(f"problem.l2: not supported with problem.reg={reg}")
         if reg == "nonneg_l1":
-            if o["l2"] > 0:
-                raise InputError("problem.l2: not supported with problem.reg=nonneg_l1")
             return P.NonNegative(o["l1"])
         if reg == "group_lasso":
             return P.GroupLasso(o["l1"], np.arange(n) // o["group_size"])
@@ -123,8 +123,12 @@ class LinearModelProblem(CompositeProblem):
                 self.comm, self.local_loss_grad, self.n_vars, self.n_samples, self.opts["l1"] * w,
                 self.opts["l2"], nonneg=reg == "nonneg_l1")
             return
+        if reg == "group_lasso":
+            self.reference_objective, self.reference_x = prox_gradient_optimum(
+                self.comm, self.local_loss_grad, self.n_vars, self.n_samples, self.regularizer)
+            return
         if reg != "elastic_net":
-            return  # no cheap exact reference for group lasso / l0
+            return  # l0: nonconvex, no certified optimum
         self.reference_objective, self.reference_x = elastic_net_optimum(
             self.comm, self.local_loss_grad, self.n_vars, self.n_samples, self.opts["l1"], self.opts["l2"])
 
