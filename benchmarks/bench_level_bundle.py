@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 GAPS = (1e-3, 1e-4, 1e-6)
-ALPHA = [0.5]
+ALPHA = [None]                   # None: each variant's default (sync 0.5, coordination 0.95)
 VARIANTS = ("sync", "upper_model", "coordination")
 
 
@@ -56,7 +56,7 @@ def first_time(times, values, tol) -> float:
 
 
 def simulate_one(p, variant: str, spread: float, noise: float, max_time: float, seed: int = 1,
-                 alpha: float = 0.5) -> dict:
+                 alpha: float | None = None, qp_cost: float | str = "measured") -> dict:
     from mpiopt.bundle.master import LevelBundleMaster, Params
     from mpiopt.bundle.simulate import simulate
     from mpiopt.bundle.subgradient import SubgradientMaster
@@ -70,7 +70,7 @@ def simulate_one(p, variant: str, spread: float, noise: float, max_time: float, 
                               Params(variant=variant, rtol=1e-6, alpha=alpha), x0=p.x0())
     t = time.perf_counter()
     r = simulate(M, [p.make_oracle(i) for i in range(p.m)], DelayModel(p.m, 1.0, spread, noise, seed=seed),
-                 qp_cost="measured", max_time=max_time)
+                 qp_cost=qp_cost, max_time=max_time)
     h = r.history
     if variant == "subgradient":
         measure = [(fu - fstar) / abs(fstar) for fu in h["f_up"]]
@@ -87,14 +87,15 @@ def fmt(t: float) -> str:
     return "   inf" if not math.isfinite(t) else f"{t:6.1f}"
 
 
-def part_a(quick: bool, alpha: float = 0.5, variants: list | None = None) -> list[dict]:
+def part_a(quick: bool, alpha: float | None = None, variants: list | None = None,
+           qp_cost: float | str = "measured") -> list[dict]:
     n = 60 if quick else 200
     ms = (8, 16)
     spreads = (1.0, 10.0) if quick else (1.0, 3.0, 10.0)
     noises = (0.3, 1.0)
     rows = []
-    print(f"\nA. simulated (virtual oracle time, mean 1 s; real master QP time added), block_lp_dual n={n}, "
-          f"alpha={alpha}")
+    print(f"\nA. simulated (virtual oracle time, mean 1 s; master time per QP: {qp_cost}), block_lp_dual n={n}, "
+          f"alpha={alpha or 'variant default'}")
     print("   m spread noise  solver         t(1e-3) t(1e-4) t(1e-6)  speedup@1e-4  evals/oracle(min-max)  busy  QPs  brackets f*")
     for m in ms:
         p = make_problem(n, m)
@@ -105,7 +106,7 @@ def part_a(quick: bool, alpha: float = 0.5, variants: list | None = None) -> lis
                     if variants and v not in variants and v != "sync":
                         continue
                     cap = 4 * (ref["time"] if ref else 1e9)
-                    r = simulate_one(p, v, spread, noise, max_time=cap, alpha=alpha)
+                    r = simulate_one(p, v, spread, noise, max_time=cap, alpha=alpha, qp_cost=qp_cost)
                     if v == "sync":
                         ref = r
                     sp = ref["t1e-04"] / r["t1e-04"] if math.isfinite(r["t1e-04"]) else 0.0
@@ -125,7 +126,8 @@ def real_run(solver: str, variant: str | None, n: int, m: int, mu0: float, sprea
             f"problem.delay_noise={noise}", "problem.delay_seed=1"]
     if variant:
         sets.append(f"solver.variant={variant}")
-        sets.append(f"solver.alpha={ALPHA[0]}")
+        if ALPHA[0] is not None:
+            sets.append(f"solver.alpha={ALPHA[0]}")
     else:
         sets.append("solver.max_iter=1000000")
     sets += list(extra)
@@ -188,14 +190,18 @@ def main() -> None:
                     help="part B configuration (repeatable), e.g. 200,16,0.1,3,1.0")
     ap.add_argument("--solvers", nargs="*", default=None,
                     help="part B: run only these (sync coordination coordination_mb upper_model subgradient)")
-    ap.add_argument("--alpha", type=float, default=0.5, help="level parameter of every level-bundle run")
+    ap.add_argument("--alpha", type=float, default=None,
+                    help="level parameter of every level-bundle run (default: each variant's default)")
+    ap.add_argument("--qp-cost", default="measured",
+                    help="part A: virtual seconds per QP/LP, or 'measured' (the master's real QP/LP seconds)")
     ap.add_argument("--variants", nargs="*", default=None,
                     help="part A: run only these besides sync (upper_model coordination subgradient)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     ALPHA[0] = args.alpha
     if not args.no_sim:
-        part_a(args.quick, args.alpha, args.variants)
+        part_a(args.quick, args.alpha, args.variants,
+               args.qp_cost if args.qp_cost == "measured" else float(args.qp_cost))
     if not args.no_real:
         configs = []
         for text in args.real_config:

@@ -20,7 +20,7 @@ takes f_up only from complete coordinations (every oracle answered the same poin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -29,6 +29,10 @@ from .model import CutModel, UpperModel
 from .qp import FAILED, INFEASIBLE, LevelQP, ModelLP, aggregate_bound, box_min_linear
 
 VARIANTS = ("sync", "upper_model", "coordination")
+# default level parameter per variant: coordination gets its upper bounds rarely, so it lowers the level further
+# and lets infeasible QPs raise f_low without waiting for a coordination (docs/level_bundle.md, "Benchmark")
+ALPHA_DEFAULT = {"sync": 0.5, "upper_model": 0.5, "coordination": 0.95}
+QP_LAZY_DEFAULT = {"sync": False, "upper_model": False, "coordination": True}
 EVAL = 1
 
 
@@ -36,7 +40,7 @@ EVAL = 1
 class Params:
     """Method parameters (see docs/level_bundle.md)."""
     variant: str = "sync"
-    alpha: float = 0.5
+    alpha: float | None = None       # None: ALPHA_DEFAULT[variant]
     atol: float = 0.0
     rtol: float = 1e-6
     max_cuts: int = 50
@@ -54,6 +58,9 @@ class Params:
     upper_points: int = 50           # points kept per oracle in the Lipschitz upper model
     min_batch: int = 1               # asynchronous: answers gathered before the next QP
     cut_cap: float = 2.0             # between critical iterations, compress when a bundle exceeds cut_cap*max_cuts
+    coord_max: int = 1               # coordinations in flight at once (pipelined coordinations)
+    coord_rule: str = "count"        # count: after coord_every answers / promising; idle: when an idle oracle has none to do
+    qp_lazy: bool | None = None      # asynchronous: QP only when an idle oracle has nothing new (None: QP_LAZY_DEFAULT)
 
 
 @dataclass
@@ -81,6 +88,15 @@ class Answer:
 
 
 @dataclass
+class Coordination:
+    """A coordination point z and the components' upper values there (f_up = sum fu once all are seen)."""
+    id: int
+    z: np.ndarray
+    seen: np.ndarray
+    fu: np.ndarray
+
+
+@dataclass
 class Trace:
     """Per-QP log for invariant checks: iteration, cycle, bounds, level, ||x+ - xc||, flags."""
     rows: list = field(default_factory=list)
@@ -100,9 +116,13 @@ class LevelBundleMaster:
     def __init__(self, n: int, m: int, lower: np.ndarray, upper: np.ndarray, lipschitz: np.ndarray | None,
                  owners: Sequence[Sequence[int]], params: Params, x0: np.ndarray | None = None,
                  exact: bool = True):
-        self.p = params
         if params.variant not in VARIANTS:
             raise ValueError(f"unknown variant {params.variant!r}")
+        if params.alpha is None:
+            params = replace(params, alpha=ALPHA_DEFAULT[params.variant])
+        if params.qp_lazy is None:
+            params = replace(params, qp_lazy=QP_LAZY_DEFAULT[params.variant])
+        self.p = params
         self.n, self.m = int(n), int(m)
         self.lower = np.asarray(lower, dtype=np.float64)
         self.upper = np.asarray(upper, dtype=np.float64)
@@ -134,6 +154,7 @@ class LevelBundleMaster:
         self.n_infeasible = 0
         self.n_midcycle_compressions = 0
         self.n_lp_checks = 0
+        self.n_lp = 0                   # exact LPs solved
         self.evals = np.zeros(self.m, dtype=np.int64)
         self.answers = 0
         self.qp_seconds = 0.0
@@ -155,11 +176,8 @@ class LevelBundleMaster:
         self.latest_fu = np.full(self.m, math.inf)
         self.latest_eta = np.zeros(self.m)
         # coordination (A-SC)
-        self.coord_id = -1
+        self.coords: list[Coordination] = []   # in flight, oldest first
         self.n_coords = 0
-        self.z_c: np.ndarray | None = None
-        self.coord_seen = np.zeros(self.m, dtype=bool)
-        self.coord_fu = np.zeros(self.m)
         self.since_coord = 0
         # outcome
         self.status: str | None = None          # converged | max_iter | failed
@@ -217,15 +235,21 @@ class LevelBundleMaster:
             coord_done = False
             if self.p.variant == "upper_model":
                 self._upper_model_bound(points)
-            elif self.coord_id >= 0 and self.coord_seen.all():
-                self._improve_upper(self.z_c, float(self.coord_fu.sum()))
-                self.coord_id = -1
-                self.z_c = None
-                coord_done = True
+            else:
+                for c in [c for c in self.coords if c.seen.all()]:
+                    self._improve_upper(c.z, float(c.fu.sum()))
+                    self.coords.remove(c)
+                    coord_done = True
             self.since_step += len(answers)
-            ready = (self.since_step >= min(self.p.min_batch, self.W) or (self.coord_id < 0 and coord_done)
-                     or self.idle.all())
-            if ready and not (self.p.coord_blocking and self.coord_id >= 0):
+            if self.p.qp_lazy:
+                # an oracle that has not evaluated the newest point yet gets it without a new QP
+                ready = coord_done or self.idle.all() or self.since_step >= self.W or (
+                    self.since_step >= self.p.min_batch and any(
+                        self.sent_k[w] == self.k and self._coordination_for(int(w)) is None
+                        for w in np.flatnonzero(self.idle)))
+            else:
+                ready = self.since_step >= min(self.p.min_batch, self.W) or coord_done or self.idle.all()
+            if ready and not (self.p.coord_blocking and self.coords):
                 self.since_step = 0
                 self._step()
             if self.p.variant == "coordination" and not self.done:
@@ -242,11 +266,19 @@ class LevelBundleMaster:
             return []
         out = []
         for w in np.flatnonzero(self.idle):
-            if self.coord_id >= 0 and not self.coord_seen[self.owners[w]].all():
-                out.append(self._send(int(w), self.z_c, self.coord_id))
-            elif not (self.p.coord_blocking and self.coord_id >= 0) and self.sent_k[w] != self.k:
+            c = self._coordination_for(int(w))
+            if c is not None:
+                out.append(self._send(int(w), c.z, c.id))
+            elif not (self.p.coord_blocking and self.coords) and self.sent_k[w] != self.k:
                 out.append(self._send(int(w), self.x_next, -1))
         return out
+
+    def _coordination_for(self, w: int) -> Coordination | None:
+        """The oldest coordination in flight that worker ``w`` has not answered yet."""
+        for c in self.coords:
+            if not c.seen[self.owners[w]].all():
+                return c
+        return None
 
     def stop(self, status: str, message: str) -> None:
         """Stop for an external reason (time budget, signal, callback, failure)."""
@@ -287,9 +319,11 @@ class LevelBundleMaster:
             self.round_fu[comps] = fu
             self.round_g[comps] = G
             self.round_seen[comps] = True
-        if cid >= 0 and cid == self.coord_id:
-            self.coord_fu[comps] = fu
-            self.coord_seen[comps] = True
+        if cid >= 0:
+            for c in self.coords:
+                if c.id == cid:
+                    c.fu[comps] = fu
+                    c.seen[comps] = True
         return z
 
     def _finish_first_round(self) -> None:
@@ -321,6 +355,7 @@ class LevelBundleMaster:
         t = time.perf_counter()
         v = self.lp.solve(self.model)
         self.lp_seconds += time.perf_counter() - t
+        self.n_lp += 1
         if v is not None and v > self.f_low:
             self.f_low = min(v, self.f_up)
         return v
@@ -401,26 +436,31 @@ class LevelBundleMaster:
             return
 
     def _maybe_start_coordination(self) -> None:
-        if self.coord_id >= 0:
+        p = self.p
+        if len(self.coords) >= max(1, p.coord_max):
             return
-        promising = (self.p.coord_promising and np.isfinite(self.latest_fu).all()
-                     and self.latest_fu.sum() <= self.f_up - self.p.alpha * self.gap / 2)
-        due = self.since_coord >= self.coord_every or promising
-        if due and self.p.coord_laggard and not self._laggard_answered and self.since_coord < 4 * self.coord_every:
-            return                       # wait until the oracle with the oldest point in flight is free
+        if p.coord_rule == "idle":
+            # start one as soon as an idle oracle has no coordination point left to evaluate
+            due = any(self._coordination_for(int(w)) is None for w in np.flatnonzero(self.idle))
+        else:
+            if self.coords:
+                return
+            promising = (p.coord_promising and np.isfinite(self.latest_fu).all()
+                         and self.latest_fu.sum() <= self.f_up - p.alpha * self.gap / 2)
+            due = self.since_coord >= self.coord_every or promising
+            if due and p.coord_laggard and not self._laggard_answered and self.since_coord < 4 * self.coord_every:
+                return                       # wait until the oracle with the oldest point in flight is free
         if due:
             self.n_coords += 1
-            self.coord_id = self.n_coords
-            self.z_c = self.x_next.copy()
-            self.coord_seen[:] = False
-            self.coord_fu[:] = 0.0
+            c = Coordination(self.n_coords, self.x_next.copy(), np.zeros(self.m, dtype=bool), np.zeros(self.m))
+            self.coords.append(c)
             self.since_coord = 0
 
     # -- checkpoint -----------------------------------------------------------------------------
     SCALARS = ("f_low", "f_up", "gap_ref", "lev", "lev_prev", "last_infeasible", "k", "steps", "cycle",
-               "n_infeasible", "n_midcycle_compressions", "n_lp_checks", "answers", "qp_seconds", "lp_seconds", "phase", "pending", "coord_id",
+               "n_infeasible", "n_midcycle_compressions", "n_lp_checks", "n_lp", "answers", "qp_seconds", "lp_seconds", "phase", "pending",
                "n_coords", "since_coord", "since_step")
-    ARRAYS = ("x1", "x_best", "xc", "x_next", "evals", "latest_fu", "latest_eta", "coord_seen", "coord_fu")
+    ARRAYS = ("x1", "x_best", "xc", "x_next", "evals", "latest_fu", "latest_eta")
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue (taken while no request is in flight)."""
@@ -432,7 +472,10 @@ class LevelBundleMaster:
         st.update({k: np.array(getattr(self, k)) for k in self.ARRAYS})
         st["lam"] = np.array([]) if self.lam is None else self.lam.copy()
         st["has_lam"] = int(self.lam is not None)
-        st["z_c"] = np.array([]) if self.z_c is None else self.z_c.copy()
+        st["coord_ids"] = np.array([c.id for c in self.coords], dtype=np.int64)
+        st["coord_z"] = np.array([c.z for c in self.coords], dtype=np.float64).reshape(-1)
+        st["coord_seen"] = np.array([c.seen for c in self.coords], dtype=np.int64).reshape(-1)
+        st["coord_fu"] = np.array([c.fu for c in self.coords], dtype=np.float64).reshape(-1)
         st["model"] = self.model.state_dict()
         if self.umodel is not None:
             st["umodel"] = self.umodel.state_dict()
@@ -441,6 +484,8 @@ class LevelBundleMaster:
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
         for k in self.SCALARS:
+            if k not in st:                  # a counter added after the checkpoint was written
+                continue
             v = st[k]
             cur = getattr(self, k)
             setattr(self, k, type(cur)(v) if not isinstance(cur, str) else str(v))
@@ -449,8 +494,12 @@ class LevelBundleMaster:
         for k in self.ARRAYS:
             getattr(self, k)[...] = np.asarray(st[k]).reshape(getattr(self, k).shape)
         self.lam = np.asarray(st["lam"], dtype=np.float64).copy() if int(st["has_lam"]) else None
-        zc = np.asarray(st["z_c"], dtype=np.float64)
-        self.z_c = zc.copy() if zc.size else None
+        ids = np.asarray(st.get("coord_ids", []), dtype=np.int64).reshape(-1)
+        Z = np.asarray(st.get("coord_z", []), dtype=np.float64).reshape(ids.size, self.n)
+        seen = np.asarray(st.get("coord_seen", []), dtype=np.int64).reshape(ids.size, self.m)
+        fu = np.asarray(st.get("coord_fu", []), dtype=np.float64).reshape(ids.size, self.m)
+        self.coords = [Coordination(int(i), Z[j].copy(), seen[j].astype(bool), fu[j].copy())
+                       for j, i in enumerate(ids)]
         self.model.load_state_dict(st["model"])
         if self.umodel is not None and "umodel" in st:
             self.umodel.load_state_dict(st["umodel"])

@@ -5,7 +5,7 @@ object with the same ``start/receive/dispatch/done`` interface), all in one proc
 Every point sent at virtual time t to worker w comes back at t + sum of the delays of w's components
 (drawn from the problem's :class:`~mpiopt.problems.oracle.DelayModel`). Answers that are due while
 the master is busy are handed over together (one batch) when ``batch`` is on. The master's own time
-per QP is ``qp_cost`` virtual seconds (0: free; ``"measured"``: the real QP seconds), so results are
+per QP (and per exact LP) is ``qp_cost`` virtual seconds (0: free; ``"measured"``: the real QP and LP seconds), so results are
 exactly reproducible for a fixed seed and ``qp_cost``.
 """
 from __future__ import annotations
@@ -87,10 +87,13 @@ def simulate(master: Any, oracles: Sequence[Any], delays: Any, *, batch: bool = 
         if batch:
             while heap and heap[0][0] <= t:
                 got.append(heapq.heappop(heap)[2])
-        k0, q0 = master.k, master.qp_seconds
+        k0, q0, l0 = master.k, master.qp_seconds + getattr(master, "lp_seconds", 0.0), getattr(master, "n_lp", 0)
         s0 = master.steps
         master.receive(got)
-        cost = (master.qp_seconds - q0) if qp_cost == "measured" else float(qp_cost) * (master.k - k0)
+        if qp_cost == "measured":
+            cost = master.qp_seconds + getattr(master, "lp_seconds", 0.0) - q0
+        else:                                    # an exact LP costs as much as a QP
+            cost = float(qp_cost) * (master.k - k0 + getattr(master, "n_lp", 0) - l0)
         res.busy += cost
         t_free = t + cost
         steps += 1

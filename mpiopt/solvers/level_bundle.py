@@ -62,8 +62,8 @@ class LevelBundle(Solver):
     options = (
         Option("variant", "sync", "sync (wait for all oracles), upper_model or coordination (asynchronous)",
                str, choices=VARIANTS),
-        Option("alpha", 0.5, "level parameter: f_lev = f_up - alpha*gap", float, low=0.0, high=1.0,
-               low_open=True, high_open=True),
+        Option("alpha", None, "level parameter: f_lev = f_up - alpha*gap (none: 0.5 for sync and upper_model, "
+               "0.95 for coordination)", float, low=0.0, high=1.0, low_open=True, high_open=True, nullable=True),
         Option("rtol", 1e-6, "stop when f_up - f_low <= max(atol, rtol*max(1,|f_up|))", float, low=0.0),
         Option("atol", 0.0, "absolute gap tolerance", float, low=0.0),
         O.max_iter(100000, "maximum number of level QPs"),
@@ -77,6 +77,12 @@ class LevelBundle(Solver):
         Option("coord_promising", True, "coordination: also start one when the oracles' latest values look good", bool),
         Option("coord_laggard", False, "coordination: start a due coordination when the oracle with the oldest point "
                "in flight has just answered (experimental)", bool),
+        Option("coord_max", 1, "coordination: coordinations in flight at once (pipelined with coord_rule=idle)", int,
+               low=1),
+        Option("coord_rule", "count", "coordination: start one after coord_every answers or when promising (count), "
+               "or as soon as an idle oracle has none left to evaluate (idle)", str, choices=("count", "idle")),
+        Option("qp_lazy", None, "asynchronous: solve a QP only when an idle oracle has nothing new to evaluate "
+               "(none: true for coordination, false for upper_model)", bool, nullable=True),
         Option("coord_blocking", False, "coordination: hold new points until the coordination completes (debug)", bool),
         Option("kappa", 0.5, "on-demand accuracy: eta_i = kappa*alpha*gap/(2m)", float, low=0.0, low_open=True),
         Option("eps_prox", 1e-6, "DAQP proximal regularisation (must be positive)", float, low=0.0, low_open=True),
@@ -115,7 +121,8 @@ class LevelBundle(Solver):
                         coord_blocking=o["coord_blocking"], coord_laggard=o["coord_laggard"],
                         kappa=o["kappa"], eps_prox=o["eps_prox"],
                         qp_solver=o["qp_solver"], max_iter=o["max_iter"], upper_points=o["upper_points"],
-                        cut_cap=o["cut_cap"], min_batch=o["min_batch"])
+                        cut_cap=o["cut_cap"], min_batch=o["min_batch"], coord_max=o["coord_max"],
+                        coord_rule=o["coord_rule"], qp_lazy=o["qp_lazy"])
         return LevelBundleMaster(p.n_vars, p.m, p.lower, p.upper, p.lipschitz, self.owners, params,
                                  x0=p.x0(), exact=p.exact)
 
