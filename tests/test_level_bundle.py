@@ -32,8 +32,13 @@ def test_cli_variants_bracket_fstar(tmp_path, variant):
     assert 0 < h["master_busy"][-1] < 1
     if variant == "sync":
         assert calls.min() == calls.max()
+    # the resolved per-variant defaults are recorded (the config says alpha = none)
     with h5py.File(out, "r") as f:
         assert f["oracle_calls"].shape == (len(h["iteration"]), 6)
+        g = f["level_bundle"]
+        resolved = {k: g.attrs[k] if k in g.attrs else g[k][()] for k in ("alpha", "qp_lazy")}
+    assert resolved["alpha"] == {"coordination": 0.95}.get(variant, 0.5)
+    assert bool(resolved["qp_lazy"]) == (variant == "coordination")
 
 
 def test_demo_runs_at_four_ranks_and_one_rank(tmp_path):

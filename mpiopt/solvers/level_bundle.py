@@ -378,6 +378,10 @@ class LevelBundle(Solver):
                 "master_busy": float(extra["master_busy"]), "cycles": int(M.cycle), "stop_rule": str(M.stop_rule),
                 "infeasible_qps": int(M.n_infeasible), "qps": int(qps), "lower_bound": float(f_low),
                 "upper_bound": float(f_up)}}
+            params = getattr(M, "p", None)       # the resolved per-variant defaults (config says none)
+            if params is not None:
+                extra.update(alpha=float(params.alpha), qp_lazy=bool(params.qp_lazy))
+                extra["extra_groups"]["level_bundle"].update(alpha=extra["alpha"], qp_lazy=extra["qp_lazy"])
         return R.make_result(x, float(f_up), int(steps), int(code), msg, **extra)
 
     # -- checkpoints -------------------------------------------------------------------------------
