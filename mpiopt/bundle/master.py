@@ -110,7 +110,25 @@ class Trace:
         return {n: a[:, j] for j, n in enumerate(self.names)}
 
 
-class LevelBundleMaster:
+class MasterBounds:
+    """What every master offers its driver (the MPI loop, the simulator): phase and the bounds."""
+    phase: str
+    f_low: float
+    f_up: float
+
+    @property
+    def done(self) -> bool:
+        return self.phase == "done"
+
+    @property
+    def gap(self) -> float:
+        return self.f_up - self.f_low
+
+    def rel_gap(self) -> float:
+        return self.gap / max(1.0, abs(self.f_up))
+
+
+class LevelBundleMaster(MasterBounds):
     """Master state: bundles, bounds f_low <= f* <= f_up, level, centre, cycles, oracle bookkeeping."""
 
     def __init__(self, n: int, m: int, lower: np.ndarray, upper: np.ndarray, lipschitz: np.ndarray | None,
@@ -186,19 +204,8 @@ class LevelBundleMaster:
         self.trace = Trace()
 
     # -- derived quantities -------------------------------------------------------------------
-    @property
-    def done(self) -> bool:
-        return self.phase == "done"
-
-    @property
-    def gap(self) -> float:
-        return self.f_up - self.f_low
-
     def tolerance(self) -> float:
         return max(self.p.atol, self.p.rtol * max(1.0, abs(self.f_up)))
-
-    def rel_gap(self) -> float:
-        return self.gap / max(1.0, abs(self.f_up))
 
     def eta_request(self) -> float:
         """On-demand accuracy per component: kappa * alpha * gap / (2m)."""

@@ -13,11 +13,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .master import Answer, Request, Trace
+from .master import Answer, MasterBounds, Request, Trace
 from .qp import box_min_linear
 
 
-class SubgradientMaster:
+class SubgradientMaster(MasterBounds):
     """Same driver interface as :class:`~mpiopt.bundle.master.LevelBundleMaster` (variant sync)."""
 
     def __init__(self, n: int, m: int, lower: np.ndarray, upper: np.ndarray, owners: Sequence[Sequence[int]],
@@ -47,17 +47,6 @@ class SubgradientMaster:
         self._g = np.zeros((self.m, self.n))
         self._seen = np.zeros(self.m, dtype=bool)
         self.pending = False
-
-    @property
-    def done(self) -> bool:
-        return self.phase == "done"
-
-    @property
-    def gap(self) -> float:
-        return self.f_up - self.f_low
-
-    def rel_gap(self) -> float:
-        return self.gap / max(1.0, abs(self.f_up))
 
     def start(self) -> list[Request]:
         self.phase = "run"
