@@ -69,7 +69,7 @@ def validate_variant(solver: str, problem: str, args: Sequence[str], ranks: int,
     """Resolve the run config of one variant as ``python -m mpiopt.run`` would (InputError on a bad key
     or value). Returns a note when the solver is not registered here and so could not be checked."""
     from . import registry
-    from .run import build_parser, resolve_spec
+    from .run import build_parser, spec_from_args
     registry.load_builtins()
     if solver not in registry.SOLVERS:
         if strict:
@@ -79,7 +79,7 @@ def validate_variant(solver: str, problem: str, args: Sequence[str], ranks: int,
     ns = build_parser().parse_args(argv)
     for plugin in ns.plugin:
         registry.load_plugin(plugin)
-    resolve_spec(ns)
+    spec_from_args(ns)
     min_ranks = registry.SOLVERS[solver].min_ranks
     if ranks < min_ranks:
         raise InputError(f"--ranks {ranks}: solver {solver!r} needs at least {min_ranks} ranks")
@@ -293,8 +293,8 @@ def spec_from_args(ns: argparse.Namespace, argv: Sequence[str]) -> tuple[JobSpec
         raise InputError(f"--ranks {ns.ranks}: rank counts must be >= 1")
     if ns.warn < 1:
         raise InputError(f"--warn {ns.warn}: must be >= 1 second")
-    from .context import _parse_every
-    _parse_every(ns.checkpoint_every)
+    from .options import Every
+    Every.parse(ns.checkpoint_every, "--checkpoint-every")
     _check_time(ns.time)
     base: list[str] = []
     for group in ns.sets:

@@ -22,6 +22,44 @@ _MISSING = object()
 
 
 @dataclass(frozen=True)
+class Every:
+    """A period given as ``N`` iterations or ``Ns`` seconds (``0``: never).
+
+    Used for checkpoint periods and similar options: ``Every.parse("100")`` is every 100
+    iterations, ``Every.parse("30s")`` every 30 seconds.
+    """
+
+    iterations: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def parse(cls, text: "str | int | float | Every", where: str = "value") -> "Every":
+        """Parse ``N`` or ``Ns``; raise InputError naming ``where`` otherwise."""
+        if isinstance(text, Every):
+            return text
+        t = str(text).strip().lower()
+        try:
+            if t.endswith("s"):
+                secs = float(t[:-1])
+                if not (0 <= secs < math.inf):
+                    raise ValueError
+                return cls(0, secs)
+            iters = int(float(t)) if _looks_like_int_float(t) else int(t)
+            if iters < 0:
+                raise ValueError
+            return cls(iters, 0.0)
+        except ValueError:
+            raise InputError(f"{where}: expected N iterations or Ns seconds (e.g. 100 or 30s), got {text!r}") from None
+
+    @property
+    def never(self) -> bool:
+        return not self.iterations and not self.seconds
+
+    def __str__(self) -> str:
+        return f"{self.seconds:g}s" if self.seconds else str(self.iterations)
+
+
+@dataclass(frozen=True)
 class Option:
     """One configurable key.
 
@@ -94,6 +132,10 @@ class Option:
                 raise InputError(f"{where}: expected a number, got {value!r}")
             if math.isnan(out):
                 raise InputError(f"{where}: NaN is not a valid value")
+        elif kind is Every:
+            if isinstance(value, bool):
+                raise InputError(f"{where}: expected N iterations or Ns seconds, got {value!r}")
+            out = str(Every.parse(value, where))
         elif kind is str:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise InputError(f"{where}: expected a string, got {value!r}")
@@ -116,10 +158,14 @@ class Option:
         extra = []
         if self.choices:
             extra.append("one of " + "|".join(map(str, self.choices)))
-        if self.low is not None or self.high is not None:
+        if self.low is not None and self.high is not None:
             lo = "(" if self.low_open else "["
             hi = ")" if self.high_open else "]"
-            extra.append(f"range {lo}{'' if self.low is None else self.low}, {'' if self.high is None else self.high}{hi}")
+            extra.append(f"range {lo}{self.low}, {self.high}{hi}")
+        elif self.low is not None:
+            extra.append(f"{'>' if self.low_open else '>='} {self.low}")
+        elif self.high is not None:
+            extra.append(f"{'<' if self.high_open else '<='} {self.high}")
         tail = f" ({'; '.join(extra)})" if extra else ""
         return f"{self.name} = {self.default!r}  [{kind}]  {self.help}{tail}"
 
@@ -164,7 +210,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("history_every", 0, "iterations between history records (0: solver default)", int, low=0),
     Option("out", None, "result file (HDF5); default <solver>-<problem>.h5", str, nullable=True),
     Option("checkpoint_dir", None, "folder for checkpoints (none: no checkpoints)", str, nullable=True),
-    Option("checkpoint_every", "0", "checkpoint period: N iterations, or Ns seconds (e.g. 30s); 0: only at exit on a signal", str),
+    Option("checkpoint_every", "0", "checkpoint period: N iterations, or Ns seconds (e.g. 30s); 0: only at exit on a signal", Every),
     Option("keep_checkpoints", 3, "number of checkpoints kept", int, low=1),
     Option("resume", None, "'latest' or a checkpoint path", str, nullable=True),
     Option("progress", "auto", "progress display on rank 0", str, choices=("auto", "bar", "lines", "none")),

@@ -46,7 +46,8 @@ def format_values(values: dict[str, Any], limit: int = 6) -> str:
 class Progress:
     """``mode``: auto | bar | lines | none. Only rank 0 should create an active one."""
 
-    def __init__(self, total: int | None, mode: str = "auto", active: bool = True, unit: str = "it"):
+    def __init__(self, total: int | None, mode: str = "auto", active: bool = True, unit: str = "it",
+                 start: int = 0):
         self.total = total
         self.active = active and mode != "none"
         if mode == "auto":
@@ -58,6 +59,9 @@ class Progress:
             from tqdm import tqdm
             self._bar = tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr, leave=True)
             self._pos = 0
+            if start:
+                self._bar.update(start)
+                self._pos = start
 
     def update(self, iteration: int, elapsed: float, values: dict[str, Any]) -> None:
         if not self.active:

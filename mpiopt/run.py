@@ -7,24 +7,15 @@ Without a solver it runs the built-in demo (prox_sgd on a generated logistic pro
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import os
-import platform
-import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from . import __version__
 from . import options as O
 from . import registry
-from . import result as R
-from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CheckpointError, InputError
-
-DEMO_SOLVER = "prox_sgd"
-DEMO_OUT = "mpiopt-demo.h5"
+from .errors import EXIT_OK, EXIT_USAGE, InputError
+from .provenance import versions
+from .runner import RunSpec, build_run, resolve_spec
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,42 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@dataclass
-class RunSpec:
-    solver: str
-    problem: str
-    config: dict[str, dict[str, Any]]
-    demo: bool = False
-    notes: list[str] = field(default_factory=list)
-
-
-def _solver_sections(solver_cls: type, problem_cls: type) -> dict[str, Sequence[O.Option]]:
-    return {"solver": solver_cls.options, "problem": problem_cls.options, "run": O.RUN_OPTIONS}
-
-
-def resolve_spec(args: argparse.Namespace) -> RunSpec:
-    """Solver, problem and the resolved config from defaults, demo settings, TOML, --set and flags."""
-    file_flat: dict[str, Any] = {}
-    if args.config:
-        file_flat = O.flatten_config(O.load_toml(args.config), f"config file {args.config}")
-    # names may come from the file: top-level solver = "..." (no [solver] table) or [run] solver = "..."
-    file_solver = file_flat.pop("run.solver", None) or file_flat.pop("solver", None)
-    file_problem = file_flat.pop("run.problem", None) or file_flat.pop("problem", None)
-    solver_name = args.solver or file_solver
-    problem_name = args.problem or file_problem
-    demo = solver_name is None
-    solver_name = solver_name or DEMO_SOLVER
-    solver_cls = registry.get_solver(str(solver_name))
-    use_demo_settings = problem_name is None
-    problem_name = problem_name or solver_cls.default_problem
-    problem_cls = registry.get_problem(str(problem_name))
-    why = solver_cls.check_problem(problem_cls)
-    if why:
-        raise InputError(why)
+def spec_from_args(args: argparse.Namespace) -> RunSpec:
+    """The run spec of parsed command-line arguments (precedence: file < --set < dedicated flags)."""
     values: list[tuple[str, Any, str]] = []
-    if use_demo_settings:
-        values += [(k, v, f"demo settings of {solver_name}") for k, v in solver_cls.demo_settings.items()]
-    values += [(k, v, f"config file {args.config}") for k, v in file_flat.items()]
     for group in args.sets:
         for item in group:
             key, value = O.parse_assignment(item)
@@ -100,15 +58,7 @@ def resolve_spec(args: argparse.Namespace) -> RunSpec:
         v = getattr(args, attr)
         if v is not None:
             values.append((key, v, f"--{attr.replace('_', '-')}"))
-    owners = {"solver": f"solver {solver_name!r}", "problem": f"problem {problem_name!r}", "run": "run"}
-    cfg = O.resolve(_solver_sections(solver_cls, problem_cls), values, owners)
-    if cfg["run"]["out"] is None:
-        cfg["run"]["out"] = DEMO_OUT if demo else f"{solver_name}-{problem_name}.h5"
-    from .context import _parse_every
-    _parse_every(str(cfg["run"]["checkpoint_every"]))
-    if cfg["run"]["resume"] and not cfg["run"]["checkpoint_dir"] and cfg["run"]["resume"] == "latest":
-        raise InputError("--resume latest needs --checkpoint-dir (or run.checkpoint_dir)")
-    return RunSpec(str(solver_name), str(problem_name), cfg, demo=demo)
+    return resolve_spec(args.solver, args.problem, values, config_file=args.config)
 
 
 # -- help -------------------------------------------------------------------------------------
@@ -153,173 +103,6 @@ def help_text(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
               " --checkpoint-dir ckpt --checkpoint-every 60s --resume latest\n")
 
 
-# -- provenance -----------------------------------------------------------------------------
-def versions() -> dict[str, str]:
-    import h5py
-    import mpi4py
-    import numpy
-    import scipy
-    from mpi4py import MPI
-    return {"mpiopt": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
-            "scipy": scipy.__version__, "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version,
-            "mpi4py": mpi4py.__version__, "mpi_library": MPI.Get_library_version().strip().splitlines()[0]}
-
-
-def git_commit() -> str | None:
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=5).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")
-
-
-def _now() -> str:
-    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def _config_lines(cfg: dict[str, dict[str, Any]]) -> str:
-    lines = []
-    for sec in ("solver", "problem", "run"):
-        lines.append(f"[{sec}]")
-        for k, v in cfg[sec].items():
-            lines.append(f"  {k} = {json.dumps(v) if not isinstance(v, float) else repr(v)}")
-    return "\n".join(lines)
-
-
-# -- the run ------------------------------------------------------------------------------------
-def execute(spec: RunSpec, verbose: bool = False, quiet: bool = False) -> int:
-    """Run ``spec`` on MPI.COMM_WORLD; returns the process exit code."""
-    from .comm import collective_check, world
-    from .context import RunContext
-    from .io.checkpoint import CheckpointManager, load_checkpoint
-    from .io.results import FORMAT, FORMAT_VERSION, ResultWriter
-
-    comm = world()
-    rank = comm.rank
-    say = (lambda msg: print(msg, flush=True)) if (rank == 0 and not quiet) else (lambda msg: None)
-    solver_cls = registry.get_solver(spec.solver)
-    problem_cls = registry.get_problem(spec.problem)
-    cfg = spec.config
-    run = cfg["run"]
-    if comm.size < solver_cls.min_ranks:
-        raise InputError(f"solver {spec.solver!r} needs at least {solver_cls.min_ranks} ranks "
-                         f"(mpirun -n {solver_cls.min_ranks} ...), got {comm.size}")
-    solver_cls.check_config(cfg, comm.size)
-
-    say(f"mpiopt {__version__}: {'demo: ' if spec.demo else ''}{spec.solver} on {spec.problem}, {comm.size} rank(s)")
-    say(_config_lines(cfg))
-
-    # 1. resume target (every rank reads the same file), before any heavy work
-    ckpts = CheckpointManager(run["checkpoint_dir"], run["keep_checkpoints"]) if run["checkpoint_dir"] else None
-
-    def find_resume():
-        target = run["resume"]
-        if not target:
-            return None
-        if target == "latest":
-            assert ckpts is not None
-            path = ckpts.latest()
-            if path is None:
-                return None
-        else:
-            path = target
-        ck = load_checkpoint(path, spec.solver, spec.problem)
-        old = json.loads(ck.meta.get("config", "{}"))
-        for key, val in cfg["problem"].items():
-            if old.get("problem", {}).get(key, val) != val:
-                raise CheckpointError(f"--resume {path}: checkpoint has problem.{key}="
-                                      f"{old['problem'][key]!r}, this run {val!r}")
-        return ck
-    resume = collective_check(comm, find_resume)
-    if run["resume"] == "latest" and resume is None:
-        say(f"no checkpoint in {run['checkpoint_dir']}: starting a new run")
-
-    # 2. data: each rank loads or generates its shard; one error message for all ranks
-    problem = problem_cls(cfg["problem"], comm)
-    t_setup = time.perf_counter()
-    collective_check(comm, problem.setup)
-    say(f"problem: {problem.describe()} (set up in {time.perf_counter() - t_setup:.2f}s)")
-    if verbose:
-        local = getattr(problem, "n_local", None)
-        print(f"[rank {rank}] set up in {time.perf_counter() - t_setup:.2f}s"
-              + (f", {local} local samples" if local is not None else ""), flush=True)
-    problem.compute_reference()
-    comm.stats.reset()  # setup and reference traffic is not the solver's
-    if problem.reference_objective is not None:
-        say(f"reference objective F* = {problem.reference_objective:.10g}")
-
-    # 3. the result file (rank 0), created only after every input was validated
-    writer = None
-    started = _now()
-    if rank == 0:
-        attrs = {"format": FORMAT, "format_version": FORMAT_VERSION, "solver": spec.solver,
-                 "problem": spec.problem, "config": cfg, "n_ranks": comm.size, "seed": run["seed"],
-                 "status": "running", "success": False, "message": "running", "started": started,
-                 "resumed_from": resume.path if resume is not None else "",
-                 **{f"version_{k}": v for k, v in versions().items()}}
-        commit = git_commit()
-        if commit:
-            attrs["git_commit"] = commit
-        if problem.reference_objective is not None:
-            attrs["reference_objective"] = float(problem.reference_objective)
-    def open_writer():
-        nonlocal writer
-        if rank == 0:
-            writer = ResultWriter(run["out"], attrs)
-    collective_check(comm, open_writer)
-
-    ctx = RunContext(comm, run, solver=spec.solver, problem=spec.problem, config=cfg, writer=writer,
-                     checkpoints=ckpts, resume=resume, verbose=verbose, quiet=quiet)
-    solver = solver_cls(problem, cfg["solver"], ctx)
-    if resume is not None:
-        collective_check(comm, lambda: solver.load_state_dict(resume.state))
-        say(f"resumed from {resume.path} at iteration {resume.iteration}")
-    ctx.install_signal_handlers()
-    comm.Barrier()
-    t0 = time.perf_counter()
-    try:
-        res = solver.solve()
-    except BaseException:
-        if writer is not None:
-            writer.abandon()
-        raise
-    wall = ctx.elapsed()
-    ctx.close_progress()
-
-    if rank == 0:
-        final = {"status": R.STATUS_NAMES.get(res.status, str(res.status)), "status_code": int(res.status),
-                 "success": bool(res.success), "message": str(res.message), "wall_time": wall,
-                 "run_time": time.perf_counter() - t0, "finished": _now(), "nit": int(res.nit),
-                 "fun": float(res.fun) if res.fun is not None else float("nan"),
-                 "bytes_sent_rank0": int(comm.stats.bytes_sent)}
-        if ctx.last_checkpoint:
-            final["last_checkpoint"] = ctx.last_checkpoint
-        solution = res.get("solution") or ({"x": res.x} if res.get("x") is not None else {})
-        writer.close(final, solution, res.get("extra_groups"))
-    comm.Barrier()
-    if rank == 0 and not quiet:
-        lines = [f"status: {R.STATUS_NAMES.get(res.status, res.status)} ({res.message})",
-                 f"iterations: {res.nit}   wall time: {wall:.2f}s   objective: {res.fun:.10g}"]
-        if problem.reference_objective is not None and res.fun is not None:
-            lines.append(f"F* = {problem.reference_objective:.10g}   objective - F* = {res.fun - problem.reference_objective:.3e}")
-        if comm.stats.bytes_sent:
-            lines.append(f"bytes sent by rank 0: {comm.stats.bytes_sent:,}")
-        if ctx.last_checkpoint:
-            lines.append(f"last checkpoint: {ctx.last_checkpoint}")
-        lines.append(f"result: {os.path.abspath(run['out'])}  (read it with mpiopt.io.load_result)")
-        print("\n".join(lines), flush=True)
-    if res.status == R.INTERRUPTED:
-        return 128 + (ctx.signal_received or 15)
-    if res.status == R.FAILED:
-        return EXIT_FAILURE
-    return EXIT_OK
-
-
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -340,8 +123,9 @@ def _main(argv: Sequence[str] | None) -> int:
             if comm.rank == 0:
                 print(text, end="")
             return EXIT_OK
-        spec = resolve_spec(args)
-        return execute(spec, verbose=args.verbose, quiet=args.quiet)
+        spec = spec_from_args(args)
+        run = build_run(spec, comm, verbose=args.verbose, quiet=args.quiet)
+        return run.exit_code(run.execute())
     except InputError as exc:
         # every rank reaches the same conclusion (argument parsing and collective checks)
         if comm.rank == 0:

@@ -29,7 +29,7 @@ from .. import options as O
 from .. import result as R
 from ..comm.shared_model import (HOST, REQUEST, SAMPLES, UPDATES, BlockVector, Control, HostedVector,
                                  host_loop, single_node)
-from ..context import _parse_every
+from ..options import Every
 from ..errors import CheckpointError, InputError
 from ..options import Option
 from ..problems.torch_models import TorchModelProblem
@@ -409,7 +409,8 @@ class AsyncSubgradient(Solver):
         ctx, comm = self.ctx, self.comm
         self._callback = callback
         self._sync_iteration, self._sync_stop = 0, NO_STOP
-        self._ckpt_every = _parse_every(str(ctx.cfg.get("checkpoint_every", "0")))
+        every = Every.parse(ctx.cfg.get("checkpoint_every", "0"))
+        self._ckpt_every = (every.iterations, every.seconds)
         ck_iters = self._ckpt_every[0]
         self._last_ckpt_block = (self.control.read(UPDATES) // ck_iters) if (ck_iters and self.is_host) else 0
         ctx.setup_schedule(None, default_history_every=1)

@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -21,7 +20,8 @@ from ..options import Option
 from ..problems.base import CompositeProblem
 from ..prox import prox_step
 from ..registry import register_solver
-from .base import Solver
+from ..rng import RankStreams
+from .base import Solver, Stop
 
 
 def step_size(step0: float, t: int, schedule: str) -> float:
@@ -49,79 +49,57 @@ class ProxSGD(Solver):
         super().__init__(problem, options, ctx)
         p = problem
         self.x = p.x0()
-        self.t = 0
-        seed = int(ctx.cfg.get("seed", 0))
-        self.rng = np.random.default_rng([seed, self.comm.rank, 0x5D])
+        self.streams = RankStreams(self.comm, ctx.seed, 0x5D)
         self.weight = p.n_local / p.n_samples
         self.wire = np.empty(p.n_vars, dtype=np.dtype(options["dtype"]))
+        self.g = np.empty(p.n_vars)
 
-    def solve(self, callback=None) -> R.OptimizeResult:
-        p, o, comm, ctx = self.problem, self.opts, self.comm, self.ctx
-        self._callback = callback
-        T = o["max_iter"]
-        ctx.setup_schedule(T, default_history_every=max(1, T // 50))
-        fstar = p.reference_objective
-        x, wire = self.x, self.wire
-        g = np.empty(p.n_vars)
-        status, msg = R.MAX_ITER, f"reached max_iter={T}"
-        if self.t == 0:
-            self._notify(0, fstar)
-        while self.t < T:
-            step = step_size(o["step0"], self.t, o["schedule"])
-            if p.n_local:
-                idx = self.rng.integers(0, p.n_local, size=o["batch_size"])
-                p.batch_grad(x, idx, out=g)
-                g *= self.weight
-            else:
-                g[:] = 0.0
-            wire[:] = g
-            comm.Allreduce(MPI.IN_PLACE, wire, tag="gradient")
-            x_old = x.copy() if o["tol"] > 0 else None
-            prox_step(p.regularizer, x, wire, step, g)     # x <- prox(x - step * wire), g as scratch
-            self.t += 1
-            if not all_finite(x):
-                status, msg = R.FAILED, f"non-finite iterate at iteration {self.t}"
-                break
-            converged = x_old is not None and np.linalg.norm(x - x_old) / step < o["tol"]
-            if ctx.due(self.t, T) or converged:
-                self._notify(self.t, fstar)
-            if converged:
-                status, msg = R.CONVERGED, f"gradient-mapping norm below tol={o['tol']}"
-                break
-            stop = self.poll(self.t)
-            if stop is not None:
-                status, msg = stop, R.stop_message(stop)
-                break
-        ctx.close_progress()
-        fun = p.objective(x)
-        return R.make_result(x.copy(), fun, self.t, status, msg, bytes_sent=self.bytes_sent(),
-                             nnz=int(np.count_nonzero(x)), reference_objective=fstar)
+    def step(self) -> Stop | None:
+        p, o, x, g = self.problem, self.opts, self.x, self.g
+        step = step_size(o["step0"], self.nit, o["schedule"])
+        if p.n_local:
+            p.batch_grad(x, self.streams.rng.integers(0, p.n_local, size=o["batch_size"]), out=g)
+            g *= self.weight
+        else:
+            g[:] = 0.0
+        self.wire[:] = g
+        self.comm.Allreduce(MPI.IN_PLACE, self.wire, tag="gradient")
+        x_old = x.copy() if o["tol"] > 0 else None
+        prox_step(p.regularizer, x, self.wire, step, g)     # x <- prox(x - step * wire), g as scratch
+        if not all_finite(x):
+            return Stop(R.FAILED, f"non-finite iterate at iteration {self.nit + 1}")
+        if x_old is not None and np.linalg.norm(x - x_old) / step < o["tol"]:
+            return Stop(R.CONVERGED, f"gradient-mapping norm below tol={o['tol']}")
+        return None
 
-    def _notify(self, it: int, fstar: float | None) -> None:
+    def record_due(self, stop, budget) -> bool:
+        return (stop is None or stop.status != R.FAILED) and super().record_due(stop, budget)
+
+    def values(self) -> dict:
         f = self.problem.objective(self.x)
-        extra = {"gap": f - fstar} if fstar is not None else {}
-        self.notify(it, self.x, f, **extra, bytes_sent=self.bytes_sent(),
-                    nnz=np.count_nonzero(self.x))
+        fstar = self.problem.reference_objective
+        return {"objective": f, **({"gap": f - fstar} if fstar is not None else {}),
+                "bytes_sent": self.bytes_sent(), "nnz": np.count_nonzero(self.x)}
+
+    def finish(self, stop: Stop) -> R.OptimizeResult:
+        fun = self.problem.objective(self.x)
+        return R.make_result(self.x.copy(), fun, self.nit, stop.status, stop.message, bytes_sent=self.bytes_sent(),
+                             nnz=int(np.count_nonzero(self.x)), reference_objective=self.problem.reference_objective)
 
     def bytes_sent(self) -> int:
         """Bytes this rank sent for the gradients (evaluation traffic excluded)."""
         return int(self.comm.stats.bytes_by_op["gradient"])
 
     def state_dict(self):
-        rngs = self.comm.gather_obj(json.dumps(self.rng.bit_generator.state))
+        rngs = self.streams.state()
         if self.comm.rank != 0:
             return None
-        return {"x": self.x.copy(), "t": self.t, "rng": rngs, "n_ranks": self.comm.size}
+        return {"x": self.x.copy(), "t": self.nit, "rng": rngs, "n_ranks": self.comm.size}
 
     def load_state_dict(self, state) -> None:
         x = np.asarray(state["x"], dtype=np.float64)
         if x.shape != self.x.shape:
             raise CheckpointError(f"checkpoint x has {x.size} variables, problem has {self.x.size}")
         self.x[:] = x
-        self.t = int(state["t"])
-        rngs = state["rng"]
-        if int(state["n_ranks"]) == self.comm.size:
-            self.rng.bit_generator.state = json.loads(rngs[self.comm.rank])
-        else:  # another rank count: fresh streams keyed by the iteration
-            seed = int(self.ctx.cfg.get("seed", 0))
-            self.rng = np.random.default_rng([seed, self.comm.rank, 0x5D, self.t])
+        self.nit = int(state["t"])
+        self.streams.load(state["rng"], state["n_ranks"], self.nit)
