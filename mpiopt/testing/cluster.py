@@ -389,18 +389,23 @@ class Completed:
     stdout: str
     stderr: str
     wall: float
+    lines: list = field(default_factory=list)    # (seconds since start, "out"|"err", line)
 
     @property
     def output(self) -> str:
         return self.stdout + self.stderr
 
+    def first(self, text: str) -> float | None:
+        """Seconds from the start until the first output line containing ``text`` arrived."""
+        return next((t for t, _, line in self.lines if text in line), None)
+
 
 def run_command(cmd: list[str], timeout: float, env: dict | None = None, cwd: str | None = None,
                 signal_when=None, sig: int = signal.SIGTERM, signal_group: bool = False) -> Completed:
-    """Run ``cmd`` in its own session; SIGKILL its process group after ``timeout`` s (then raise
-    TimeoutError with the output). ``signal_when``: a predicate polled every 0.1 s; once it holds,
-    send ``sig`` to the launcher only (``signal_group=False``, as a batch system signals mpirun) or to
-    its whole process group."""
+    """Run ``cmd`` in its own session, its output lines time-stamped as they arrive; SIGKILL its
+    process group after ``timeout`` s (then raise TimeoutError with the output). ``signal_when``: a
+    predicate polled every 0.1 s; once it holds, send ``sig`` to the launcher only
+    (``signal_group=False``, as a batch system signals mpirun) or to its whole process group."""
     full_env = dict(os.environ)
     full_env.pop("PYTEST_CURRENT_TEST", None)
     full_env.setdefault("OMP_NUM_THREADS", "1")
@@ -408,23 +413,42 @@ def run_command(cmd: list[str], timeout: float, env: dict | None = None, cwd: st
     full_env.update(env or {})
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+                         errors="replace", start_new_session=True)
+    lines: list = []
+
+    def pump(stream, name):
+        for line in stream:
+            lines.append((time.monotonic() - t0, name, line))
+        stream.close()
+
+    readers = [threading.Thread(target=pump, args=(p.stdout, "out"), daemon=True),
+               threading.Thread(target=pump, args=(p.stderr, "err"), daemon=True)]
+    for r in readers:
+        r.start()
+    t_end = t0 + timeout
+    if signal_when is not None:
+        while p.poll() is None and time.monotonic() < t_end and not signal_when():
+            time.sleep(0.1)
+        if p.poll() is None and time.monotonic() < t_end:
+            os.killpg(p.pid, sig) if signal_group else p.send_signal(sig)
     try:
-        if signal_when is not None:
-            t_end = t0 + timeout
-            while p.poll() is None and time.monotonic() < t_end and not signal_when():
-                time.sleep(0.1)
-            if p.poll() is None and time.monotonic() < t_end:
-                os.killpg(p.pid, sig) if signal_group else p.send_signal(sig)
-        out, err = p.communicate(timeout=max(0.1, timeout - (time.monotonic() - t0)))
+        p.wait(timeout=max(0.1, t_end - time.monotonic()))
+        wall = time.monotonic() - t0
+        timed_out = False
     except subprocess.TimeoutExpired:
+        timed_out, wall = True, time.monotonic() - t0
         try:
             os.killpg(p.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        out, err = p.communicate()
-        raise TimeoutError(f"timed out after {timeout}s: {shlex.join(map(str, cmd))}\n{out}\n{err}") from None
-    return Completed(p.returncode, out, err, time.monotonic() - t0)
+        p.wait()
+    for r in readers:
+        r.join(timeout=10)       # a rank left behind on another node may hold the pipes: the
+    out = "".join(x for _, s, x in lines if s == "out")   # cluster's tear-down kills it
+    err = "".join(x for _, s, x in lines if s == "err")
+    if timed_out:
+        raise TimeoutError(f"timed out after {timeout}s: {shlex.join(map(str, cmd))}\n{out}\n{err}")
+    return Completed(p.returncode, out, err, wall, lines)
 
 
 # -- command line ----------------------------------------------------------------------------------
