@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from typing import Callable, TypeVar
 
@@ -56,7 +57,6 @@ def load_plugin(module: str) -> None:
     """Import a user module (dotted name or path to a .py file) that registers solvers/problems."""
     try:
         if module.endswith(".py") or os.sep in module:
-            import importlib.util
             path = os.path.abspath(module)
             if not os.path.exists(path):
                 raise InputError(f"--plugin {module}: file not found")
@@ -67,7 +67,9 @@ def load_plugin(module: str) -> None:
         else:
             importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        raise InputError(f"--plugin {module}: {exc}") from None
+        if exc.name and module.startswith(exc.name):
+            raise InputError(f"--plugin {module}: no module named {exc.name!r} on the Python path") from None
+        raise InputError(f"--plugin {module}: it imports {exc.name!r}, which is not installed") from None
 
 
 def get_solver(name: str) -> type:

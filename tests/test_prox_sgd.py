@@ -107,19 +107,13 @@ def test_callback_stop_iteration_stops_all_ranks():
 def test_group_lasso_reference_satisfies_kkt_and_prox_sgd_reaches_it():
     """F* for group lasso (FISTA reference) is a certified optimum: the KKT conditions hold, the
     value does not depend on the rank count, and prox_sgd converges to it."""
-    from mpi4py import MPI
+    from mpiopt.api import minimize
 
-    from mpiopt.comm import Comm
-    from mpiopt.context import RunContext
-    from mpiopt.problems.linear import Logistic
-    from mpiopt.solvers.prox_sgd import ProxSGD
-
-    comm = Comm(MPI.COMM_WORLD)
-    popts = {o.name: o.default for o in Logistic.options}
-    popts.update(n_samples=2000, n_features=100, density=0.2, l1=0.01, reg="group_lasso", group_size=5)
-    p = Logistic(popts, comm)
-    p.setup()
-    p.compute_reference()
+    popts = {"n_samples": 2000, "n_features": 100, "density": 0.2, "l1": 0.01, "reg": "group_lasso", "group_size": 5}
+    res, p = minimize("prox_sgd", "logistic", {**{f"problem.{k}": v for k, v in popts.items()},
+                                               "solver.max_iter": 3000, "solver.step0": 2.0,
+                                               "solver.batch_size": 256, "run.seed": 0}, return_problem=True)
+    comm = p.comm
     x, fstar = p.reference_x, p.reference_objective
     _, g = p.full_grad(x)
     X, Gr = x.reshape(-1, 5), g.reshape(-1, 5)
@@ -131,8 +125,4 @@ def test_group_lasso_reference_satisfies_kkt_and_prox_sgd_reaches_it():
     assert np.linalg.norm(Gr[~on], axis=1).max() <= lam + 1e-8
     assert comm.allgather_obj(fstar) == [fstar] * comm.size
     assert fstar == pytest.approx(0.5686069455, abs=1e-8)   # the same at 1 and 2 ranks (data are rank-count free)
-    ctx = RunContext(comm, {"seed": 0, "progress": "none"}, quiet=True)
-    sopts = {o.name: o.default for o in ProxSGD.options}
-    sopts.update(max_iter=3000, step0=2.0, batch_size=256)
-    res = ProxSGD(p, sopts, ctx).solve()
     assert fstar <= res.fun < fstar + 2e-3

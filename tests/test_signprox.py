@@ -37,24 +37,19 @@ def test_converges_near_reference_optimum(tmp_path, ranks):
 def test_replicas_bit_identical_after_many_iterations_at_4_ranks():
     from mpi4py import MPI
 
+    from mpiopt.api import minimize
     from mpiopt.comm import Comm
-    from mpiopt.context import RunContext
-    from mpiopt.problems.linear import Logistic
-    from mpiopt.solvers.signprox import SignProx
 
     comm = Comm(MPI.COMM_WORLD)
-    popts = {o.name: o.default for o in Logistic.options}
-    popts.update(n_samples=2000, n_features=300, density=0.05, l1=0.01, reference="no")
+    popts = {"problem.n_samples": 2000, "problem.n_features": 300, "problem.density": 0.05, "problem.l1": 0.01,
+             "problem.reference": "no"}
     combos = [("1bit", "allgather", "zero", False), ("1bit", "twophase", "shared_random", True),
               ("ternary", "int8_allreduce", "zero", True), ("ternary", "twophase", "plus", False)]
     for encoding, aggregator, tie, ef in combos:
-        problem = Logistic(popts, comm)
-        problem.setup()
-        ctx = RunContext(comm, {"seed": 3, "progress": "none", "debug": True}, quiet=True)
-        sopts = {o.name: o.default for o in SignProx.options}
-        sopts.update(max_iter=60, encoding=encoding, aggregator=aggregator, tie=tie, error_feedback=ef,
-                     check_every=7, mapping_norm=False, step0=0.05)
-        res = SignProx(problem, sopts, ctx).solve()
+        res = minimize("signprox", "logistic", {
+            **popts, "run.seed": 3, "run.debug": True, "solver.max_iter": 60, "solver.encoding": encoding,
+            "solver.aggregator": aggregator, "solver.tie": tie, "solver.error_feedback": ef,
+            "solver.check_every": 7, "solver.mapping_norm": False, "solver.step0": 0.05})
         xs = comm.allgather_obj(res.x_raw.tobytes())
         assert all(b == xs[0] for b in xs), (encoding, aggregator, tie)
         assert np.count_nonzero(res.x_raw) > 0
@@ -68,38 +63,38 @@ def test_blockwise_message_equals_whole_vector_message(monkeypatch):
     from mpi4py import MPI
 
     import mpiopt.comm.signs as signs
-    from mpiopt.comm import Comm
-    from mpiopt.context import RunContext
-    from mpiopt.problems.linear import Logistic
+    from mpiopt.registry import register_solver
     from mpiopt.solvers.signprox import SignProx
+    from mpiopt.runner import build_run, resolve_spec
     from mpiopt.solvers.signsgd_mv import SignSGDMV
 
     monkeypatch.setattr(signs, "BLOCK", 64)      # 300 variables -> 5 blocks, the last one partial
 
+    @register_solver("test_whole_vector_signprox")
     class WholeVector(SignProx):
         def message_elementwise(self) -> bool:
             return False
 
+    @register_solver("test_whole_vector_signsgd_mv")
     class WholeVectorMV(SignSGDMV):
         def message_elementwise(self) -> bool:
             return False
 
-    comm = Comm(MPI.COMM_WORLD)
-    popts = {o.name: o.default for o in Logistic.options}
-    popts.update(n_samples=1000, n_features=300, density=0.05, l1=0.01, reference="no")
-    for fast, slow, encoding in ((SignProx, WholeVector, "1bit"), (SignProx, WholeVector, "ternary"),
-                                 (SignSGDMV, WholeVectorMV, "1bit")):
+    popts = {"problem.n_samples": 1000, "problem.n_features": 300, "problem.density": 0.05, "problem.l1": 0.01,
+             "problem.reference": "no"}
+    for fast, slow, encoding in (("signprox", "test_whole_vector_signprox", "1bit"),
+                                 ("signprox", "test_whole_vector_signprox", "ternary"),
+                                 ("signsgd_mv", "test_whole_vector_signsgd_mv", "1bit")):
         xs = []
-        for cls in (fast, slow):
-            problem = Logistic(popts, comm)
-            problem.setup()
-            ctx = RunContext(comm, {"seed": 4, "progress": "none"}, quiet=True)
-            sopts = {o.name: o.default for o in cls.options}
-            sopts.update(max_iter=40, encoding=encoding, mapping_norm=False, step0=0.05)
-            solver = cls(problem, sopts, ctx)
-            assert solver.blockwise == (cls is fast)
-            xs.append(solver.solve().x_raw)
-        assert np.array_equal(xs[0], xs[1]), (fast.__name__, encoding)
+        for name in (fast, slow):
+            values = {**popts, "run.seed": 4, "solver.max_iter": 40, "solver.encoding": encoding,
+                      "solver.mapping_norm": False, "solver.step0": 0.05}
+            run = build_run(resolve_spec(name, "logistic", [(k, v, "test") for k, v in values.items()],
+                                         default_out=False), quiet=True)
+            assert run.solver.blockwise == (name == fast)
+            res = run.execute(install_signals=False)
+            xs.append(res.x_raw)
+        assert np.array_equal(xs[0], xs[1]), (fast, encoding)
         assert np.count_nonzero(xs[0] != 0) > 0
 
 
@@ -205,7 +200,7 @@ def test_sgn0_drift_of_one_bit_raw_gradients_and_its_cures(tmp_path):
 
 
 def test_step_schedules():
-    from mpiopt.solvers.signprox import sign_step_size
+    from mpiopt.solvers.sign_vote import sign_step_size
     assert sign_step_size(0.1, 0, "sqrt", 100) == 0.1
     assert sign_step_size(0.1, 3, "sqrt", 100) == pytest.approx(0.05)
     assert sign_step_size(0.1, 7, "const", 100) == 0.1

@@ -1,10 +1,11 @@
-"""Packed sign codes, the bit-sliced majority vote and the MPI vote aggregators (mpiopt.comm.signs)."""
+"""Packed sign codes, the bit-sliced majority vote and the MPI vote aggregators (mpiopt.comm.sign_codec, mpiopt.comm.signs)."""
 import numpy as np
 import pytest
 
 from mpiopt.kernels import BLOCK
-from mpiopt.comm.signs import (AGGREGATORS, StepTable, bitsliced_count, decision_values, n_words,
-                               pack_bits, sign_planes, tie_bits, unpack_bits, vote)
+from mpiopt.comm.sign_codec import (StepTable, bitsliced_count, decision_values, n_words, pack_bits, sign_planes,
+                                    tie_bits, unpack_bits, vote)
+from mpiopt.comm.signs import AGGREGATORS
 
 
 def numpy_vote(codes: np.ndarray, tie: str, rand_flags: np.ndarray | None = None) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Sign baselines sharing SignProx's packed vote (spec signprox.md sec. 8):
+"""Sign baselines sharing SignProx's packed vote:
 
 - ``signsgd_mv``: x <- x - gam * vote(sign(g_p + s(x))), s a subgradient of r (or r ignored).
 - ``sign_then_prox``: x <- prox_{gam r}(x - gam * vote(sign(g_p))). With L1 the threshold gam*lam
@@ -12,14 +12,13 @@ import numpy as np
 from ..options import Option
 from ..prox import ElasticNet
 from ..registry import register_solver
-from .signprox import SIGN_OPTIONS, SignProx
+from .sign_vote import SignVoteSolver, sign_options
 
 
 @register_solver("signsgd_mv")
-class SignSGDMV(SignProx):
+class SignSGDMV(SignVoteSolver):
     summary = "signSGD with majority vote (Bernstein et al. 2018/19); r as a subgradient or ignored"
-    options = tuple(o for o in SIGN_OPTIONS if o.name != "polish") + (
-        Option("polish", "none", "final polish: none, prox or band", str, choices=("none", "prox", "band")),
+    options = sign_options(polish="none") + (
         Option("reg", "subgradient", "regulariser: subgradient (l1*sign(x) + l2*x for L1/elastic net) or ignore",
                str, choices=("subgradient", "ignore")),
     )
@@ -42,11 +41,9 @@ class SignSGDMV(SignProx):
 
 
 @register_solver("sign_then_prox")
-class SignThenProx(SignProx):
+class SignThenProx(SignVoteSolver):
     summary = "naive baseline: majority-voted sign step on the smooth gradient, then prox"
-    options = tuple(o for o in SIGN_OPTIONS if o.name != "polish") + (
-        Option("polish", "none", "final polish: none, prox or band", str, choices=("none", "prox", "band")),
-    )
+    options = sign_options(polish="none")
 
     def message(self, x: np.ndarray, g: np.ndarray, gam: float, out: np.ndarray,
                 work: np.ndarray) -> np.ndarray:

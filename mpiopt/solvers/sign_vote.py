@@ -1,0 +1,234 @@
+"""``SignVoteSolver``: what SignProx and its sign baselines share.
+
+Every rank makes a message from its minibatch gradient, sends only its packed signs, and applies
+the majority vote of all ranks' signs as a step of size gamma; the replicas stay bit-identical
+because every rank applies the same float operations to the same bytes. The solvers differ only
+in the message (and, for one baseline, a local step after the vote).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .. import options as O
+from .. import result as R
+from ..comm.signs import AGGREGATORS, ENCODINGS, TIE_RULES, SignAggregator, replicas_identical, sign_bytes
+from ..errors import CheckpointError, InputError
+from ..options import Option
+from ..problems.base import CompositeProblem
+from ..rng import RankStreams
+from .base import Solver, Stop
+
+
+def sign_step_size(step0: float, t: int, schedule: str, horizon: int) -> float:
+    """gamma(t): ``sqrt`` step0/sqrt(t+1); ``const`` step0; ``theory`` step0/sqrt(T) (T = horizon)."""
+    if schedule == "sqrt":
+        return step0 / math.sqrt(t + 1)
+    if schedule == "theory":
+        return step0 / math.sqrt(max(1, horizon))
+    return step0
+
+
+def sign_options(polish: str = "band") -> tuple[Option, ...]:
+    """The options every sign-vote solver has (``polish``: its default final polish)."""
+    return (
+        O.max_iter(1000),
+        O.step0(0.05, "gamma0: every coordinate moves by gamma per step, so it sets the accuracy scale"),
+        O.batch_size(64),
+        Option("schedule", "sqrt", "step schedule: sqrt (gamma0/sqrt(t+1)), const (gamma0), theory "
+               "(gamma0/sqrt(T) with batch growing with T, see theory_batch)", str,
+               choices=("sqrt", "const", "theory")),
+        Option("theory_batch", 1.0, "theory schedule: batch per rank = max(batch_size, ceil(theory_batch * T))",
+               float, low=0.0, low_open=True),
+        Option("encoding", "1bit", "sign code: 1bit (0.125 B/element) or ternary (sign + nonzero planes, "
+               "0.25 B/element)", str, choices=ENCODINGS),
+        Option("aggregator", "auto", "vote: allgather (every rank counts), twophase (Alltoall + Allgather), "
+               "int8_allreduce; auto = allgather up to 16 ranks, twophase above", str,
+               choices=("auto", *AGGREGATORS)),
+        Option("tie", "zero", "vote ties: zero (no move), plus (+1), shared_random (counter-based random sign)",
+               str, choices=TIE_RULES),
+        Option("error_feedback", False, "add the compression error of the last message to the next one "
+               "(memory per rank, kept in checkpoints)", bool),
+        Option("polish", polish, "final polish: none, prox (x <- prox_{gamma_T r}(x)) or band "
+               "(zero |x_i| <= gamma_T)", str, choices=("none", "prox", "band")),
+        Option("mapping_norm", True, "record ||G(x)||_1 of the full-batch uncompressed mapping at history rows",
+               bool),
+        Option("check_every", 100, "with run.debug: verify every N iterations that the replicas are "
+               "bit-identical (Allgather of a hash)", int, low=1),
+    )
+
+
+class SignVoteSolver(Solver):
+    """Base of the sign-vote solvers. Subclasses implement :meth:`message` and may override
+    :meth:`message_elementwise` and :meth:`after_vote`."""
+
+    problem_kind = CompositeProblem
+    default_problem = "logistic"
+    options = sign_options()
+
+    # -- the hooks ------------------------------------------------------------------------------
+    def message(self, x: np.ndarray, g: np.ndarray, gam: float, out: np.ndarray,
+                work: np.ndarray) -> np.ndarray:
+        """Write the vector whose signs are sent into ``out`` and return it (``work``: scratch)."""
+        raise NotImplementedError
+
+    def message_elementwise(self) -> bool:
+        """True if message() may be computed on slices (then it is made and packed block by block)."""
+        return True
+
+    def after_vote(self, x: np.ndarray, gam: float) -> None:
+        """Local step after x -= gam * v (none by default)."""
+
+    # -- setup ---------------------------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, cfg: dict[str, dict[str, Any]], n_ranks: int) -> None:
+        if cfg["solver"]["aggregator"] == "int8_allreduce" and n_ranks > 127:
+            raise InputError(f"solver.aggregator=int8_allreduce: at most 127 ranks (got {n_ranks})")
+
+    def __init__(self, problem, options, ctx):
+        super().__init__(problem, options, ctx)
+        o, comm = options, self.comm
+        self.x = problem.x0()
+        self.n = problem.n_vars
+        self.streams = RankStreams(comm, ctx.seed, 0x5169)
+        method = o["aggregator"]
+        if method == "auto":
+            method = "allgather" if comm.size <= 16 else "twophase"
+        self.method = method
+        self.agg = SignAggregator(comm, self.n, o["encoding"], method, o["tie"], ctx.seed, self.x.dtype)
+        self.g = np.empty(self.n)
+        self.ef = np.zeros(self.n) if o["error_feedback"] else None
+        # the message is made, checked and packed in cache-sized blocks unless it needs the whole
+        # vector (non-separable prox, error feedback, int8 codes)
+        self.blockwise = self.ef is None and method != "int8_allreduce" and self.message_elementwise()
+        self.m = None if self.blockwise else np.empty(self.n)
+        self.work = None if self.blockwise else np.empty(self.n)
+        T = o["max_iter"]
+        self.batch = (max(o["batch_size"], math.ceil(o["theory_batch"] * T)) if o["schedule"] == "theory"
+                      else o["batch_size"])
+
+    def gamma(self, t: int) -> float:
+        o = self.opts
+        return sign_step_size(o["step0"], t, o["schedule"], o["max_iter"])
+
+    # -- one iteration --------------------------------------------------------------------------------
+    def local_gradient(self) -> np.ndarray:
+        """Minibatch gradient of the smooth part on this rank's shard (zero without local data)."""
+        p, g = self.problem, self.g
+        if p.n_local:
+            p.batch_grad(self.x, self.streams.rng.integers(0, p.n_local, size=self.batch), out=g)
+        else:
+            g[:] = 0.0
+        return g
+
+    def encode(self, g: np.ndarray, gam: float) -> None:
+        """Make this rank's message from ``g`` and pack its signs (with error feedback: add the memory
+        first, then keep what the scaled sign (||m||_1/k) sgn(m) leaves out)."""
+        x, agg = self.x, self.agg
+        if self.blockwise:
+            agg.encode_blocks(lambda lo, hi, out, work: self.message(x[lo:hi], g[lo:hi], gam, out, work))
+            return
+        m = self.message(x, g, gam, self.m, self.work)
+        if self.ef is not None:
+            m += self.ef
+        agg.encode(m)
+        if self.ef is not None:
+            k = max(1, agg.own_nonzeros())
+            np.subtract(m, agg.own_deltas(float(np.abs(m).sum()) / k), out=self.ef)
+
+    def step(self) -> Stop | None:
+        gam = self.gamma(self.nit)
+        g = self.local_gradient()
+        self.encode(g, gam)                    # e_p = packed sign code of m_p
+        self.agg.aggregate(self.nit)           # v = vote(e_1..e_P), the same on every rank
+        self.agg.apply(self.x, gam)            # x -= gam * v
+        self.after_vote(self.x, gam)
+        if (self.ctx.debug and (self.nit + 1) % self.opts["check_every"] == 0
+                and not replicas_identical(self.comm, self.x)):
+            raise RuntimeError(f"replicas differ at iteration {self.nit + 1}")
+        return None
+
+    # -- outputs ------------------------------------------------------------------------------------
+    def polished(self, x: np.ndarray) -> np.ndarray:
+        """The reported solution: polish(x) with gamma_T = gamma of the last iteration."""
+        mode = self.opts["polish"]
+        gam = self.gamma(max(0, self.nit - 1))
+        if mode == "prox":
+            return self.problem.regularizer.prox(x.copy(), gam)
+        out = x.copy()
+        if mode == "band":
+            out[np.abs(out) <= gam] = 0.0
+        return out
+
+    def mapping_norm(self, x: np.ndarray) -> float:
+        """Collective: ||G(x)||_1 = ||x - prox_{gam r}(x - gam grad d(x))||_1 / gam, full batch."""
+        gam = self.gamma(max(0, self.nit - 1))
+        _, g = self.problem.full_grad(x)
+        u = self.problem.regularizer.prox(x - gam * g, gam)
+        return float(np.abs(x - u).sum() / gam)
+
+    def values(self) -> dict[str, Any]:
+        p, fstar, it = self.problem, self.problem.reference_objective, self.nit
+        f = p.objective(self.x)
+        vals: dict[str, Any] = {"objective": f, "bytes_sent": sign_bytes(self.comm), "bytes_iter": self.agg.last_bytes,
+                                "nnz": np.count_nonzero(self.x), "step": self.gamma(max(0, it - 1))}
+        if fstar is not None:
+            vals["gap"] = f - fstar
+        if self.opts["polish"] != "none":
+            xp = self.polished(self.x)
+            fp = p.objective(xp)
+            vals["objective_polished"] = fp
+            vals["nnz_polished"] = np.count_nonzero(xp)
+            if fstar is not None:
+                vals["gap_polished"] = fp - fstar
+        if self.opts["mapping_norm"]:
+            vals["mapping_norm_l1"] = self.mapping_norm(self.x)
+        metrics = getattr(p, "metrics", None)   # optional problem-specific values (e.g. PSNR)
+        if metrics is not None:
+            vals.update(metrics(self.x))
+        return vals
+
+    def finish(self, stop: Stop) -> R.OptimizeResult:
+        p, x, comm = self.problem, self.x, self.comm
+        if self.ctx.debug and not replicas_identical(comm, x):
+            raise RuntimeError(f"replicas differ at the end (iteration {self.nit})")
+        xp = self.polished(x)
+        fun = p.objective(xp)
+        fun_raw = p.objective(x)
+        fstar = p.reference_objective
+        return R.make_result(
+            xp, fun, self.nit, stop.status, stop.message, x_raw=x.copy(), fun_raw=fun_raw,
+            solution={"x": xp, "x_raw": x.copy()},
+            nnz=int(np.count_nonzero(xp)), nnz_raw=int(np.count_nonzero(x)),
+            bytes_sent=sign_bytes(comm), bytes_sent_all=comm.stats.bytes_sent, bytes_per_iteration=self.agg.last_bytes,
+            payload_bytes_per_element=self.agg.payload_bytes / max(1, self.n), aggregator=self.method,
+            mapping_norm_l1=self.mapping_norm(x), reference_objective=fstar,
+            gap=None if fstar is None else fun - fstar,
+            **(p.metrics(xp) if hasattr(p, "metrics") else {}))
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any] | None:
+        rngs = self.streams.state()
+        ef = self.comm.gatherv_rows(self.ef[None, :]) if self.ef is not None else None
+        if self.comm.rank != 0:
+            return None
+        state = {"x": self.x.copy(), "t": self.nit, "rng": rngs, "n_ranks": self.comm.size}
+        if ef is not None:
+            state["error_feedback"] = ef
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        x = np.asarray(state["x"], dtype=np.float64)
+        if x.shape != self.x.shape:
+            raise CheckpointError(f"checkpoint x has {x.size} variables, problem has {self.x.size}")
+        self.x[:] = x
+        self.nit = int(state["t"])
+        same = self.streams.load(state["rng"], state["n_ranks"], self.nit)
+        if self.ef is not None:
+            ef = state.get("error_feedback")
+            if ef is not None and same:
+                self.ef[:] = np.asarray(ef)[self.comm.rank]
+            else:  # memory of another rank layout cannot be split: restart it
+                self.ef[:] = 0.0
