@@ -5,10 +5,11 @@ Run from a shell (it launches ``mpirun`` itself for the rank counts it needs):
     python benchmarks/bench_signprox.py            # full: n = 1e6, 1e7 at 2 and 4 ranks; T = 1000
     python benchmarks/bench_signprox.py --quick    # fewer repetitions, T = 400
 
-(a) communication: one whole iteration without the gradient (message with prox, pack, vote
-    collective, apply; cache-blocked as in the solver) for each aggregator, against the fp32 path of
-    prox_sgd (cast to fp32, Allreduce, x <- prox(x - step g), also cache-blocked), and both without
-    cache blocking for reference. Medians and best of R repetitions; bytes this rank sent per
+(a) iteration cost: ``solver.step()`` of each solver, built as ``python -m mpiopt.run`` builds it, on one
+    generated sparse logistic problem with n features (64 samples per rank, ~1000 nonzeros per sample):
+    signprox with each aggregator and code, signsgd_mv, against prox_sgd (fp32 Allreduce). Each step is
+    split into the minibatch gradient (timed alone), the collective (time inside it, waiting included)
+    and the local O(n) work (the rest). Medians and best of R repetitions; bytes this rank sent per
     iteration and per element, counted by comm.stats from the buffers actually sent.
 (b) convergence: generated sparse logistic + L1 at 4 ranks; signprox, prox_sgd, signsgd_mv and
     sign_then_prox for T iterations, each with the best step0 of a small grid; objective gap
@@ -35,113 +36,80 @@ def _emit(comm, record: dict) -> None:
         print(TAG + json.dumps(record), flush=True)
 
 
-def worker_comm(n: int, reps: int) -> None:
+def _build(comm, solver: str, problem_values: dict, solver_values: dict, problem=None, history_every: int = 0):
+    """A run built the way ``python -m mpiopt.run`` builds it (no result file)."""
+    from mpiopt.runner import build_run, resolve_spec
+    values = [(f"problem.{k}", v, "bench") for k, v in problem_values.items()]
+    values += [(f"solver.{k}", v, "bench") for k, v in solver_values.items()]
+    values += [("run.seed", 0, "bench"), ("run.progress", "none", "bench"),
+               ("run.history_every", history_every, "bench")]
+    spec = resolve_spec(solver, "logistic", values, default_out=False)
+    return build_run(spec, comm, quiet=True, write_result=False, problem=problem)
+
+
+# the paths compared in (a): label -> (solver, solver options)
+PATHS = {
+    "fp32_allreduce": ("prox_sgd", {"schedule": "const", "step0": 1e-3}),
+    "1bit_allgather": ("signprox", {"aggregator": "allgather", "schedule": "const", "step0": 1e-3}),
+    "1bit_twophase": ("signprox", {"aggregator": "twophase", "schedule": "const", "step0": 1e-3}),
+    "1bit_int8_allreduce": ("signprox", {"aggregator": "int8_allreduce", "schedule": "const", "step0": 1e-3}),
+    "ternary_allgather": ("signprox", {"encoding": "ternary", "schedule": "const", "step0": 1e-3}),
+    "1bit_signsgd_mv": ("signsgd_mv", {"schedule": "const", "step0": 1e-3}),
+}
+
+
+def worker_comm(n: int, reps: int, nnz_per_sample: int = 1000) -> None:
+    """Time ``solver.step()`` (one whole iteration as the solvers run it) for each path on one
+    generated sparse logistic problem with ``n`` features, and split it into the minibatch gradient,
+    the collective and the local O(n) work."""
     from mpi4py import MPI
 
     from mpiopt.comm import Comm
-    from mpiopt.comm.signs import SignAggregator, sign_bytes
-    from mpiopt.kernels import all_finite
-    from mpiopt.prox import L1, gradient_mapping, prox_step
 
     comm = Comm(MPI.COMM_WORLD)
-    rng = np.random.default_rng([1, comm.rank])
-    reg = L1(1e-3)
-    g = rng.standard_normal(n)
-    x0 = np.random.default_rng(2).standard_normal(n) * 0.01
-    gam = 1e-3
-
-    def timed(step, comm_tags) -> dict:
-        times, ctimes = [], []
-        step()  # warm-up: page faults, MPI buffers
+    prob_values = {"n_samples": 64 * comm.size, "n_features": n, "density": min(1.0, nnz_per_sample / n),
+                   "support": 0.05, "l1": 1e-3, "reference": "no"}
+    problem = None
+    for label, (solver, sopts) in PATHS.items():
+        run = _build(comm, solver, prob_values, {**sopts, "max_iter": 10 ** 9, "mapping_norm": False}
+                     if solver != "prox_sgd" else {**sopts, "max_iter": 10 ** 9}, problem=problem)
+        problem = run.problem
+        s, p = run.solver, run.problem
+        idx = np.random.default_rng(comm.rank).integers(0, max(1, p.n_local), size=64)
+        gbuf = np.empty(p.n_vars)
+        comm_tags = ("gradient", "sign_allgather", "sign_alltoall", "sign_int8_allreduce")
+        times, ctimes, gtimes = [], [], []
+        s.step()  # warm-up: page faults, MPI buffers
         for _ in range(reps):
+            comm.Barrier()
+            t0 = time.perf_counter()
+            p.batch_grad(s.x, idx, out=gbuf)
+            gtimes.append(time.perf_counter() - t0)
             comm.Barrier()
             c0 = sum(comm.stats.time_by_op[t] for t in comm_tags)
             b0 = comm.stats.bytes_sent
             t0 = time.perf_counter()
-            step()
+            s.step()
             times.append(time.perf_counter() - t0)
             ctimes.append(sum(comm.stats.time_by_op[t] for t in comm_tags) - c0)
             nbytes = comm.stats.bytes_sent - b0
-        mx = comm.allreduce_array([float(np.median(times)), min(times), float(np.median(ctimes)), min(ctimes)],
-                                  op=MPI.MAX)
-        return {"median_ms": 1e3 * mx[0], "best_ms": 1e3 * mx[1], "comm_median_ms": 1e3 * mx[2],
-                "comm_best_ms": 1e3 * mx[3], "bytes_per_iter": int(nbytes), "bytes_per_elem": nbytes / n}
-
-    # fp32 baseline: prox_sgd's iteration without the gradient (cast, Allreduce, x <- prox(x - step g)
-    # block by block, finiteness check), exactly the calls prox_sgd makes
-    x = x0.copy()
-    wire = np.empty(n, dtype=np.float32)
-    scratch = np.empty(n)
-
-    def fp32_step():
-        wire[:] = g
-        comm.Allreduce(MPI.IN_PLACE, wire, tag="gradient")
-        prox_step(reg, x, wire, gam, scratch)
-        all_finite(x)
-
-    rec = timed(fp32_step, ["gradient"])
-    _emit(comm, {"kind": "comm", "n": n, "P": comm.size, "method": "fp32_allreduce", **rec, "payload_per_elem": 4.0})
-
-    # the same with whole-vector passes (prox_sgd before cache blocking), for reference
-    x = x0.copy()
-    gg = np.empty(n)
-
-    def fp32_unblocked_step():
-        wire[:] = g
-        comm.Allreduce(MPI.IN_PLACE, wire, tag="gradient")
-        gg[:] = wire
-        np.subtract(x, gam * gg, out=x)
-        reg.prox(x, gam, out=x)
-        np.isfinite(x).all()
-
-    rec = timed(fp32_unblocked_step, ["gradient"])
-    _emit(comm, {"kind": "comm", "n": n, "P": comm.size, "method": "fp32_allreduce_unblocked", **rec,
-                 "payload_per_elem": 4.0})
-
-    tags = ["sign_allgather", "sign_alltoall", "sign_int8_allreduce"]
-    for encoding, method in (("1bit", "allgather"), ("1bit", "twophase"), ("1bit", "int8_allreduce"),
-                             ("ternary", "allgather"), ("ternary", "twophase"), ("1bit", "allgather_unblocked")):
-        agg = SignAggregator(comm, n, encoding, method.replace("_unblocked", ""), "zero", seed=0)
-        x = x0.copy()
-        whole = method == "int8_allreduce" or method.endswith("_unblocked")
-        m = np.empty(n) if whole else None
-        work = np.empty(n) if whole else None
-
-        def sign_step():
-            # signprox's iteration without the gradient: message with prox, code, vote, apply
-            if whole:
-                gradient_mapping(reg, x, g, gam, m, work)
-                agg.encode(m)
-            else:
-                agg.encode_blocks(lambda lo, hi, out, w: gradient_mapping(reg, x[lo:hi], g[lo:hi], gam, out, w))
-            agg.aggregate(0)
-            agg.apply(x, gam)
-
-        rec = timed(sign_step, tags)
-        _emit(comm, {"kind": "comm", "n": n, "P": comm.size, "method": f"{encoding}_{method}", **rec,
-                     "payload_per_elem": agg.payload_bytes / n, "sign_bytes_total": sign_bytes(comm)})
-        del agg
+        med = [float(np.median(v)) for v in (times, ctimes, gtimes)]
+        mx = comm.allreduce_array([med[0], min(times), med[1], min(ctimes), med[2]], op=MPI.MAX)
+        payload = getattr(getattr(s, "agg", None), "payload_bytes", 4 * n) / n
+        _emit(comm, {"kind": "comm", "n": n, "P": comm.size, "method": label, "median_ms": 1e3 * mx[0],
+                     "best_ms": 1e3 * mx[1], "comm_median_ms": 1e3 * mx[2], "comm_best_ms": 1e3 * mx[3],
+                     "grad_median_ms": 1e3 * mx[4], "bytes_per_iter": int(nbytes), "bytes_per_elem": nbytes / n,
+                     "payload_per_elem": payload})
+        del run, s
 
 
 def worker_conv(T: int, n_samples: int, n_features: int) -> None:
     from mpi4py import MPI
 
     from mpiopt.comm import Comm
-    from mpiopt.context import RunContext
-    from mpiopt.problems.linear import Logistic
-    from mpiopt.registry import get_solver, load_builtins
 
-    load_builtins()
     comm = Comm(MPI.COMM_WORLD)
-    popts = {o.name: o.default for o in Logistic.options}
-    popts.update(n_samples=n_samples, n_features=n_features, density=0.05, support=0.05, l1=2e-3)
-    problem = Logistic(popts, comm)
-    problem.setup()
-    problem.compute_reference()
-    fstar = problem.reference_objective
-    nnz_star = int(np.count_nonzero(np.abs(problem.reference_x) > 1e-8))
-    _emit(comm, {"kind": "problem", "fstar": fstar, "nnz_star": nnz_star, "n": n_features, "N": n_samples,
-                 "P": comm.size, "T": T})
+    prob_values = {"n_samples": n_samples, "n_features": n_features, "density": 0.05, "support": 0.05, "l1": 2e-3}
     # label -> (solver, step0 grid, extra options)
     grids = {"prox_sgd": ("prox_sgd", [2.0, 4.0, 8.0, 16.0, 32.0], {}),
              "signprox": ("signprox", [0.025, 0.05, 0.1, 0.2], {}),
@@ -149,24 +117,29 @@ def worker_conv(T: int, n_samples: int, n_features: int) -> None:
              "signprox_ternary": ("signprox", [0.1, 0.2], {"encoding": "ternary"}),
              "signsgd_mv": ("signsgd_mv", [0.025, 0.05, 0.1, 0.2], {}),
              "sign_then_prox": ("sign_then_prox", [0.025, 0.05, 0.1], {})}
+    problem = None
     for label, (name, steps, extra) in grids.items():
-        cls = get_solver(name)
         for step0 in steps:
-            comm.stats.reset()
-            ctx = RunContext(comm, {"seed": 0, "progress": "none", "history_every": max(1, T // 20)}, quiet=True)
-            sopts = {o.name: o.default for o in cls.options}
-            sopts.update(max_iter=T, step0=step0, **extra)
-            if "mapping_norm" in sopts:
+            sopts = {"max_iter": T, "step0": step0, **extra}
+            if name != "prox_sgd":
                 sopts["mapping_norm"] = False
+            run = _build(comm, name, prob_values, sopts, problem=problem, history_every=max(1, T // 20))
+            if problem is None:
+                problem = run.problem
+                fstar = problem.reference_objective
+                nnz_star = int(np.count_nonzero(np.abs(problem.reference_x) > 1e-8))
+                _emit(comm, {"kind": "problem", "fstar": fstar, "nnz_star": nnz_star, "n": n_features,
+                             "N": n_samples, "P": comm.size, "T": T})
+            comm.stats.reset()
             t0 = time.perf_counter()
-            res = cls(problem, sopts, ctx).solve()
+            res = run.execute(install_signals=False)
             wall = time.perf_counter() - t0
             alg = {op: b for op, b in comm.stats.bytes_by_op.items() if op == "gradient" or op.startswith("sign_")}
-            hist = ctx.history
+            hist = res.history
             _emit(comm, {"kind": "conv", "solver": label, "step0": step0, "gap": res.fun - fstar,
                          "gap_raw": res.get("fun_raw", res.fun) - fstar, "nnz": int(np.count_nonzero(res.x)),
                          "bytes": int(sum(alg.values())), "wall": wall,
-                         "hist_iter": hist.get("iteration", []), "hist_gap": hist.get("gap", [])})
+                         "hist_iter": list(hist.get("iteration", [])), "hist_gap": list(hist.get("gap", []))})
 
 
 # -- driver -------------------------------------------------------------------------------------------
@@ -187,15 +160,16 @@ def launch(P: int, args: list[str], timeout: float) -> list[dict]:
 
 
 def report_comm(records: list[dict]) -> list[dict]:
-    print("\n(a) whole iteration without the gradient, as the solvers run it:"
-          "\n    sign = message with prox, made and packed block by block + vote collective + apply (signprox);"
-          "\n    fp32 = cast + Allreduce + x <- prox(x - step g) block by block + finiteness check (prox_sgd)."
-          "\n    *_unblocked = the same with whole-vector numpy passes (both solvers before cache blocking)."
-          "\n    ms = max over ranks of the per-rank median (best) of the repetitions; comm = time inside the"
-          "\n    collective (includes waiting for the other ranks); B/elem = bytes this rank sent per element."
-          "\n    speedup = fp32_allreduce (blocked prox_sgd step) / method; target: >= 2 at n = 1e7, P = 4.")
-    print(f"{'n':>9} {'P':>2} {'method':<26} {'median ms':>10} {'best ms':>9} {'comm med':>9} {'local med':>9} "
-          f"{'B/elem sent':>11} {'payload B/el':>12} {'speedup med':>11} {'speedup best':>12} {'bytes x':>8}")
+    print("\n(a) one whole iteration, solver.step() as the solvers run it:"
+          "\n    sign paths = gradient + message with prox, packed block by block + vote collective + apply;"
+          "\n    fp32_allreduce = gradient + cast + Allreduce + x <- prox(x - step g) (prox_sgd)."
+          "\n    ms = max over ranks of the per-rank median (best) of the repetitions; grad = minibatch gradient"
+          "\n    timed alone; comm = time inside the collective (includes waiting for the other ranks);"
+          "\n    local = median - grad - comm; B/elem = bytes this rank sent per element."
+          "\n    speedup = fp32_allreduce / method; target: >= 2 at n = 1e7, P = 4 (shared memory).")
+    print(f"{'n':>9} {'P':>2} {'method':<22} {'median ms':>10} {'best ms':>9} {'grad':>7} {'comm med':>9} "
+          f"{'local med':>9} {'B/elem sent':>11} {'payload B/el':>12} {'speedup med':>11} {'speedup best':>12} "
+          f"{'bytes x':>8}")
     rows = []
     for (n, P) in sorted({(r["n"], r["P"]) for r in records}):
         grp = [r for r in records if r["n"] == n and r["P"] == P]
@@ -204,11 +178,11 @@ def report_comm(records: list[dict]) -> list[dict]:
             sp_med = base["median_ms"] / r["median_ms"]
             sp_best = base["best_ms"] / r["best_ms"]
             bx = base["bytes_per_iter"] / r["bytes_per_iter"] if r["bytes_per_iter"] else float("nan")
-            local = r["median_ms"] - r["comm_median_ms"]
+            local = r["median_ms"] - r["comm_median_ms"] - r["grad_median_ms"]
             rows.append({**r, "speedup_median": sp_med, "speedup_best": sp_best, "bytes_ratio": bx,
                          "local_median_ms": local})
-            print(f"{n:>9.0e} {P:>2} {r['method']:<26} {r['median_ms']:>10.1f} {r['best_ms']:>9.1f} "
-                  f"{r['comm_median_ms']:>9.1f} {local:>9.1f} {r['bytes_per_elem']:>11.4f} "
+            print(f"{n:>9.0e} {P:>2} {r['method']:<22} {r['median_ms']:>10.1f} {r['best_ms']:>9.1f} "
+                  f"{r['grad_median_ms']:>7.1f} {r['comm_median_ms']:>9.1f} {local:>9.1f} {r['bytes_per_elem']:>11.4f} "
                   f"{r['payload_per_elem']:>12.4f} {sp_med:>11.2f} {sp_best:>12.2f} {bx:>8.1f}")
     return rows
 

@@ -179,10 +179,13 @@ def _find_resume(spec: RunSpec, ckpts: Any) -> Any:
 
 
 def build_run(spec: RunSpec, comm: Any = None, *, verbose: bool = False, quiet: bool = False,
-              write_result: bool = True) -> Run:
+              write_result: bool = True, problem: Any = None) -> Run:
     """Collective: check every input, find the resume target, set up the problem, create the result
     file (rank 0, when ``write_result``), build the context and the solver and load the resume state.
-    Bad input raises :class:`InputError` on every rank before any heavy work."""
+    Bad input raises :class:`InputError` on every rank before any heavy work.
+
+    ``problem``: an already set-up problem of ``spec.problem`` with the same ``problem.*`` settings
+    to reuse (sweeps and benchmarks that run several solvers on one data set)."""
     from .comm import collective_check, world
     from .context import RunContext
     from .io.checkpoint import CheckpointManager
@@ -212,15 +215,18 @@ def build_run(spec: RunSpec, comm: Any = None, *, verbose: bool = False, quiet: 
         say(f"no checkpoint in {run['checkpoint_dir']}: starting a new run")
 
     # 2. data: each rank loads or generates its shard; one error message for all ranks
-    problem = problem_cls(cfg["problem"], comm)
-    t_setup = time.perf_counter()
-    collective_check(comm, problem.setup)
-    say(f"problem: {problem.describe()} (set up in {time.perf_counter() - t_setup:.2f}s)")
-    if verbose:
-        local = getattr(problem, "n_local", None)
-        print(f"[rank {rank}] set up in {time.perf_counter() - t_setup:.2f}s"
-              + (f", {local} local samples" if local is not None else ""), flush=True)
-    problem.compute_reference()
+    if problem is None:
+        problem = problem_cls(cfg["problem"], comm)
+        t_setup = time.perf_counter()
+        collective_check(comm, problem.setup)
+        say(f"problem: {problem.describe()} (set up in {time.perf_counter() - t_setup:.2f}s)")
+        if verbose:
+            local = getattr(problem, "n_local", None)
+            print(f"[rank {rank}] set up in {time.perf_counter() - t_setup:.2f}s"
+                  + (f", {local} local samples" if local is not None else ""), flush=True)
+        problem.compute_reference()
+    elif not isinstance(problem, problem_cls) or problem.opts != cfg["problem"]:
+        raise InputError(f"build_run: the given problem is not {spec.problem!r} with these problem.* settings")
     comm.stats.reset()  # setup and reference traffic is not the solver's
     if problem.reference_objective is not None:
         say(f"reference objective F* = {problem.reference_objective:.10g}")
