@@ -4,7 +4,7 @@ Everything lives in a private state folder: munge key and socket, ``slurm.conf``
 folders, logs and pid files; daemons listen on free ports, so nothing of a system Slurm is touched.
 The daemons run in the foreground under :class:`subprocess.Popen` (munged as the ``munge`` user via
 ``setpriv``), and :meth:`SlurmCluster.stop` ends exactly those pids. Settings follow
-``shared/specs/platform.md``: linuxproc proctrack, no task plugin, cons_tres, no accounting,
+what was measured on these machines: linuxproc proctrack, no task plugin, cons_tres, no accounting,
 ``config_overrides`` so the node advertises more CPUs than it has, ``MinJobAge`` so finished jobs
 stay visible to ``scontrol``.
 """

@@ -1,6 +1,7 @@
 """Abort-on-exception: an exception on any rank ends the whole job with a message and an exit code.
 
-An unhandled Python exception on one rank otherwise hangs the other ranks forever (platform.md).
+An unhandled Python exception on one rank otherwise hangs the other ranks forever
+(under every MPI tried: MPICH, Open MPI; see docs/mpi.md).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """``Comm``: a thin wrapper of an mpi4py communicator with polite waits and byte accounting.
 
 Ranks waiting in MPI busy-spin; with more ranks than cores that starves the ranks doing work
-(platform.md). Every blocking collective here is a non-blocking call completed by
+(measured: docs/mpi.md). Every blocking collective here is a non-blocking call completed by
 :func:`polite_wait`: a short yielding spin, then sleeps with a growing back-off (up to 1 ms).
 """
 from __future__ import annotations

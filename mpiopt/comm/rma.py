@@ -1,6 +1,6 @@
 """One-sided (RMA) windows that work while the target computes.
 
-Measured on these machines (platform.md): with MPICH, ``Win.Lock``/``Unlock`` waits until the target
+Measured with MPICH (docs/mpi.md), ``Win.Lock``/``Unlock`` waits until the target
 enters MPI, and ``Win.Create`` windows stall even under NOCHECK. What works, and what this module
 does: memory from ``Win.Allocate`` (or ``Win.Allocate_shared`` on one node), ONE
 ``Lock_all(MODE_NOCHECK)`` epoch for the window's lifetime, ``Flush(target)`` after each operation,

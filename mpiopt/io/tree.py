@@ -11,7 +11,7 @@ _COMPRESS_MIN = 4096  # elements; smaller arrays are stored contiguous
 
 
 def dataset_kwargs(arr: np.ndarray) -> dict:
-    """Chunked, gzip + shuffle + fletcher32 for large arrays (platform.md conventions)."""
+    """Chunked, gzip + shuffle + fletcher32 for large arrays (HDF5 conventions in docs/mpi.md)."""
     if arr.size >= _COMPRESS_MIN and arr.dtype.kind in "biuf":
         return dict(compression="gzip", compression_opts=1, shuffle=True, fletcher32=True, chunks=True)
     return {}

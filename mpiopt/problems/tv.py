@@ -1,4 +1,4 @@
-"""Total-variation image denoising from K noisy copies sharded by rank (spec signprox.md sec. 12):
+"""Total-variation image denoising from K noisy copies sharded by rank:
 
     min_x (1/K) sum_k 0.5 ||x - y_k||^2 + lam * TV_aniso(x)
 
