@@ -1,5 +1,5 @@
 """Balanced cuts of one dimension into blocks, strata of a block grid and the cyclic stratum order
-(HAMSI spec sections 3.1-3.3)."""
+(as in the HAMSI reference code)."""
 from __future__ import annotations
 
 import numpy as np

@@ -9,17 +9,19 @@ on the HAMSI block grid.
          times in one minibatch moves by the mean of its updates)
     lr = lr0 / (1 + decay * epoch)
 
-The column block a rank updates comes from its home rank and goes back after the stratum (same
-ring exchange as HAMSI). Random streams are keyed by (seed, epoch, stratum, block): no RNG state
-to save, and the same iterates at any rank count for a fixed ``solver.blocks``.
+One solver step is one epoch. The column block a rank updates comes from its home rank and goes
+back after the stratum (same ring exchange as HAMSI). Random streams are keyed by (seed, epoch,
+stratum, block), not by rank: there is no generator state to checkpoint, and a fixed
+``solver.blocks`` gives the same iterates at any rank count.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..mf.solver import MFSolver, common_options
 from ..options import Option
 from ..registry import register_solver
+from .base import Stop
+from .mf_base import MFSolver, common_options
 
 
 @register_solver("dsgd")
@@ -37,55 +39,57 @@ class DSGD(MFSolver):
         super().__init__(problem, options, ctx)
         mf, lam = self.mf, self.lam
         uniform = problem.opts["reg"] == "uniform"
-        self.row_lam, self.col_lam = [], []
-        for t, b in enumerate(mf.groups):
+        self.row_lam = []
+        for b in mf.groups:
             rc = problem.row_counts[mf.rcuts[b]:mf.rcuts[b + 1]]
             self.row_lam.append(lam / np.maximum(rc, 1) if uniform else np.full(rc.size, lam))
         self.col_lam_all = (lam / np.maximum(problem.col_counts, 1) if uniform
                             else np.full(problem.col_counts.size, lam))
 
-    def run_epoch(self):
-        o, mf = self.opts, self.mf
-        x = mf.x
-        lr = o["lr"] / (1.0 + o["decay"] * self.epoch)
-        order = np.random.default_rng([self.seed, 0xD5, self.epoch]).permutation(mf.nb)
-        for s in order:
-            s = int(s)
-            Bs = mf.fetch(s, x)
-            for t, b in enumerate(mf.groups):
-                c = (b - s) % mf.nb
-                rng = np.random.default_rng([self.seed, self.epoch, s, b])
-                self._sgd_block(mf.blocks[s][t], mf.A(x, t), Bs[t], lr, rng, self.row_lam[t],
-                                self.col_lam_all[mf.ccuts[c]:mf.ccuts[c + 1]])
-            mf.send_home(s, Bs, x)
-        return None
+    def step(self) -> Stop | None:
+        """One epoch: every stratum once, in a seeded order."""
+        epoch = self.nit
+        with self.timed():
+            lr = self.opts["lr"] / (1.0 + self.opts["decay"] * epoch)
+            for s in np.random.default_rng([self.seed, 0xD5, epoch]).permutation(self.mf.nb):
+                self.stratum_step(int(s), epoch, lr)
+        return self.end_epoch()
 
-    def _sgd_block(self, blk, A, B, lr, rng, lam_r, lam_c) -> None:
+    def stratum_step(self, s: int, epoch: int, lr: float) -> None:
+        """SGD on every block of stratum ``s`` (this rank's blocks; column blocks via the ring)."""
+        mf = self.mf
+        x = mf.x
+        Bs = mf.fetch(s, x)
+        for t, b in enumerate(mf.groups):
+            c = (b - s) % mf.nb
+            rng = np.random.default_rng([self.seed, epoch, s, b])
+            self.sgd_block(mf.blocks[s][t], mf.A(x, t), Bs[t], lr, rng, self.row_lam[t],
+                           self.col_lam_all[mf.ccuts[c]:mf.ccuts[c + 1]])
+        mf.send_home(s, Bs, x)
+
+    def sgd_block(self, blk, A, B, lr, rng, lam_r, lam_c) -> None:
         if blk.nnz == 0:
             return
         perm = rng.permutation(blk.nnz)
         bs = self.opts["batch_size"]
         with np.errstate(over="ignore", invalid="ignore"):   # divergence shows up as a NaN objective
-            self._sgd_batches(blk, A, B, lr, perm, bs, lam_r, lam_c)
-
-    def _sgd_batches(self, blk, A, B, lr, perm, bs, lam_r, lam_c) -> None:
-        for lo in range(0, blk.nnz, bs):
-            idx = perm[lo:lo + bs]
-            i, j = blk.i[idx], blk.j[idx]
-            Ai, Bj = A[i], B[j]
-            err = np.einsum("ij,ij->i", Ai, Bj) - blk.v[idx]
-            gA = err[:, None] * Bj
-            gB = err[:, None] * Ai
-            if self.lam > 0:
-                gA += lam_r[i][:, None] * Ai
-                gB += lam_c[j][:, None] * Bj
-            # a row met several times in one minibatch takes the mean of its updates (a sum would
-            # multiply the step by the multiplicity and diverge on popular rows/columns)
-            _add_mean(A, i, gA, -lr)
-            _add_mean(B, j, gB, -lr)
+            for lo in range(0, blk.nnz, bs):
+                idx = perm[lo:lo + bs]
+                i, j = blk.i[idx], blk.j[idx]
+                Ai, Bj = A[i], B[j]
+                err = np.einsum("ij,ij->i", Ai, Bj) - blk.v[idx]
+                gA = err[:, None] * Bj
+                gB = err[:, None] * Ai
+                if self.lam > 0:
+                    gA += lam_r[i][:, None] * Ai
+                    gB += lam_c[j][:, None] * Bj
+                # a row met several times in one minibatch takes the mean of its updates (a sum would
+                # multiply the step by the multiplicity and diverge on popular rows/columns)
+                add_mean(A, i, gA, -lr)
+                add_mean(B, j, gB, -lr)
 
 
-def _add_mean(F: np.ndarray, idx: np.ndarray, G: np.ndarray, scale: float) -> None:
+def add_mean(F: np.ndarray, idx: np.ndarray, G: np.ndarray, scale: float) -> None:
     """F[r] += scale * (mean of the rows G[idx == r]) for every distinct r in idx (sort + reduceat;
     np.add.at on 2-D rows is an order of magnitude slower)."""
     order = np.argsort(idx, kind="stable")
@@ -95,4 +99,3 @@ def _add_mean(F: np.ndarray, idx: np.ndarray, G: np.ndarray, scale: float) -> No
     cnt = np.diff(np.append(starts, s.size))
     sums *= (scale / cnt)[:, None]
     F[s[starts]] += sums
-
