@@ -10,6 +10,7 @@ MAX_TIME = 2           # wall-time budget used up
 CALLBACK_STOP = 3      # the callback raised StopIteration
 INTERRUPTED = 4        # SIGTERM / SIGINT
 FAILED = -1            # numerical failure (NaN, divergence)
+NO_STOP = -100         # "no stop": the one sentinel where a status must be a number (flags on the wire)
 
 STATUS_NAMES = {
     CONVERGED: "converged",

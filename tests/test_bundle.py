@@ -15,6 +15,7 @@ from mpiopt.options import resolve
 from mpiopt.problems.block_lp import BlockLPDual
 from mpiopt.problems.oracle import DelayModel
 from mpiopt.problems.polyhedral import Polyhedral
+from mpiopt.result import CONVERGED, MAX_ITER, MAX_TIME
 
 
 def make_problem(cls=Polyhedral, **sets):
@@ -129,7 +130,7 @@ def test_simulated_runs_bracket_fstar_and_keep_invariants(poly, variant, rule):
     p = poly
     fstar = p.reference_objective
     M, res = run_sim(p, variant, rtol=1e-6, **RULES[rule])
-    assert M.status == "converged" and M.stop_rule == "gap"
+    assert M.status == CONVERGED and M.stop_rule == "gap"
     assert M.f_low <= fstar + 1e-7 <= M.f_up + 2e-7
     assert M.gap <= 1e-6 * abs(M.f_up) + 1e-12
     fb = p.evaluate(M.x_best)
@@ -166,7 +167,7 @@ def test_simulation_is_deterministic_and_async_variants_differ_from_sync(poly):
 
 def test_unbatched_and_workers_owning_several_components(poly):
     M, _ = run_sim(poly, "upper_model", workers=3, batch=False, rtol=1e-5)
-    assert M.status == "converged"
+    assert M.status == CONVERGED
     assert M.f_low <= poly.reference_objective + 1e-7 <= M.f_up + 1e-7
     assert M.evals.sum() == M.answers * 2             # every answer carries two components
 
@@ -176,7 +177,7 @@ def test_master_rejects_oracle_answers_after_stop(poly):
     M = LevelBundleMaster(p.n_vars, p.m, p.lower, p.upper, p.lipschitz, [[i] for i in range(p.m)], Params())
     reqs = M.start()
     assert len(reqs) == p.m and not M.idle.any()
-    M.stop("max_time", "budget")
+    M.stop(MAX_TIME, "budget")
     o = p.make_oracle(0)
     fl, g, fu = o(reqs[0].x, 0)
     M.receive([Answer(0, 0, -1, np.array([0]), np.array([fl]), np.array([fu]), g[None])])
@@ -206,7 +207,7 @@ def test_block_lp_dual_bounds_and_inexact_oracles():
     p = make_problem(BlockLPDual, n=20, m=4, block_size=12)
     fstar = p.reference_objective
     M, _ = run_sim(p, "coordination", rtol=1e-6)
-    assert M.status == "converged" and M.f_low <= fstar + 1e-6 <= M.f_up + 1e-6
+    assert M.status == CONVERGED and M.f_low <= fstar + 1e-6 <= M.f_up + 1e-6
     q = make_problem(BlockLPDual, n=15, m=3, block_size=8, integer=True)
     assert q.reference_objective is None and not q.exact
     o = q.make_oracle(0)
@@ -219,7 +220,7 @@ def test_block_lp_dual_bounds_and_inexact_oracles():
         fy = o(y, 0.0)[2]
         assert fl + g @ (y - lam) <= fy + 1e-6
     Mi, _ = run_sim(q, "sync", rtol=1e-6)
-    assert Mi.status == "converged" and Mi.stop_rule in ("gap", "inexactness")
+    assert Mi.status == CONVERGED and Mi.stop_rule in ("gap", "inexactness")
     assert Mi.f_low <= Mi.f_up
 
 
@@ -228,7 +229,7 @@ def test_projected_subgradient_master_converges_slowly(poly):
     S = SubgradientMaster(p.n_vars, p.m, p.lower, p.upper, [[i] for i in range(p.m)],
                           fstar=p.reference_objective, max_iter=300)
     simulate(S, [p.make_oracle(i) for i in range(p.m)], DelayModel(p.m))
-    assert S.status == "max_iter"
+    assert S.status == MAX_ITER
     assert S.f_low <= p.reference_objective <= S.f_up
     assert S.f_up - p.reference_objective < 0.05 * abs(p.reference_objective)
 
@@ -242,7 +243,7 @@ def test_bad_box_is_an_input_error():
 def test_midcycle_compression_keeps_projection_monotone_and_bounds_valid(poly):
     M, _ = run_sim(poly, "coordination", rtol=1e-4, max_cuts=3, cut_cap=2.0)
     assert M.n_midcycle_compressions > 0 and M.model.counts().max() <= 3 * 2 + poly.m
-    assert M.status == "converged"
+    assert M.status == CONVERGED
     assert M.f_low <= poly.reference_objective + 1e-7 <= M.f_up + 1e-7
     tr = M.trace.array()
     for c in np.unique(tr["cycle"]):
@@ -253,13 +254,13 @@ def test_midcycle_compression_keeps_projection_monotone_and_bounds_valid(poly):
 def test_min_batch_gathers_answers_before_a_qp(poly):
     M1, _ = run_sim(poly, "coordination", rtol=1e-5, qp_lazy=False)
     M4, _ = run_sim(poly, "coordination", rtol=1e-5, min_batch=4, qp_lazy=False)
-    assert M4.status == "converged" and M4.f_low <= poly.reference_objective + 1e-7 <= M4.f_up + 1e-7
+    assert M4.status == CONVERGED and M4.f_low <= poly.reference_objective + 1e-7 <= M4.f_up + 1e-7
     assert M4.k < M1.k / 2                  # about one QP per 4 answers instead of one per answer
 
 
 def test_coordination_started_at_the_laggard_still_certifies(poly):
     M, _ = run_sim(poly, "coordination", rtol=1e-5, coord_laggard=True, alpha=0.7)
-    assert M.status == "converged" and M.n_coords >= 1
+    assert M.status == CONVERGED and M.n_coords >= 1
     assert M.f_low <= poly.reference_objective + 1e-7 <= M.f_up + 1e-7
     assert poly.evaluate(M.x_best) == pytest.approx(M.f_up, rel=1e-12, abs=1e-9)
 
@@ -281,7 +282,7 @@ def test_zero_optimum_closes_the_gap_despite_qp_tolerances():
     n = m = 4
     M = LevelBundleMaster(n, m, -np.ones(n), np.ones(n), np.ones(m), [[i] for i in range(m)], Params(rtol=1e-9))
     simulate(M, [_AbsOracle(i) for i in range(m)], DelayModel(m))
-    assert M.status == "converged" and M.stop_rule == "gap" and M.k < 50
+    assert M.status == CONVERGED and M.stop_rule == "gap" and M.k < 50
     assert M.f_low <= 0.0 <= M.f_up and M.gap <= 1e-9
 
 
@@ -299,7 +300,7 @@ def test_variant_defaults_alpha_and_lazy_qps():
 def test_lazy_qps_serve_stale_oracles_the_newest_point(poly):
     M1, _ = run_sim(poly, "coordination", rtol=1e-5, qp_lazy=False)
     M2, _ = run_sim(poly, "coordination", rtol=1e-5, qp_lazy=True)
-    assert M2.status == "converged" and M2.f_low <= poly.reference_objective + 1e-7 <= M2.f_up + 1e-7
+    assert M2.status == CONVERGED and M2.f_low <= poly.reference_objective + 1e-7 <= M2.f_up + 1e-7
     assert M2.k < 0.7 * M1.k                  # fewer QPs for about as many answers
 
 
@@ -310,6 +311,6 @@ def test_pipelined_coordinations_certify_with_several_in_flight(poly):
     M = LevelBundleMaster(p.n_vars, p.m, p.lower, p.upper, p.lipschitz, [[i] for i in range(p.m)], params, x0=p.x0())
     simulate(M, [p.make_oracle(i) for i in range(p.m)], DelayModel(p.m, 1.0, 3.0, 1.0, seed=5),
              on_step=lambda t: seen.append(len(M.coords)) and False)
-    assert M.status == "converged" and max(seen) == 2
+    assert M.status == CONVERGED and max(seen) == 2
     assert M.f_low <= p.reference_objective + 1e-7 <= M.f_up + 1e-7
     assert p.evaluate(M.x_best) == pytest.approx(M.f_up, rel=1e-12, abs=1e-9)   # f_up = f at one common point

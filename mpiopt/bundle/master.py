@@ -20,20 +20,23 @@ takes f_up only from complete coordinations (every oracle answered the same poin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
 
+from .. import result as R
 from .model import CutModel, UpperModel
+from .protocol import Answer, Master, Request, Trace
 from .qp import FAILED, INFEASIBLE, LevelQP, ModelLP, aggregate_bound, box_min_linear
+
+__all__ = ["VARIANTS", "Params", "Answer", "Request", "Trace", "Coordination", "LevelBundleMaster"]
 
 VARIANTS = ("sync", "upper_model", "coordination")
 # default level parameter per variant: coordination gets its upper bounds rarely, so it lowers the level further
 # and lets infeasible QPs raise f_low without waiting for a coordination (docs/level_bundle.md, "Benchmark")
 ALPHA_DEFAULT = {"sync": 0.5, "upper_model": 0.5, "coordination": 0.95}
 QP_LAZY_DEFAULT = {"sync": False, "upper_model": False, "coordination": True}
-EVAL = 1
 
 
 @dataclass
@@ -64,30 +67,6 @@ class Params:
 
 
 @dataclass
-class Request:
-    """A point sent to one worker: evaluate all its components at ``x`` to accuracy ``eta``."""
-    worker: int
-    iter_id: int
-    coord_id: int
-    eta: float
-    x: np.ndarray
-    kind: int = EVAL
-
-
-@dataclass
-class Answer:
-    """One worker's answer: per component ``comps[j]``: lower value ``fl[j]``, upper value ``fu[j]`` and
-    subgradient ``G[j]`` at the point of request ``iter_id`` (``coord_id`` >= 0 for coordination points)."""
-    worker: int
-    iter_id: int
-    coord_id: int
-    comps: np.ndarray
-    fl: np.ndarray
-    fu: np.ndarray
-    G: np.ndarray
-
-
-@dataclass
 class Coordination:
     """A coordination point z and the components' upper values there (f_up = sum fu once all are seen)."""
     id: int
@@ -96,39 +75,7 @@ class Coordination:
     fu: np.ndarray
 
 
-@dataclass
-class Trace:
-    """Per-QP log for invariant checks: iteration, cycle, bounds, level, ||x+ - xc||, flags."""
-    rows: list = field(default_factory=list)
-    names: tuple = ("k", "cycle", "f_low", "f_up", "lev", "dist", "critical", "infeasible")
-
-    def add(self, *values: float) -> None:
-        self.rows.append(values)
-
-    def array(self) -> dict[str, np.ndarray]:
-        a = np.asarray(self.rows, dtype=np.float64).reshape(-1, len(self.names))
-        return {n: a[:, j] for j, n in enumerate(self.names)}
-
-
-class MasterBounds:
-    """What every master offers its driver (the MPI loop, the simulator): phase and the bounds."""
-    phase: str
-    f_low: float
-    f_up: float
-
-    @property
-    def done(self) -> bool:
-        return self.phase == "done"
-
-    @property
-    def gap(self) -> float:
-        return self.f_up - self.f_low
-
-    def rel_gap(self) -> float:
-        return self.gap / max(1.0, abs(self.f_up))
-
-
-class LevelBundleMaster(MasterBounds):
+class LevelBundleMaster(Master):
     """Master state: bundles, bounds f_low <= f* <= f_up, level, centre, cycles, oracle bookkeeping."""
 
     def __init__(self, n: int, m: int, lower: np.ndarray, upper: np.ndarray, lipschitz: np.ndarray | None,
@@ -187,6 +134,7 @@ class LevelBundleMaster(MasterBounds):
         self.since_step = 0
         self.sent: dict[int, tuple[int, int, np.ndarray]] = {}
         self.pending = False            # x_next not yet sent (sync)
+        self.held: list[Answer] = []    # answers of the synchronous round in progress
         self.round_fl = np.zeros(self.m)
         self.round_fu = np.zeros(self.m)
         self.round_g = np.zeros((self.m, self.n))
@@ -197,10 +145,7 @@ class LevelBundleMaster(MasterBounds):
         self.coords: list[Coordination] = []   # in flight, oldest first
         self.n_coords = 0
         self.since_coord = 0
-        # outcome
-        self.status: str | None = None          # converged | max_iter | failed
-        self.stop_rule = ""
-        self.message = ""
+        self.init_outcome()
         self.trace = Trace()
 
     # -- derived quantities -------------------------------------------------------------------
@@ -211,6 +156,10 @@ class LevelBundleMaster(MasterBounds):
         """On-demand accuracy per component: kappa * alpha * gap / (2m)."""
         g = self.gap
         return self.p.kappa * self.p.alpha * g / (2 * self.m) if math.isfinite(g) else math.inf
+
+    @property
+    def n_cuts(self) -> int:
+        return int(self.model.count)
 
     # -- driver interface -----------------------------------------------------------------------
     def start(self) -> list[Request]:
@@ -229,6 +178,13 @@ class LevelBundleMaster(MasterBounds):
         busy_seq = self.sent_seq[~self.idle]
         oldest = busy_seq.min() if busy_seq.size else -1
         self._laggard_answered = any(self.sent_seq[a.worker] == oldest for a in answers)
+        if self.phase == "init" or self.p.variant == "sync":
+            # a synchronous round: its cuts enter the model in worker order once every worker has
+            # answered, so the run does not depend on the order in which the answers arrived
+            self.held.extend(answers)
+            if len(self.held) < self.W:
+                return
+            answers, self.held = sorted(self.held, key=lambda a: a.worker), []
         points = [self._absorb(a) for a in answers]
         if self.phase == "init":
             if self.round_seen.all():
@@ -286,12 +242,6 @@ class LevelBundleMaster(MasterBounds):
             if not c.seen[self.owners[w]].all():
                 return c
         return None
-
-    def stop(self, status: str, message: str) -> None:
-        """Stop for an external reason (time budget, signal, callback, failure)."""
-        if not self.done:
-            self.phase = "done"
-            self.status, self.message, self.stop_rule = status, message, status
 
     # -- internals ------------------------------------------------------------------------------
     def _send(self, w: int, x: np.ndarray, coord_id: int) -> Request:
@@ -369,21 +319,17 @@ class LevelBundleMaster(MasterBounds):
 
     def _stop_test(self) -> bool:
         if self.gap <= self.tolerance():
-            self._finish("converged", "gap", f"gap {self.gap:.3e} <= tolerance {self.tolerance():.3e}")
+            self.finish(R.CONVERGED, "gap", f"gap {self.gap:.3e} <= tolerance {self.tolerance():.3e}")
             return True
         floor = 2.0 * float(self.latest_eta.sum()) / self.p.alpha
         if not self.exact and floor > 0 and self.gap <= floor:
-            self._finish("converged", "inexactness",
+            self.finish(R.CONVERGED, "inexactness",
                          f"gap {self.gap:.3e} <= 2 sum(eta)/alpha = {floor:.3e} (oracle accuracy floor)")
             return True
         if self.k >= self.p.max_iter:
-            self._finish("max_iter", "max_iter", f"reached max_iter={self.p.max_iter} QPs")
+            self.finish(R.MAX_ITER, "max_iter", f"reached max_iter={self.p.max_iter} QPs")
             return True
         return False
-
-    def _finish(self, status: str, rule: str, message: str) -> None:
-        self.phase = "done"
-        self.status, self.stop_rule, self.message = status, rule, message
 
     def _step(self) -> None:
         """Critical test, level, QP (repeated while infeasible), lower bounds."""
@@ -419,7 +365,7 @@ class LevelBundleMaster(MasterBounds):
                 self.trace.add(self.k, self.cycle, self.f_low, self.f_up, self.lev, math.nan, critical, 1)
                 continue
             if res.status == FAILED:
-                self._finish("failed", "qp_failed", f"level QP failed ({res.solver}: {res.info})")
+                self.finish(R.FAILED, "qp_failed", f"level QP failed ({res.solver}: {res.info})")
                 return
             if self.model.value(res.x) > self.lev + 1e-9 * max(1.0, abs(self.lev)):
                 # the QP solver accepted the level within its tolerance: settle it with the exact LP
@@ -514,5 +460,6 @@ class LevelBundleMaster(MasterBounds):
         self.idle[:] = True
         self.sent_k[:] = -1
         self.sent.clear()
+        self.held = []
         if self.phase == "run" and self.p.variant == "sync" and not self.pending:
             self.pending = True

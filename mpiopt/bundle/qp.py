@@ -3,10 +3,15 @@
 - :class:`LevelQP`: project the centre xc onto the level set {x in [l, u] : fv(x) <= lev}:
   ``min 0.5||x - xc||^2  s.t.  <g_k, x> - r_{i(k)} <= -e_k,  sum_i r_i <= lev,  l <= x <= u``.
   DAQP (dense dual active set, positive ``eps_prox``) by default, HiGHS QP as the fallback when
-  DAQP fails or is missing. Infeasible iff lev < min_X fv.
+  DAQP fails, stops at its time limit or is missing. Infeasible iff lev < min_X fv. A HiGHS solve
+  that stops at its time limit reports FAILED (the master then stops with status FAILED).
 - :func:`aggregate_bound`: the cheap lower bound min_X of the aggregate cuts built from the QP
   multipliers (a valid bound on min_X fv <= f*).
-- :class:`ModelLP`: the exact min_X fv with a persistent HiGHS model (rows added per cut).
+- :class:`ModelLP`: the exact min_X fv with a persistent HiGHS model (rows added per cut); a solve
+  that stops at its time limit gives no bound (None), the bound then stays as it was.
+
+Every solve has a time limit (:mod:`mpiopt.bundle.highs`; ``time_limit`` seconds, default the
+process-wide setting).
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from . import highs
 
 OPTIMAL, INFEASIBLE, FAILED = "optimal", "infeasible", "failed"
 BIG = 1e30
@@ -57,7 +64,7 @@ class LevelQP:
     """min 0.5||x - xc||^2 over {x in [lower, upper], fv(x) <= lev}; one call per solve (cold)."""
 
     def __init__(self, lower: np.ndarray, upper: np.ndarray, m: int, solver: str = "daqp",
-                 eps_prox: float = 1e-6, iter_limit: int = 100000):
+                 eps_prox: float = 1e-6, iter_limit: int = 100000, time_limit: float | None = None):
         self.lower = np.asarray(lower, dtype=np.float64)
         self.upper = np.asarray(upper, dtype=np.float64)
         self.n = self.lower.size
@@ -65,6 +72,7 @@ class LevelQP:
         self.solver = solver
         self.eps_prox = float(eps_prox)
         self.iter_limit = int(iter_limit)
+        self.time_limit = highs.settings()["time_limit"] if time_limit is None else float(time_limit)
         self.fallbacks = 0
         self.retries = 0
         self._daqp = None
@@ -109,8 +117,9 @@ class LevelQP:
         bu = np.concatenate([self.upper, -e, [lev]])
         bl = np.concatenate([self.lower, np.full(k + 1, -BIG)])
         sense = np.zeros(n + k + 1, dtype=c_int)
+        limit = self.time_limit if 0 < self.time_limit < float("inf") else 0.0
         x, _, flag, info = self._daqp.solve(H, f, A, bu, bl, sense, eps_prox=eps_prox,
-                                            iter_limit=self.iter_limit)
+                                            iter_limit=self.iter_limit, time_limit=limit)
         if flag == -1:
             return QPResult(INFEASIBLE, solver="daqp", info={"exitflag": int(flag)})
         if flag < 0 or x is None or not np.all(np.isfinite(x)):
@@ -122,8 +131,7 @@ class LevelQP:
     def _solve_highs(self, G, e, comp, xc, lev) -> QPResult:
         import highspy
         n, m, k = self.n, self.m, G.shape[0]
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
+        h = highs.new_model(time_limit=self.time_limit)
         inf = highspy.kHighsInf
         h.addVars(n + m, np.concatenate([self.lower, np.full(m, -inf)]),
                   np.concatenate([self.upper, np.full(m, inf)]))
@@ -160,10 +168,12 @@ class ModelLP:
     """min_X fv(x) = min sum_i r_i s.t. <g_k, x> - r_{i(k)} <= -e_k, x in [lower, upper]: a persistent
     HiGHS model; new cuts are added as rows, a compression (model version change) rebuilds it."""
 
-    def __init__(self, lower: np.ndarray, upper: np.ndarray, m: int):
+    def __init__(self, lower: np.ndarray, upper: np.ndarray, m: int, time_limit: float | None = None):
         self.lower = np.asarray(lower, dtype=np.float64)
         self.upper = np.asarray(upper, dtype=np.float64)
         self.n, self.m = self.lower.size, int(m)
+        self.time_limit = time_limit
+        self.timeouts = 0
         self._h = None
         self._rows = 0
         self._version = -1
@@ -172,8 +182,7 @@ class ModelLP:
 
     def _build(self) -> None:
         import highspy
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
+        h = highs.new_model(time_limit=self.time_limit)
         h.setOptionValue("presolve", "off")
         inf = highspy.kHighsInf
         n, m = self.n, self.m
@@ -203,7 +212,11 @@ class ModelLP:
         self._h.run()
         self.calls += 1
         self.seconds += time.perf_counter() - t
-        if self._h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        status = self._h.getModelStatus()
+        if status != highspy.HighsModelStatus.kOptimal:
+            if status == highspy.HighsModelStatus.kTimeLimit:
+                self.timeouts += 1
+                self._h = None                 # rebuild next time (no half-solved state carried on)
             return None
         # a valid bound whatever the final accuracy: evaluate the dual objective
         sol = self._h.getSolution()

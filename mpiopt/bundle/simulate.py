@@ -1,6 +1,5 @@
 """Discrete-event simulation of the master/oracle protocol: a virtual clock, seeded oracle delays,
-real oracles and the real master logic (:class:`~mpiopt.bundle.master.LevelBundleMaster` or any
-object with the same ``start/receive/dispatch/done`` interface), all in one process.
+real oracles and the real master logic (any :class:`~mpiopt.bundle.protocol.Master`), all in one process.
 
 Every point sent at virtual time t to worker w comes back at t + sum of the delays of w's components
 (drawn from the problem's :class:`~mpiopt.problems.oracle.DelayModel`). Answers that are due while
@@ -18,7 +17,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .master import Answer, Request
+from .. import result as R
+from .protocol import Answer, Master, Request
 
 
 @dataclass
@@ -46,13 +46,13 @@ def evaluate_request(oracles: Sequence[Any], owners: Sequence[np.ndarray], req: 
     return Answer(req.worker, req.iter_id, req.coord_id, comps, fl, fu, G)
 
 
-def simulate(master: Any, oracles: Sequence[Any], delays: Any, *, batch: bool = True,
+def simulate(master: Master, oracles: Sequence[Any], delays: Any, *, batch: bool = True,
              qp_cost: float | str = 0.0, max_time: float = math.inf, max_steps: int = 10**7,
              on_step: Callable[[float], bool] | None = None) -> SimResult:
     """Drive ``master`` until it is done (or ``max_time`` virtual seconds / ``max_steps`` batches).
 
-    ``on_step(t)`` is called after every master step; returning True stops the run (the master is then
-    stopped with status ``"stopped"`` unless it finished by itself)."""
+    ``on_step(t)`` is called after every master step; returning True stops the run (it may stop the
+    master itself with its own status; otherwise the master is stopped with ``CALLBACK_STOP``)."""
     owners = master.owners
     heap: list = []
     seq = itertools.count()
@@ -81,26 +81,26 @@ def simulate(master: Any, oracles: Sequence[Any], delays: Any, *, batch: bool = 
         te, _, ans = heapq.heappop(heap)
         t = max(te, t_free)
         if t > max_time:
-            master.stop("max_time", f"reached the virtual time budget {max_time}")
+            master.stop(R.MAX_TIME, f"reached the virtual time budget {max_time}")
             break
         got = [ans]
         if batch:
             while heap and heap[0][0] <= t:
                 got.append(heapq.heappop(heap)[2])
-        k0, q0, l0 = master.k, master.qp_seconds + getattr(master, "lp_seconds", 0.0), getattr(master, "n_lp", 0)
+        k0, q0, l0 = master.k, master.qp_seconds + master.lp_seconds, master.n_lp
         s0 = master.steps
         master.receive(got)
         if qp_cost == "measured":
-            cost = master.qp_seconds + getattr(master, "lp_seconds", 0.0) - q0
+            cost = master.qp_seconds + master.lp_seconds - q0
         else:                                    # an exact LP costs as much as a QP
-            cost = float(qp_cost) * (master.k - k0 + getattr(master, "n_lp", 0) - l0)
+            cost = float(qp_cost) * (master.k - k0 + master.n_lp - l0)
         res.busy += cost
         t_free = t + cost
         steps += 1
         if master.steps != s0:
             log(t_free)
             if on_step is not None and on_step(t_free) and not master.done:
-                master.stop("stopped", "stopped by the driver")
+                master.stop(R.CALLBACK_STOP, "stopped by the driver")
                 break
         send(master.dispatch(), t_free)
     res.time = t_free

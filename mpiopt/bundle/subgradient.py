@@ -13,11 +13,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .master import Answer, MasterBounds, Request, Trace
+from .. import result as R
+from .protocol import Answer, Master, Request, Trace
 from .qp import box_min_linear
 
 
-class SubgradientMaster(MasterBounds):
+class SubgradientMaster(Master):
     """Same driver interface as :class:`~mpiopt.bundle.master.LevelBundleMaster` (variant sync)."""
 
     def __init__(self, n: int, m: int, lower: np.ndarray, upper: np.ndarray, owners: Sequence[Sequence[int]],
@@ -38,8 +39,7 @@ class SubgradientMaster(MasterBounds):
         self.qp_seconds = self.lp_seconds = 0.0
         self.idle = np.ones(self.W, dtype=bool)
         self.phase = "new"
-        self.status: str | None = None
-        self.stop_rule = self.message = ""
+        self.init_outcome()
         self.exact = True
         self.trace = Trace()
         self._fl = np.zeros(self.m)
@@ -83,14 +83,14 @@ class SubgradientMaster(MasterBounds):
         self.k += 1
         self.trace.add(self.k, 0, self.f_low, self.f_up, math.nan, math.nan, 0, 0)
         if self.gap <= max(self.atol, self.rtol * max(1.0, abs(self.f_up))):
-            self._finish("converged", "gap", f"gap {self.gap:.3e} below tolerance")
+            self.finish(R.CONVERGED, "gap", f"gap {self.gap:.3e} below tolerance")
             return
         if self.k >= self.max_iter:
-            self._finish("max_iter", "max_iter", f"reached max_iter={self.max_iter}")
+            self.finish(R.MAX_ITER, "max_iter", f"reached max_iter={self.max_iter}")
             return
         gn2 = float(g @ g)
         if gn2 == 0.0:
-            self._finish("converged", "zero_subgradient", "zero subgradient: x is optimal")
+            self.finish(R.CONVERGED, "zero_subgradient", "zero subgradient: x is optimal")
             return
         if self.fstar is not None:
             t = max(fx - self.fstar, 0.0) / gn2
@@ -99,13 +99,6 @@ class SubgradientMaster(MasterBounds):
         self.x = np.clip(x - t * g, self.lower, self.upper)
         self.x_next = self.x
         self.pending = True
-
-    def _finish(self, status: str, rule: str, msg: str) -> None:
-        self.phase, self.status, self.stop_rule, self.message = "done", status, rule, msg
-
-    def stop(self, status: str, message: str) -> None:
-        if not self.done:
-            self._finish(status, status, message)
 
     def state_dict(self) -> dict[str, Any]:
         return {"x": self.x.copy(), "x_best": self.x_best.copy(), "f_low": self.f_low, "f_up": self.f_up,

@@ -10,8 +10,8 @@ The master keeps one posted ``Irecv`` per busy worker (each worker has at most o
 and collects answers with ``Testsome`` under a polite wait. STOP protocol: idle workers get STOP at
 once; for a busy worker the master first waits for its in-flight answer (a computing worker cannot
 poll), discards it and then sends STOP, so no request is left pending and no rank hangs.
-POLL makes every rank enter the collective stop/checkpoint poll together (sent only when all
-workers are idle).
+POLL ``[POLL, iteration, checkpoint, status]`` carries the master's decision to every (idle) worker:
+checkpoint together now (all ranks), then stop with ``status`` (``NO_STOP``: go on).
 """
 from __future__ import annotations
 
@@ -101,12 +101,13 @@ class MasterChannel:
         polite_sleep_until(lambda: self.mpi.Iprobe(w + 1, TAG_ERROR, st))
         return self.mpi.recv(source=w + 1, tag=TAG_ERROR)
 
-    def poll_all(self, iteration: int) -> None:
-        """Ask every (idle) worker to join the collective poll of ``iteration``."""
+    def poll_all(self, iteration: int, checkpoint: bool, status: int) -> None:
+        """Tell every (idle) worker the decision of the poll at ``iteration``: checkpoint together now,
+        then stop with ``status`` (a :mod:`mpiopt.result` code) or go on (``NO_STOP``)."""
         if self.busy.any():
             raise RuntimeError("poll_all needs every worker idle")
         for w in range(self.W):
-            self._isend(w, POLL, iteration)
+            self._isend(w, POLL, iteration, int(checkpoint), float(status))
 
     def stop_all(self, on_discard: Callable[[int], None] | None = None) -> None:
         """STOP every worker: idle ones at once, busy ones after their in-flight answer (discarded,
@@ -137,7 +138,8 @@ class WorkerChannel:
         self.idle_seconds = 0.0
 
     def recv(self) -> tuple[float, int, int, float, np.ndarray]:
-        """Wait (politely) for the next message: ``(kind, iter_id, coord_id, eta, x)``."""
+        """Wait (politely) for the next message: ``(kind, iter_id, coord_id, eta, x)``; for POLL
+        ``coord_id`` is the checkpoint flag and ``eta`` the stop status."""
         t = time.perf_counter()
         polite_wait(self.mpi.Irecv(self.point, 0, TAG_POINT), spin=2e-4)
         self.idle_seconds += time.perf_counter() - t

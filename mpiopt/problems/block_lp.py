@@ -7,12 +7,18 @@ X = [0, lam_max]^n with lam_max = theta(0)/min_k b_k (y = 0 is feasible, so lam*
 Each oracle keeps one persistent HiGHS model of its block and only changes the cost vector per
 call. ``integer=true`` makes the blocks binary: each call is a MIP solved to the requested
 accuracy, giving (fl, g, fu) from the incumbent and the MIP bound (the inexact case).
+
+Every HiGHS solve has a time limit (``problem.oracle_time_limit``). At the limit a MIP answers with
+what it has (its incumbent, or y = 0, which is always feasible, and its bound: a valid but less
+accurate answer); an LP is solved again from scratch once, then the oracle fails (the run stops
+with status failed and names the block).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .. import options as O
+from ..bundle import highs
 from ..errors import InputError
 from ..options import Option
 from ..registry import register_problem
@@ -23,13 +29,13 @@ class BlockOracle(Oracle):
     """f^i(lam) = lam'b/m + max_{D y <= d, 0 <= y <= 1} (c - A'lam)'y with a persistent HiGHS model."""
 
     def __init__(self, A: np.ndarray, c: np.ndarray, D: np.ndarray, d: np.ndarray, bm: np.ndarray,
-                 integer: bool = False, warm_start: bool = True):
+                 integer: bool = False, warm_start: bool = True, time_limit: float | None = None, index: int = 0):
         import highspy
         self.A, self.c, self.bm, self.integer, self.warm = A, c, bm, integer, warm_start
+        self.index = index
+        self.timeouts = 0
         ni = c.size
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
-        h.setOptionValue("threads", 1)
+        h = highs.new_model(time_limit=time_limit)
         h.addVars(ni, np.zeros(ni), np.ones(ni))
         inf = highspy.kHighsInf
         nz = D != 0
@@ -52,7 +58,7 @@ class BlockOracle(Oracle):
             h.setOptionValue("mip_abs_gap", max(float(eta), 1e-9))
             h.setOptionValue("mip_rel_gap", 0.0 if eta > 0 else 1e-9)
         h.run()
-        y = np.clip(np.asarray(h.getSolution().col_value), 0.0, 1.0)
+        y = self._solution()
         base = float(lam @ self.bm)
         fl = base + float(red @ y)
         if self.integer:
@@ -64,6 +70,26 @@ class BlockOracle(Oracle):
             fu = fl
         g = self.bm - self.A @ y
         return fl, g, fu
+
+    def _solution(self, retried: bool = False) -> np.ndarray:
+        """The block's y after a solve, with the time-limit fall-backs of the module docstring."""
+        h, hs = self.h, self.hs
+        status = h.getModelStatus()
+        if status == hs.HighsModelStatus.kOptimal:
+            return np.clip(np.asarray(h.getSolution().col_value), 0.0, 1.0)
+        if self.integer and status == hs.HighsModelStatus.kTimeLimit:
+            self.timeouts += 1
+            sol = h.getSolution()
+            if sol.value_valid and len(sol.col_value) == self.c.size:
+                return np.clip(np.asarray(sol.col_value), 0.0, 1.0)
+            return np.zeros(self.c.size)            # y = 0 is feasible (d >= 0)
+        if not self.integer and status == hs.HighsModelStatus.kTimeLimit and not retried:
+            self.timeouts += 1
+            h.clearSolver()
+            h.run()
+            return self._solution(retried=True)
+        raise RuntimeError(f"block {self.index}: HiGHS did not solve the block "
+                           f"({h.modelStatusToString(status)})")
 
 
 @register_problem("block_lp_dual")
@@ -77,6 +103,8 @@ class BlockLPDual(OracleProblem):
         Option("density", 0.3, "density of the coupling matrices A_i", float, low=0.0, high=1.0, low_open=True),
         Option("integer", False, "binary blocks: MIP oracles solved to the requested accuracy (inexact case; no f*)", bool),
         Option("warm_start", True, "keep the HiGHS basis between calls (faster; off: results independent of call history)", bool),
+        Option("oracle_time_limit", 300.0, "seconds per block solve (at the limit a MIP answers with its incumbent "
+               "and bound, an LP is retried once and then fails)", float, low=0.0, low_open=True),
         O.seed(0),
         Option("reference", True, "compute f* from the primal LP (HiGHS) on rank 0", bool),
         *DELAY_OPTIONS,
@@ -113,12 +141,15 @@ class BlockLPDual(OracleProblem):
         """max c_i'y over the block's LP relaxation (theta(0) part; valid bound for integer blocks too)."""
         from scipy.optimize import linprog
         A, c, D, d = self.blocks[i]
-        r = linprog(-c, A_ub=D, b_ub=d, bounds=(0, 1), method="highs")
+        r = linprog(-c, A_ub=D, b_ub=d, bounds=(0, 1), method="highs", options=highs.linprog_options())
+        if r.status != 0:
+            raise RuntimeError(f"block_lp_dual: block {i} LP relaxation failed: {r.message}")
         return float(-r.fun)
 
     def make_oracle(self, i: int) -> Oracle:
         A, c, D, d = self.blocks[i]
-        return BlockOracle(A, c, D, d, self.bm, self.opts["integer"], self.opts["warm_start"])
+        return BlockOracle(A, c, D, d, self.bm, self.opts["integer"], self.opts["warm_start"],
+                           time_limit=self.opts["oracle_time_limit"], index=i)
 
     def describe(self) -> str:
         o = self.opts
@@ -141,7 +172,7 @@ class BlockLPDual(OracleProblem):
         A_ub = sp.vstack([As, Ds]).tocsr()
         b_ub = np.concatenate([self.b, *[d for _, _, _, d in self.blocks]])
         c = np.concatenate([c for _, c, _, _ in self.blocks])
-        r = linprog(-c, A_ub=A_ub, b_ub=b_ub, bounds=(0, 1), method="highs")
+        r = linprog(-c, A_ub=A_ub, b_ub=b_ub, bounds=(0, 1), method="highs", options=highs.linprog_options())
         if r.status != 0:
             raise RuntimeError(f"block_lp_dual: primal LP failed: {r.message}")
         return float(-r.fun)

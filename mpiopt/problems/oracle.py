@@ -27,6 +27,7 @@ and run it with ``--plugin mymodule.py --problem my_sum``.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Any, Sequence
@@ -73,6 +74,16 @@ class DelayModel:
         factor = math.exp(self.rngs[i].normal(-0.5 * s * s, s)) if s > 0 else 1.0
         return float(self.mu[i] * factor)
 
+    def state(self, comps: Sequence[int]) -> dict[int, str]:
+        """The streams of components ``comps`` (JSON text per component, for checkpoints)."""
+        return {int(i): json.dumps(self.rngs[int(i)].bit_generator.state) for i in comps}
+
+    def load_state(self, states: Sequence[str]) -> None:
+        """Restore the streams from :meth:`state` texts in component order ('' leaves one as it is)."""
+        for r, st in zip(self.rngs, states):
+            if st:
+                r.bit_generator.state = json.loads(st)
+
 
 class OracleProblem(Problem):
     """Base of sum-of-oracles problems. :meth:`setup` must call :meth:`init_box`; :meth:`make_oracle`
@@ -114,6 +125,30 @@ class OracleProblem(Problem):
         if not hasattr(self, "_eval_oracles"):
             self._eval_oracles = [self.make_oracle(i) for i in range(self.m)]
         return float(sum(o(x, 0.0)[2] for o in self._eval_oracles))
+
+
+class OracleBlock:
+    """The components one rank answers for, with their emulated time: :meth:`answer` evaluates each
+    at a point and then sleeps their drawn delays (the problem's :class:`DelayModel`)."""
+
+    def __init__(self, problem: OracleProblem, comps: Sequence[int]):
+        self.comps = np.asarray(comps, dtype=np.int64)
+        self.n = problem.n_vars
+        self.delays = problem.delays
+        self.oracles = [problem.make_oracle(int(i)) for i in self.comps]
+
+    def answer(self, x: np.ndarray, eta: float, out: np.ndarray) -> None:
+        """Fill ``out`` (one row ``comp, fl, fu, g(n)`` per component) and emulate the oracles' time.
+        Raises FloatingPointError on a non-finite value or subgradient."""
+        delay = 0.0
+        for j, i in enumerate(self.comps):
+            fl, g, fu = self.oracles[j](x, eta)
+            out[j, 0], out[j, 1], out[j, 2] = i, fl, fu
+            out[j, 3:] = g
+            delay += self.delays.draw(int(i))
+        if not np.isfinite(out).all():
+            raise FloatingPointError("oracle returned a non-finite value or subgradient")
+        polite_delay(delay)
 
 
 def polite_delay(seconds: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import options as O
+from ..bundle import highs
 from ..options import Option
 from ..registry import register_problem
 from .oracle import DELAY_OPTIONS, Oracle, OracleProblem
@@ -71,8 +72,7 @@ class Polyhedral(OracleProblem):
         import scipy.sparse as sp
         n, m = self.n_vars, self.m
         rows = self.opts["rows"]
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
+        h = highs.new_model()
         inf = highspy.kHighsInf
         nt = m * rows
         cost = np.concatenate([sum(c for _, _, c in self.data), np.ones(nt)])
@@ -85,4 +85,7 @@ class Polyhedral(OracleProblem):
         h.addRows(A.shape[0], np.full(A.shape[0], -inf), np.concatenate([d, -d]), A.nnz,
                   A.indptr[:-1].astype(np.int32), A.indices.astype(np.int32), A.data)
         h.run()
+        if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            raise RuntimeError(f"polyhedral: reference LP not solved ({h.modelStatusToString(h.getModelStatus())}); "
+                               "set problem.reference=false to run without f*")
         return float(h.getInfo().objective_function_value)

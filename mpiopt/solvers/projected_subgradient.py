@@ -13,11 +13,11 @@ from ..bundle.subgradient import SubgradientMaster
 from ..errors import InputError
 from ..options import Option
 from ..registry import register_solver
-from .level_bundle import LevelBundle
+from .master_oracle import MasterOracleSolver
 
 
 @register_solver("projected_subgradient")
-class ProjectedSubgradient(LevelBundle):
+class ProjectedSubgradient(MasterOracleSolver):
     summary = "projected subgradient method on a sum of convex oracles (baseline of level_bundle; Polyak or diminishing steps)"
     demo_settings = {"solver.max_iter": 500, "problem.n": 30, "problem.m": 6}
     deterministic = True
@@ -43,7 +43,7 @@ class ProjectedSubgradient(LevelBundle):
                              "(problem.reference=true) or use solver.step=diminishing")
         super().__init__(problem, options, ctx)
 
-    def make_master(self) -> Any:
+    def make_master(self) -> SubgradientMaster:
         o, p = self.opts, self.problem
         fstar = p.reference_objective if o["step"] == "polyak" else None
         return SubgradientMaster(p.n_vars, p.m, p.lower, p.upper, self.owners, fstar=fstar, step0=o["step0"],
