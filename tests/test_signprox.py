@@ -226,3 +226,35 @@ def test_tv_image_loading(tmp_path):
         load_image(str(tmp_path / "bad.npy"))
     with pytest.raises(InputError, match="missing.png: file not found"):
         load_image(str(tmp_path / "missing.png"))
+
+
+@pytest.mark.parametrize("encoding", ["1bit", "ternary"])
+def test_error_feedback_memory_holds_what_the_applied_step_left_out(encoding):
+    """EF-SGD: with p = m + e the message sent, x moves by gamma * v and the memory becomes
+    e = p - gamma * v (not p - (||p||_1/k) sgn(p), a step that is never applied). So
+    x_t - e_t moves by exactly the uncompressed message m_t (the virtual SGD sequence)."""
+    from mpiopt.runner import build_run, resolve_spec
+    from mpiopt.solvers.signprox import SignProx
+
+    values = {"problem.n_samples": 300, "problem.n_features": 70, "problem.density": 0.2, "problem.l1": 0.01,
+              "problem.reference": "no", "run.seed": 2, "solver.max_iter": 10, "solver.error_feedback": True,
+              "solver.encoding": encoding, "solver.step0": 0.05, "solver.mapping_norm": False}
+    run = build_run(resolve_spec("signprox", "logistic", [(k, v, "test") for k, v in values.items()],
+                                 default_out=False), quiet=True)
+    s = run.solver
+    assert isinstance(s, SignProx) and s.ef is not None
+    grads = []
+    original = s.local_gradient
+    s.local_gradient = lambda: grads.append(original().copy()) or s.g
+    virtual = s.x - s.ef
+    for t in range(8):
+        x0, e0, gam = s.x.copy(), s.ef.copy(), s.gamma(t)
+        s.step()
+        s.nit += 1
+        m = s.message(x0, grads[-1], gam, np.empty_like(x0), np.empty_like(x0))
+        p = m + e0
+        v = s.agg.values().astype(np.float64)
+        assert np.array_equal(s.x, x0 - gam * v)
+        assert np.array_equal(s.ef, p - gam * v), t
+        virtual = virtual - m
+        assert np.allclose(s.x - s.ef, virtual, rtol=0, atol=1e-12)

@@ -115,6 +115,11 @@ class SignAggregator:
                 np.not_equal(m, 0.0, out=f)
                 planes[1][b0:b1] = np.packbits(f)
 
+    def decision_deltas(self, gamma: float) -> np.ndarray:
+        """gamma * v for the last decision, as a vector of length n (an internal buffer, overwritten by
+        the next call): exactly the step :meth:`apply` subtracts."""
+        return self.table.deltas(self.neg, self.nz, gamma)
+
     def own_deltas(self, gamma: float) -> np.ndarray:
         """gamma * (this rank's own coded signs), e.g. for error feedback; call after :meth:`encode`."""
         if self.method == "int8_allreduce":

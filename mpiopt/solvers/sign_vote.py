@@ -124,8 +124,8 @@ class SignVoteSolver(Solver):
         return g
 
     def encode(self, g: np.ndarray, gam: float) -> None:
-        """Make this rank's message from ``g`` and pack its signs (with error feedback: add the memory
-        first, then keep what the scaled sign (||m||_1/k) sgn(m) leaves out)."""
+        """Make this rank's message from ``g`` and pack its signs (with error feedback the message is
+        p = m + e, the memory added first; p is kept until :meth:`remember` has seen the vote)."""
         x, agg = self.x, self.agg
         if self.blockwise:
             agg.encode_blocks(lambda lo, hi, out, work: self.message(x[lo:hi], g[lo:hi], gam, out, work))
@@ -134,9 +134,12 @@ class SignVoteSolver(Solver):
         if self.ef is not None:
             m += self.ef
         agg.encode(m)
-        if self.ef is not None:
-            k = max(1, agg.own_nonzeros())
-            np.subtract(m, agg.own_deltas(float(np.abs(m).sum()) / k), out=self.ef)
+
+    def remember(self, gam: float) -> None:
+        """Error feedback (EF-SGD, Karimireddy et al. 2019): the memory keeps what the applied step
+        gamma * v left out of this rank's message p, e <- p - gamma * v. Averaged over the ranks,
+        x_t - mean(e_t) then moves exactly by the mean uncompressed message."""
+        np.subtract(self.m, self.agg.decision_deltas(gam), out=self.ef)
 
     def step(self) -> Stop | None:
         gam = self.gamma(self.nit)
@@ -144,6 +147,8 @@ class SignVoteSolver(Solver):
         self.encode(g, gam)                    # e_p = packed sign code of m_p
         self.agg.aggregate(self.nit)           # v = vote(e_1..e_P), the same on every rank
         self.agg.apply(self.x, gam)            # x -= gam * v
+        if self.ef is not None:
+            self.remember(gam)                 # e_p = p_p - gam * v
         self.after_vote(self.x, gam)
         if (self.ctx.debug and (self.nit + 1) % self.opts["check_every"] == 0
                 and not replicas_identical(self.comm, self.x)):
