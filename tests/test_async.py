@@ -9,25 +9,17 @@ from conftest import run_mpi
 
 
 def _build(comm, solver_name, solver_opts, run_opts=None, width=4, problem="digits", problem_opts=None):
-    """A solver on digits with a small CNN, built the way run.py builds it (no result file)."""
-    from mpiopt import options as O
-    from mpiopt import registry
-    from mpiopt.context import RunContext
-    cls = registry.get_solver(solver_name)
-    Digits = registry.get_problem(problem)
+    """A run of a solver on digits with a small CNN, assembled by the run builder (no result file)."""
+    from mpiopt.runner import build_run, resolve_spec
     values = [("problem.width", width, "test")]
     values += [(f"problem.{k}", v, "test") for k, v in (problem_opts or {}).items()]
     values += [(f"solver.{k}", v, "test") for k, v in solver_opts.items()]
     values += [(f"run.{k}", v, "test") for k, v in (run_opts or {}).items()]
-    cfg = O.resolve({"solver": cls.options, "problem": Digits.options, "run": O.RUN_OPTIONS}, values)
-    problem = Digits(cfg["problem"], comm)
-    problem.setup()
-    ctx = RunContext(comm, cfg["run"], quiet=True)
-    return cls(problem, cfg["solver"], ctx)
+    return build_run(resolve_spec(solver_name, problem, values, default_out=False), comm, quiet=True)
 
 
 def _solver(comm, method, **solver_opts):
-    return _build(comm, "async_subgradient", {"method": method, **solver_opts})
+    return _build(comm, "async_subgradient", {"method": method, **solver_opts}).solver
 
 
 @pytest.mark.mpi(ranks=3, timeout=90)
@@ -79,21 +71,22 @@ def test_passm_blocks_change_only_by_their_owner():
     bv.free()
     # the solver: only worker 1 trains; x changes inside its block and nowhere else
     s = _solver(c, "passm", momentum=0.5)
-    x0 = s._gather_vector()
+    w = s.worker
+    x0 = s.model.gather()
     if c.rank == 1:
         for _ in range(3):
-            s._worker_iteration(0.0)
-        assert s.k == 3 and np.abs(s.u).sum() > 0
+            w.step()
+        assert w.k == 3 and np.abs(w.u).sum() > 0
     if c.rank == 2:
-        assert s.k == 0 and not s.u.any()
+        assert w.k == 0 and not w.u.any()
     c.Barrier()
-    x1 = s._gather_vector()
-    lo, hi = c.bcast_obj((s.lo, s.hi) if c.rank == 1 else None, root=1)
+    x1 = s.model.gather()
+    lo, hi = c.bcast_obj((w.lo, w.hi) if c.rank == 1 else None, root=1)
     if c.rank == 0:
         changed = np.flatnonzero(x1 != x0)
         assert changed.size > 0 and changed.min() >= lo and changed.max() < hi
-        assert (lo, hi) == s.blocks.ranges[0] and s.blocks.owners == [1, 2]
-    assert s._lost_updates() == 0
+        assert (lo, hi) == s.model.ranges[0] and s.model.owners == [1, 2]
+    assert s.lost_updates() == 0
     s.free()
 
 
@@ -183,7 +176,7 @@ def test_checkpoint_state_restores_parameters_momentum_counters_rng(method):
     s = _solver(c, method, sampling="shuffle")
     if s.is_worker:
         for _ in range(3):
-            s._worker_iteration(0.0)
+            s.worker.step()
     c.Barrier()
     state = s.state_dict()
     folder = c.bcast_obj(__import__("tempfile").mkdtemp() if c.rank == 0 else None)
@@ -192,19 +185,20 @@ def test_checkpoint_state_restores_parameters_momentum_counters_rng(method):
     c.Barrier()
     back = load_checkpoint(CheckpointManager(folder).latest(), "async_subgradient", "digits").state
     t = _solver(c, method, sampling="shuffle")
-    assert t.k == 0 and not t.u.any()
+    sw, tw = s.worker, t.worker
+    assert tw.k == 0 and not tw.u.any()
     t.load_state_dict(back)
-    assert t.k == s.k and np.array_equal(t.u, s.u) and t.alpha == s.alpha
-    assert t.rng.bit_generator.state == s.rng.bit_generator.state and t.perm_pos == s.perm_pos
-    assert np.array_equal(t.perm, s.perm)
-    xs, xt = s._gather_vector(), t._gather_vector()
-    assert t.control.counters() == s.control.counters() == (6, 6 * 64)
+    assert tw.k == sw.k and np.array_equal(tw.u, sw.u) and tw.alpha == sw.alpha
+    assert tw.rng.bit_generator.state == sw.rng.bit_generator.state and tw.perm_pos == sw.perm_pos
+    assert np.array_equal(tw.perm, sw.perm)
+    xs, xt = s.model.gather(), t.model.gather()
+    assert t.counters() == s.counters() == (6, 6 * 64)
     if c.rank == 0:
         assert np.array_equal(xs, xt) and not np.array_equal(xs, s.flat.flat_np)
     if s.is_worker:                           # the restored worker continues exactly as the original
-        a, b = s._sample(), t._sample()
+        a, b = sw.sample(), tw.sample()
         assert np.array_equal(a, b)
-    assert t._lost_updates() == 0
+    assert t.lost_updates() == 0
     s.free(); t.free()
 
 
@@ -214,16 +208,16 @@ def test_each_method_decreases_the_loss_on_digits_at_2_ranks():
     from mpiopt.comm import Comm
     c = Comm(MPI.COMM_WORLD)
     for method in ("sgd", "hw", "assm", "passm"):
-        s = _build(c, "async_subgradient", {"method": method, "max_epochs": 5},
-                   {"snapshot_every": 0.5, "seed": 3}, width=8)
-        res = s.solve()
+        run = _build(c, "async_subgradient", {"method": method, "max_epochs": 5},
+                     {"snapshot_every": 0.5, "seed": 3}, width=8)
+        res, s = run.execute(), run.solver
         assert res.status == 1 and res.epochs >= 5 and res.lost_updates == 0, method
         assert res.test_accuracy > 0.6, (method, res.test_accuracy)
         summary = res.extra_groups["summary"]
         assert summary["method"] == method and summary["updates"] == res.nit
         assert res.extra_groups["workers"]["rank1"]["k"] == res.nit          # one worker at 2 ranks
         if c.rank == 0:
-            f = s.ctx.history["objective"]
+            f = res.history["objective"]
             assert f[-1] < 0.6 * f[0], (method, f)
             assert s.n_snapshots == len(f) >= 2
 
@@ -235,11 +229,11 @@ def test_ddp_baseline_trains_and_is_reproducible():
     c = Comm(MPI.COMM_WORLD)
     xs = []
     for _ in range(2):
-        s = _build(c, "ddp", {"max_epochs": 8}, {"snapshot_every": 0.5, "seed": 3}, width=8)
-        res = s.solve()
+        run = _build(c, "ddp", {"max_epochs": 8}, {"snapshot_every": 0.5, "seed": 3}, width=8)
+        res = run.execute()
         assert res.status == 1 and res.test_accuracy > 0.6 and res.epochs >= 8
         if c.rank == 0:
-            f = s.ctx.history["objective"]
+            f = res.history["objective"]
             assert f[-1] < 0.6 * f[0], f
         xs.append(res.x)
     assert np.array_equal(xs[0], xs[1])                                  # deterministic for a seed
@@ -260,13 +254,14 @@ def test_resnet18_on_cifar_batches_with_local_batchnorm():
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
             write_batch(f"{folder}/{name}", rng.integers(0, 256, (16, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 16))
     c.Barrier()
-    s = _build(c, "async_subgradient", {"method": "hw", "max_epochs": 1, "batch_size": 16, "bn_batches": 2},
-               {"snapshot_every": 0}, width=4, problem="cifar10", problem_opts={"path": folder})
+    run = _build(c, "async_subgradient", {"method": "hw", "max_epochs": 1, "batch_size": 16, "bn_batches": 2},
+                 {"snapshot_every": 0}, width=4, problem="cifar10", problem_opts={"path": folder})
+    s = run.solver
     assert s.flat.n > 10000 and len(s.flat.slots) == 62
-    res = s.solve()
+    res = run.execute()
     assert res.status == 1 and res.lost_updates == 0 and res.nit >= 5 and np.isfinite(res.fun)
     if c.rank == 0:                            # snapshot model: statistics of the recalibration batches
-        bn = s._eval_model.module.bn1
+        bn = s.host.eval_model.module.bn1
         assert int(bn.num_batches_tracked) == 2 and float(bn.running_var.mean()) != 1.0
     else:                                      # the worker's own statistics moved with its batches
         assert int(s.flat.module.bn1.num_batches_tracked) == res.nit

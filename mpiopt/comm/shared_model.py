@@ -1,4 +1,4 @@
-"""The MPI plumbing of a model shared through one-sided windows (seed 003's shared memory).
+"""The MPI plumbing of a model shared through one-sided windows (the asynchronous methods' shared memory).
 
 - :class:`Control`      small int64 window on the host (rank 0): the ASSM lock word, the pause/active
                         words of the consistent-snapshot protocol, global update/sample counters and
@@ -8,11 +8,20 @@
                         lock-free ``Get`` (or ``Get_accumulate`` NO_OP) reads, ``Accumulate(SUM)`` writes.
 - :class:`BlockVector`  PASSM: block j of the vector hosted by its owner, who updates it in place; a
                         version word per block (odd while writing) gives consistent per-block reads.
+- :class:`HostedModel`  what the solver uses for ``hw``/``assm``/``sgd``: a HostedVector with a write
+                        counter riding along, reads and writes in the chosen mode (lock-free plain
+                        Get / Get-add-Put, element-atomic Accumulate, under the lock), counts of
+                        applied writes and of reads that overlapped a write.
+- :class:`BlockModel`   the same surface for ``passm`` over a BlockVector.
 - :func:`host_loop`     the snapshot rank's loop: take a snapshot every ``every`` seconds until a
                         sync is needed, sleeping politely in between.
 
 Every window is an :class:`~mpiopt.comm.rma.Window` (Allocate/Allocate_shared, one NOCHECK epoch,
-Flush after each operation), so no operation waits for a busy host (platform.md).
+Flush after each operation), so no operation waits for a busy host (docs/mpi.md, "One-sided (RMA)
+windows").
+
+Nothing outside this package touches window memory: the solver reads and writes the model, asks
+for the applied-write counts and the state through the methods below.
 """
 from __future__ import annotations
 
@@ -29,8 +38,9 @@ from .rma import SpinLock, Window
 HOST = 0
 
 # control words (int64) on the host
-LOCK, PAUSE, ACTIVE, SYNC, REQUEST, UPDATES, SAMPLES = range(7)
-N_CONTROL = 7
+LOCK, PAUSE, ACTIVE, SYNC, REQUEST, UPDATES, SAMPLES, STARTED = range(8)
+N_CONTROL = 8
+WRITE_MODES = ("plain", "atomic")
 
 
 def single_node(comm: Comm) -> bool:
@@ -57,6 +67,10 @@ class Control:
         """One worker update of ``samples`` samples: UPDATES += 1, SAMPLES += samples (atomic)."""
         self._count[0], self._count[1] = 1, samples
         self.win.accumulate(HOST, self._count, offset=UPDATES)
+
+    def begin_write(self) -> None:
+        """A worker is about to write the shared vector (STARTED += 1; UPDATES counts finished ones)."""
+        self.win.fetch_and_op(HOST, STARTED, 1, MPI.SUM)
 
     def read(self, word: int) -> int:
         return int(self.win.fetch_and_op(HOST, word, 0, MPI.NO_OP))
@@ -108,6 +122,17 @@ class Control:
                 w.fetch_and_op(HOST, ACTIVE, -1, MPI.SUM)
 
     @contextmanager
+    def locked(self, on: bool = True) -> Iterator[None]:
+        """Hold the ASSM lock (``on``) for the duration of the block."""
+        if on:
+            self.lock.acquire()
+        try:
+            yield
+        finally:
+            if on:
+                self.lock.release()
+
+    @contextmanager
     def paused(self) -> Iterator[None]:
         """Host: stop new writes and wait for writes in flight to finish (a consistent cut)."""
         w = self.win
@@ -145,6 +170,12 @@ class HostedVector:
         """``x += delta``, element-atomic (Accumulate SUM): concurrent adds are never lost."""
         t = time.perf_counter()
         self.win.accumulate(HOST, delta)
+        self.rma_seconds += time.perf_counter() - t
+
+    def put(self, data: np.ndarray) -> None:
+        """``x <- data`` with a plain ``Put`` (not atomic: may interleave with other writes)."""
+        t = time.perf_counter()
+        self.win.put(HOST, data)
         self.rma_seconds += time.perf_counter() - t
 
     def host_copy(self) -> np.ndarray:
@@ -204,6 +235,14 @@ class BlockVector:
                 raise TimeoutError(f"block {j}: owner {owner} kept writing for {max_wait}s")
             time.sleep(20e-6)
 
+    def version(self, j: int) -> int:
+        """The version word of block ``j`` (odd while its owner writes; 2 per completed write)."""
+        return int(self.ver.fetch_and_op(self.owners[j], 0, 0, MPI.NO_OP))
+
+    def set_version(self, v: int) -> None:
+        """Owner, while nobody reads: set its block's version word."""
+        self.ver.fetch_and_op(self.comm.rank, 0, int(v), MPI.REPLACE)
+
     def read_others(self, flat: np.ndarray, consistent: bool = False) -> np.ndarray:
         """All blocks this rank does not own into their place in ``flat``; own block from memory."""
         t = time.perf_counter()
@@ -242,6 +281,192 @@ class BlockVector:
     def free(self) -> None:
         self.ver.free()
         self.win.free()
+
+
+class _Overlaps:
+    """Reads that overlapped a write: writes finished before the read began (UPDATES) against
+    writes begun before it ended (STARTED); more begun than finished means a write was in flight
+    during the read, so the read may mix versions (a torn read)."""
+
+    def __init__(self, control: Control, enabled: bool):
+        self.control = control
+        self.enabled = enabled
+        self.reads = 0
+        self.overlapped = 0
+
+    def before(self) -> int:
+        return self.control.read(UPDATES) if self.enabled else 0
+
+    def after(self, finished: int) -> None:
+        self.reads += 1
+        if self.enabled and self.control.read(STARTED) > finished:
+            self.overlapped += 1
+
+
+class HostedModel:
+    """The shared vector of ``hw``/``assm``/``sgd``: ``n`` float32 parameters hosted by rank 0 plus
+    one element that counts applied writes (it rides along in every write, so a write that is
+    overwritten loses its count too).
+
+    ``writes``: ``plain`` (Get the current x, add, Put it back, no atomics: concurrent writes can
+    overwrite each other, as in shared-memory Hogwild) or ``atomic`` (element-atomic
+    ``Accumulate(SUM)``: no write is lost). ``lock_reads``/``lock_writes`` hold the spin lock of
+    ``control`` around reads/writes. ``consistent`` brackets writes with the pause/active protocol
+    (consistent snapshots). ``read_atomic`` reads with ``Get_accumulate(NO_OP)``.
+    """
+
+    def __init__(self, comm: Comm, n: int, control: Control, shared: bool = False, *, writes: str = "atomic",
+                 lock_reads: bool = False, lock_writes: bool = False, consistent: bool = False,
+                 read_atomic: bool = False, count_overlaps: bool = True):
+        if writes not in WRITE_MODES:
+            raise ValueError(f"writes must be one of {WRITE_MODES}")
+        self.comm, self.n, self.control = comm, int(n), control
+        self.vec = HostedVector(comm, self.n + 1, shared=shared)
+        self.writes, self.lock_reads, self.lock_writes = writes, lock_reads, lock_writes
+        self.consistent, self.read_atomic = consistent, read_atomic
+        self.overlaps = _Overlaps(control, count_overlaps)
+        self._inc = np.zeros(self.n + 1, np.float32)
+        self._cur = np.zeros(self.n + 1, np.float32) if writes == "plain" else None
+
+    def writable(self, is_worker: bool) -> tuple[int, int]:
+        """The coordinates a worker writes: all of them."""
+        return (0, self.n) if is_worker else (0, 0)
+
+    def read(self, out: np.ndarray) -> np.ndarray:
+        """Worker: ``out <- x`` (lock-free unless ``lock_reads``)."""
+        with self.control.locked(self.lock_reads):
+            finished = self.overlaps.before()
+            self.vec.read(out[:self.n], self.read_atomic)
+            self.overlaps.after(finished)
+        return out
+
+    def write(self, delta: np.ndarray, lo: int, hi: int, samples: int) -> None:
+        """Worker: ``x[lo:hi] += delta`` in the write mode; counts one update of ``samples`` samples."""
+        inc = self._inc
+        inc[lo:hi] = delta
+        inc[self.n] = 1.0
+        with self.control.writing(self.consistent, self.lock_writes):
+            self.control.begin_write()
+            if self._cur is None:
+                self.vec.add(inc)
+            else:
+                cur = self._cur
+                self.vec.read(cur)
+                cur += inc
+                self.vec.put(cur)
+        self.control.count_update(samples)
+
+    def copy(self, consistent: bool) -> np.ndarray:
+        """Host, while workers run: a copy of x (``consistent``: pause writers first)."""
+        if consistent:
+            with self.control.paused():
+                return self.vec.host_copy()[:self.n]
+        return self.vec.host_copy()[:self.n]
+
+    def store(self, x: np.ndarray) -> None:
+        """While no worker writes: the host loads ``x`` (the applied-write count is kept)."""
+        if self.comm.rank == HOST:
+            self.vec.set_all(np.concatenate([np.asarray(x, np.float32), self.vec.win.local[-1:]]))
+
+    def gather(self) -> np.ndarray | None:
+        """Collective, while no worker writes: x on rank 0 (None elsewhere)."""
+        return self.vec.win.local[:self.n].copy() if self.comm.rank == HOST else None
+
+    def applied(self) -> int:
+        """Writes applied, as counted in the vector (rank 0; 0 elsewhere)."""
+        return int(round(float(self.vec.win.local[-1]))) if self.comm.rank == HOST else 0
+
+    def set_applied(self, count: int) -> None:
+        if self.comm.rank == HOST:
+            self.vec.win.local[-1] = np.float32(count)
+            self.vec.win.sync()
+
+    def free(self) -> None:
+        self.vec.free()
+
+
+class BlockModel:
+    """``passm``: block j of the vector hosted and updated in place only by ``owners[j]``; the
+    same surface as :class:`HostedModel`. The applied-write count of a block is its version / 2.
+    Reads that overlapped a write are counted per block (version odd or changed across the read)."""
+
+    def __init__(self, comm: Comm, n: int, ranges: list[tuple[int, int]], owners: list[int], control: Control,
+                 shared: bool = False, *, count_overlaps: bool = True):
+        self.comm, self.n, self.control = comm, int(n), control
+        self.blocks = BlockVector(comm, n, ranges, owners, shared=shared)
+        self.overlaps = _Overlaps(control, False)
+        self.count_overlaps = count_overlaps
+        self.block_reads = 0
+        self.block_overlaps = 0
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:
+        return self.blocks.ranges
+
+    @property
+    def owners(self) -> list[int]:
+        return self.blocks.owners
+
+    def writable(self, is_worker: bool) -> tuple[int, int]:
+        return self.blocks.my_range if is_worker else (0, 0)
+
+    def read(self, out: np.ndarray) -> np.ndarray:
+        """Worker: own block from local memory, the others lock-free from their owners."""
+        b = self.blocks
+        self.overlaps.reads += 1
+        if not self.count_overlaps:
+            return b.read_others(out)
+        torn = False
+        for j, (lo, hi) in enumerate(b.ranges):
+            if hi == lo:
+                continue
+            if j == b.my_block:
+                out[lo:hi] = b.local
+                continue
+            v1 = b.version(j)
+            b.read_block(j, out[lo:hi])
+            self.block_reads += 1
+            if v1 % 2 == 1 or b.version(j) != v1:
+                self.block_overlaps += 1
+                torn = True
+        self.overlaps.overlapped += torn
+        return out
+
+    def write(self, delta: np.ndarray, lo: int, hi: int, samples: int) -> None:
+        """Owner: ``x[lo:hi] += delta`` in place (single writer, no lock)."""
+        a = self.blocks.my_range[0]
+        with self.blocks.writing() as mine:
+            mine[lo - a:hi - a] += delta
+        self.control.count_update(samples)
+
+    def copy(self, consistent: bool) -> np.ndarray:
+        """Host, while workers run: every block (``consistent``: each block one version)."""
+        return self.blocks.read_all(np.empty(self.n, np.float32), consistent)
+
+    def store(self, x: np.ndarray) -> None:
+        self.blocks.set_mine(np.asarray(x, np.float32))
+
+    def gather(self) -> np.ndarray | None:
+        """Collective, while no worker writes: x on rank 0 (None elsewhere)."""
+        lo, _ = self.blocks.my_range
+        parts = self.comm.gather_obj((lo, self.blocks.local.copy()))
+        if self.comm.rank != HOST:
+            return None
+        x = np.zeros(self.n, np.float32)
+        for a, block in parts:
+            x[a:a + block.size] = block
+        return x
+
+    def applied(self) -> int:
+        """Writes applied to this rank's block (its version / 2; 0 without a block)."""
+        return self.blocks.version(self.blocks.my_block) // 2 if self.blocks.my_block is not None else 0
+
+    def set_applied(self, count: int) -> None:
+        if self.blocks.my_block is not None:
+            self.blocks.set_version(2 * int(count))
+
+    def free(self) -> None:
+        self.blocks.free()
 
 
 def host_loop(every: float, take: Callable[[], None], need_sync: Callable[[], bool],

@@ -71,10 +71,10 @@ class FlatModel:
         return True
 
     def set_trainable(self, lo: int, hi: int) -> None:
-        """Only tensors inside ``[lo, hi)`` get gradients (partial backward for PASSM);
-        ``lo, hi`` must be tensor boundaries."""
+        """Only tensors that overlap ``[lo, hi)`` get gradients (partial backward for PASSM); a
+        tensor cut by ``lo`` or ``hi`` gets its whole gradient, of which the caller uses a part."""
         for p, s in zip(self.params, self.slots):
-            p.requires_grad_(lo <= s.offset and s.offset + s.size <= hi)
+            p.requires_grad_(s.offset < hi and lo < s.offset + s.size)
 
     def buffers_vector(self) -> np.ndarray:
         """Module buffers (e.g. BatchNorm running statistics) as one float64 vector."""
@@ -89,6 +89,15 @@ class FlatModel:
                 n = b.numel()
                 b.copy_(torch.from_numpy(np.asarray(vec[off:off + n])).view_as(b).to(b.dtype))
                 off += n
+
+
+def partition_elements(n: int, parts: int) -> list[tuple[int, int]]:
+    """Split ``n`` elements into ``parts`` contiguous ranges whose sizes differ by at most one
+    (tensors may be cut anywhere): blocks balanced by parameter count."""
+    if parts < 1:
+        raise ValueError("parts must be >= 1")
+    cuts = [(j * int(n)) // parts for j in range(parts + 1)]
+    return [(cuts[j], cuts[j + 1]) for j in range(parts)]
 
 
 def partition_tensors(sizes: list[int] | np.ndarray, parts: int) -> list[tuple[int, int]]:

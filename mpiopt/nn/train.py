@@ -1,6 +1,6 @@
 """Training-step helpers shared by ``async_subgradient`` and ``ddp``.
 
-The update of seed 003 (Algorithm 1) on a flat vector, all numpy in place:
+The update of the asynchronous subgradient method (its Algorithm 1) on a flat vector, all numpy in place:
 ``g += wd * x + l1 * sign(x)``; ``u = m * u + g``; ``delta = -(1 - m) * step * u``.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 
 
 def step_size(gamma: float, alpha: float, k: int) -> float:
-    """gamma^k of the seed: ``alpha_c * gamma / sqrt(k)`` for the worker's k-th update (k >= 1)."""
+    """The step ``alpha_c * gamma / sqrt(k)`` for the worker's k-th update (k >= 1)."""
     return alpha * gamma / math.sqrt(max(1, k))
 
 
@@ -84,16 +84,19 @@ def recalibrate_batchnorm(module: Any, batches: list[Any]) -> None:
 class Evaluator:
     """Test loss/accuracy and the loss/accuracy on a fixed training subset of a model. Models with
     BatchNorm get their statistics recalibrated on fixed training batches first; with
-    ``restore_buffers`` the module's own statistics are put back afterwards."""
+    ``restore_buffers`` the module's own statistics are put back afterwards; with
+    ``recalibrate=False`` the module's statistics are used as they are (e.g. shared statistics)."""
 
     def __init__(self, problem: Any, eval_samples: int = 0, train_eval_samples: int = 1000,
-                 bn_batches: int = 8, batch_size: int = 64, restore_buffers: bool = False):
+                 bn_batches: int = 8, batch_size: int = 64, restore_buffers: bool = False,
+                 recalibrate: bool = True):
         self.problem = problem
         self.test = problem.test_set(eval_samples)
         self.train = problem.train_subset(train_eval_samples, seed=1)
         self.n_bn, self.batch_size = bn_batches, batch_size
         self.bn: list[Any] | None = None
         self.restore_buffers = restore_buffers
+        self.recalibrate = recalibrate
 
     def _bn_batches(self) -> list[Any]:
         if self.bn is None:
@@ -105,7 +108,7 @@ class Evaluator:
         """(train_loss, train_accuracy, test_loss, test_accuracy) of ``flat`` (a FlatModel)."""
         from .models import has_batchnorm
         module = flat.module
-        bn = has_batchnorm(module)
+        bn = self.recalibrate and has_batchnorm(module)
         saved = flat.buffers_vector() if (bn and self.restore_buffers) else None
         if bn:
             recalibrate_batchnorm(module, self._bn_batches())
