@@ -55,7 +55,9 @@ class RunContext:
                                report_every=int(run_cfg.get("report_every", 0)),
                                progress=run_cfg.get("progress", "auto"), quiet=quiet, resume=resume)
         self.stop = StopPolicy(self.elapsed, float(run_cfg.get("max_time", math.inf)),
-                               int(run_cfg.get("poll_every", 1)))
+                               int(run_cfg.get("poll_every", 1)), rank=comm.rank,
+                               term_grace=float(run_cfg.get("term_grace", 60.0)),
+                               hang_timeout=float(run_cfg.get("hang_timeout", 0.0)))
         self.checkpoints = CheckpointSchedule(
             comm, checkpoints, Every.parse(run_cfg.get("checkpoint_every", "0"), "run.checkpoint_every"),
             meta=self._checkpoint_meta, history=self.history.arrays, on_saved=self.history.flush)
@@ -76,6 +78,7 @@ class RunContext:
              force: bool = False) -> int | None:
         """Collective (every rank, same iterations). Writes a checkpoint when due and returns a
         status code to stop with (MAX_TIME, INTERRUPTED, CALLBACK_STOP) or None to go on."""
+        self.stop.heartbeat()
         ck = self.checkpoints
         if not force and not self.stop.poll_due(iteration) and not local_stop and not ck.count_due(iteration):
             return None

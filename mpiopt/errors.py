@@ -14,5 +14,9 @@ class InputError(MpioptError):
     """Bad usage, configuration, data file or value: reported in one line, exit code 2."""
 
 
+class OutputError(MpioptError, OSError):
+    """Writing a result or checkpoint failed (disk full, permissions): one line naming the file, exit 1."""
+
+
 class CheckpointError(InputError):
     """A checkpoint that cannot be used for this run (other solver/problem/format)."""

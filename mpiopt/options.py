@@ -77,6 +77,7 @@ class Option:
     low_open: bool = False
     high_open: bool = False
     nullable: bool = False
+    allow_inf: bool | None = None      # None: only when the default is infinite (e.g. run.max_time)
 
     @property
     def kind(self) -> type:
@@ -132,6 +133,10 @@ class Option:
                 raise InputError(f"{where}: expected a number, got {value!r}")
             if math.isnan(out):
                 raise InputError(f"{where}: NaN is not a valid value")
+            allow_inf = self.allow_inf if self.allow_inf is not None else (
+                isinstance(self.default, float) and math.isinf(self.default))
+            if math.isinf(out) and not allow_inf:
+                raise InputError(f"{where}: must be a finite number, got {value!r}")
         elif kind is Every:
             if isinstance(value, bool):
                 raise InputError(f"{where}: expected N iterations or Ns seconds, got {value!r}")
@@ -216,6 +221,10 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("progress", "auto", "progress display on rank 0", str, choices=("auto", "bar", "lines", "none")),
     Option("poll_every", 1, "iterations between the collective stop/checkpoint polls", int, low=1),
     Option("debug", False, "extra consistency checks (e.g. replica checksums)", bool),
+    Option("term_grace", 60.0, "seconds a rank may take to checkpoint and stop after SIGTERM/SIGINT before the "
+           "job is ended without a checkpoint (0: wait forever)", float, low=0.0),
+    Option("hang_timeout", 0.0, "end the job when a rank completes no iteration and no MPI operation for this "
+           "many seconds (0: off)", float, low=0.0),
     Option("snapshot_every", 60.0, "seconds between snapshots of a shared model saved into the result file "
            "(async_subgradient; 0: only at start and end)", float, low=0.0),
 )

@@ -58,7 +58,9 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         v = getattr(args, attr)
         if v is not None:
             values.append((key, v, f"--{attr.replace('_', '-')}"))
-    return resolve_spec(args.solver, args.problem, values, config_file=args.config)
+    spec = resolve_spec(args.solver, args.problem, values, config_file=args.config)
+    spec.plugins = list(args.plugin)
+    return spec
 
 
 # -- help -------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from . import registry
 from . import result as R
 from .errors import EXIT_FAILURE, EXIT_OK, CheckpointError, InputError
 from .options import Every
+from .preflight import (available_memory, check_checkpoint_dir, check_checkpoint_dir_not_input, check_memory,
+                        check_not_an_input, check_output_file, input_paths)
 from .provenance import git_commit, now, versions
 
 DEMO_SOLVER = "prox_sgd"
@@ -38,6 +40,8 @@ class RunSpec:
     config: dict[str, dict[str, Any]]
     demo: bool = False
     notes: list[str] = field(default_factory=list)
+    config_file: str | None = None
+    plugins: list[str] = field(default_factory=list)
 
 
 def sections(solver_cls: type, problem_cls: type) -> dict[str, Sequence[O.Option]]:
@@ -78,7 +82,7 @@ def resolve_spec(solver: str | None = None, problem: str | None = None, values: 
         run["out"] = DEMO_OUT if demo else f"{solver_name}-{problem_name}.h5"
     if run["resume"] == "latest" and not run["checkpoint_dir"]:
         raise InputError("--resume latest needs --checkpoint-dir (or run.checkpoint_dir)")
-    return RunSpec(solver_name, problem_name, cfg, demo=demo)
+    return RunSpec(solver_name, problem_name, cfg, demo=demo, config_file=config_file)
 
 
 def config_lines(cfg: dict[str, dict[str, Any]]) -> str:
@@ -178,6 +182,18 @@ def _find_resume(spec: RunSpec, ckpts: Any) -> Any:
     return ck
 
 
+def preflight(spec: RunSpec, problem_cls: type, n_ranks: int, write_result: bool = True) -> None:
+    """Every path the run reads or writes, before any heavy work (InputError naming it)."""
+    run = spec.config["run"]
+    inputs = input_paths(spec.config, spec.config_file, spec.plugins)
+    if write_result and run["out"]:
+        check_output_file(run["out"])
+        check_not_an_input(run["out"], inputs)
+        check_checkpoint_dir_not_input(run["checkpoint_dir"], run["out"])
+    if run["checkpoint_dir"]:
+        check_checkpoint_dir(run["checkpoint_dir"])
+
+
 def build_run(spec: RunSpec, comm: Any = None, *, verbose: bool = False, quiet: bool = False,
               write_result: bool = True, problem: Any = None) -> Run:
     """Collective: check every input, find the resume target, set up the problem, create the result
@@ -188,7 +204,7 @@ def build_run(spec: RunSpec, comm: Any = None, *, verbose: bool = False, quiet: 
     to reuse (sweeps and benchmarks that run several solvers on one data set)."""
     from .comm import collective_check, world
     from .context import RunContext
-    from .io.checkpoint import CheckpointManager
+    from .io.checkpoint import CheckpointManager, clean_stale_temporaries
     from .io.results import FORMAT, FORMAT_VERSION, ResultWriter
 
     comm = comm or world()
@@ -204,12 +220,20 @@ def build_run(spec: RunSpec, comm: Any = None, *, verbose: bool = False, quiet: 
                          f"(mpirun -n {solver_cls.min_ranks} ...), got {comm.size}")
     solver_cls.check_config(cfg, comm.size)
     Every.parse(run["checkpoint_every"], "run.checkpoint_every")
+    collective_check(comm, lambda: preflight(spec, problem_cls, comm.size, write_result))
+    estimate = problem_cls.memory_estimate(cfg["problem"], comm.size) if problem is None else None
+    ranks_here = comm.node_size()
+    collective_check(comm, lambda: check_memory(estimate, ranks_here, available_memory()))
 
     say(f"mpiopt {__version__}: {'demo: ' if spec.demo else ''}{spec.solver} on {spec.problem}, {comm.size} rank(s)")
     say(config_lines(cfg))
 
     # 1. resume target (every rank reads the same file), before any heavy work
     ckpts = CheckpointManager(run["checkpoint_dir"], run["keep_checkpoints"]) if run["checkpoint_dir"] else None
+    if rank == 0:   # temporary files that killed runs left behind
+        for folder in {run["checkpoint_dir"], os.path.dirname(os.path.abspath(run["out"])) if run["out"] else None}:
+            if folder:
+                clean_stale_temporaries(folder)
     resume = collective_check(comm, lambda: _find_resume(spec, ckpts))
     if run["resume"] == "latest" and resume is None:
         say(f"no checkpoint in {run['checkpoint_dir']}: starting a new run")

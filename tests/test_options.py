@@ -19,7 +19,12 @@ def test_coercion_and_ranges():
         f.coerce(0, "solver.tol")
     with pytest.raises(InputError, match="NaN"):
         f.coerce("nan", "solver.tol")
-    assert f.coerce("inf", "x") == math.inf
+    # infinity is refused like NaN unless the option admits it (issue: inf passed validation)
+    for bad in ("inf", "1e400", "-Infinity", math.inf):
+        with pytest.raises(InputError, match="must be a finite number"):
+            f.coerce(bad, "x")
+    assert Option("max_time", math.inf, "", float, low=0.0).coerce("inf", "x") == math.inf
+    assert Option("t", 1.0, "", float, allow_inf=True).coerce("inf", "x") == math.inf
     c = Option("mode", "a", "", str, choices=("a", "b"))
     with pytest.raises(InputError, match="not one of a, b"):
         c.coerce("z", "solver.mode")

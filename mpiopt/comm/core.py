@@ -18,6 +18,18 @@ from .stats import CommStats
 
 SPIN_SECONDS = 2e-3
 MAX_SLEEP = 1e-3
+_last_progress = time.monotonic()
+
+
+def mark_progress() -> None:
+    """Record that this rank made progress now (a completed MPI operation, an iteration)."""
+    global _last_progress
+    _last_progress = time.monotonic()
+
+
+def seconds_since_progress() -> float:
+    """Seconds since this rank last completed an MPI operation or marked progress (for watchdogs)."""
+    return time.monotonic() - _last_progress
 
 
 def _oversubscribed(size: int) -> bool:
@@ -55,6 +67,7 @@ def polite_wait(req: MPI.Request, spin: float = SPIN_SECONDS, status: MPI.Status
         polite_sleep_until(req.Test, spin)
     else:
         polite_sleep_until(lambda: req.Test(status), spin)
+    mark_progress()
 
 
 def polite_waitall(reqs: Sequence[MPI.Request], spin: float = SPIN_SECONDS) -> None:
@@ -62,6 +75,7 @@ def polite_waitall(reqs: Sequence[MPI.Request], spin: float = SPIN_SECONDS) -> N
     reqs = list(reqs)
     if reqs:
         polite_sleep_until(lambda: MPI.Request.Testall(reqs), spin)
+    mark_progress()
 
 
 class Comm:
@@ -151,6 +165,16 @@ class Comm:
         for r in range(1, self.size):
             total += out[r]
         return total
+
+    def node_size(self) -> int:
+        """Collective: how many ranks of this communicator share this rank's node (shared memory)."""
+        if self.size == 1:
+            return 1
+        local = self.mpi.Split_type(MPI.COMM_TYPE_SHARED)
+        try:
+            return int(local.Get_size())
+        finally:
+            local.Free()
 
     def bcast_obj(self, obj: Any, root: int = 0) -> Any:
         """Broadcast a picklable object (setup time only: blocking)."""

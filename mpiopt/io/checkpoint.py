@@ -1,25 +1,105 @@
 """Checkpoints: ``ckpt-<iteration>.h5`` written atomically, a ``latest`` pointer, the last K kept."""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import re
+import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import h5py
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, OutputError
 from .tree import decode_attr, read_tree, write_tree
 
 CKPT_FORMAT = "mpiopt-checkpoint"
 CKPT_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d+)\.h5$")
+_TMP = re.compile(r"^\.tmp-(?P<host>[^.]+?)-(?P<pid>\d+)-.*$")
+STALE_SECONDS = 24 * 3600     # temporary files older than this are removed whoever left them
 
 
-def _fsync_dir(folder: str) -> None:
+def _tmp_prefix() -> str:
+    """Prefix of this process's temporary files: ``.tmp-<host>-<pid>-`` (so stale ones can be found)."""
+    host = socket.gethostname().split(".")[0].replace("-", "_") or "host"
+    return f".tmp-{host}-{os.getpid()}-"
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """``strerror (errno N)`` of an OSError, also when HDF5 wrapped it in its message."""
+    if isinstance(exc, OSError) and exc.errno:
+        return f"{exc.strerror or os.strerror(exc.errno)} (errno {exc.errno})"
+    text = str(exc)
+    m = re.search(r"errno = (\d+)", text)
+    if m:
+        n = int(m.group(1))
+        return f"{os.strerror(n)} (errno {n})"
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def clean_stale_temporaries(folder: str) -> list[str]:
+    """Remove temporary files that killed runs left in ``folder``: those of dead processes on this
+    host, and any older than a day. Returns the removed names."""
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    here = _tmp_prefix().split("-")[1]
+    now = time.time()
+    for name in os.listdir(folder):
+        m = _TMP.match(name)
+        if not m:
+            continue
+        path = os.path.join(folder, name)
+        try:
+            old = now - os.path.getmtime(path) > STALE_SECONDS
+            dead = m.group("host") == here and not _alive(int(m.group("pid")))
+            if old or dead:
+                os.unlink(path)
+                removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def content_digest(f: h5py.File) -> str:
+    """sha256 over every attribute (decoded) and every dataset's bytes of an open checkpoint, in a
+    fixed order; the root attribute ``digest`` itself is left out."""
+    h = hashlib.sha256()
+
+    def visit(group: h5py.Group, prefix: str) -> None:
+        for k in sorted(group.attrs):
+            if prefix == "/" and k == "digest":
+                continue
+            h.update(f"{prefix}@{k}={decode_attr(group.attrs[k])!r};".encode())
+        for k in sorted(group):
+            item = group[k]
+            if isinstance(item, h5py.Group):
+                visit(item, f"{prefix}{k}/")
+            else:
+                arr = np.ascontiguousarray(item[()])
+                h.update(f"{prefix}{k}:{arr.dtype.str}:{arr.shape};".encode())
+                h.update(arr.tobytes() if arr.dtype.kind != "O" else repr(arr.tolist()).encode())
+    visit(f, "/")
+    return h.hexdigest()
+
+
+def fsync_dir(folder: str) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # pragma: no cover
@@ -31,19 +111,26 @@ def _fsync_dir(folder: str) -> None:
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix."""
+    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix
+    (temporary file in the same folder, fsync, rename, fsync of the folder). On failure nothing is
+    left behind and :class:`~mpiopt.errors.OutputError` names the file and the errno."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=_tmp_prefix(), suffix=".part")
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write: {describe_os_error(exc)}") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(folder)
-    except BaseException:
+        fsync_dir(folder)
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OutputError(f"{path}: cannot write: {describe_os_error(exc)}") from None
         raise
 
 
@@ -76,29 +163,28 @@ class CheckpointManager:
              history: dict[str, np.ndarray] | None = None) -> str:
         """Write ``ckpt-<iteration>.h5`` atomically (temp file, fsync, rename, fsync folder), move
         the ``latest`` pointer, and delete all but the newest ``keep`` checkpoints."""
-        self.ensure_folder()
-        final = os.path.join(self.folder, f"ckpt-{iteration:09d}.h5")
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-ckpt-", suffix=".h5")
-        os.close(fd)
         try:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["format"] = CKPT_FORMAT
-                f.attrs["format_version"] = CKPT_VERSION
-                f.attrs["iteration"] = int(iteration)
-                for k, v in meta.items():
-                    f.attrs[k] = v if isinstance(v, (str, int, float, np.integer, np.floating)) else "json:" + json.dumps(v)
-                write_tree(f.create_group("state"), state)
-                hg = f.create_group("history")
-                for k, v in (history or {}).items():
-                    hg.create_dataset(k, data=np.asarray(v))
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-            _fsync_dir(self.folder)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+            self.ensure_folder()
+        except OSError as exc:
+            raise OutputError(f"checkpoint folder {self.folder}: {describe_os_error(exc)}") from None
+        final = os.path.join(self.folder, f"ckpt-{iteration:09d}.h5")
+        # the file is built in memory and written in one atomic step: a full disk or a kill leaves
+        # the previous checkpoints and the latest pointer as they were, and no partial file
+        image = io.BytesIO()
+        with h5py.File(image, "w") as f:
+            f.attrs["format"] = CKPT_FORMAT
+            f.attrs["format_version"] = CKPT_VERSION
+            f.attrs["iteration"] = int(iteration)
+            for k, v in meta.items():
+                f.attrs[k] = v if isinstance(v, (str, int, float, np.integer, np.floating)) else "json:" + json.dumps(v)
+            write_tree(f.create_group("state"), state)
+            hg = f.create_group("history")
+            for k, v in (history or {}).items():
+                v = np.asarray(v)
+                hg.create_dataset(k, data=v, fletcher32=True, chunks=True if v.size else None)
+        with h5py.File(image, "r+") as f:
+            f.attrs["digest"] = content_digest(f)
+        atomic_write_bytes(final, image.getvalue())
         atomic_write_bytes(os.path.join(self.folder, "latest"), (os.path.basename(final) + "\n").encode())
         self._prune()
         return final
@@ -118,37 +204,66 @@ class CheckpointManager:
                 pass
 
     def latest(self) -> str | None:
-        """Path of the newest complete checkpoint, or None."""
+        """Path of the checkpoint the ``latest`` pointer names; with no pointer, the newest checkpoint
+        in the folder; None when there is none. A pointer that is not a text file naming an existing
+        checkpoint of this folder raises :class:`~mpiopt.errors.CheckpointError`."""
         pointer = os.path.join(self.folder, "latest")
-        if os.path.exists(pointer):
-            with open(pointer) as fh:
-                name = fh.read().strip()
-            path = os.path.join(self.folder, name)
-            if os.path.exists(path):
-                return path
         files = self.list()
-        return files[-1] if files else None
+        if not os.path.lexists(pointer):
+            return files[-1] if files else None
+        hint = (f"; resume a checkpoint by path (--resume {files[-1]})" if files else
+                "; delete it to start a new run")
+        if not os.path.isfile(pointer):
+            raise CheckpointError(f"--resume latest: {pointer} is not a file{hint}")
+        try:
+            with open(pointer, "rb") as fh:
+                raw = fh.read(4096)
+            name = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise CheckpointError(f"--resume latest: {pointer} is not a text file{hint}") from None
+        except OSError as exc:
+            raise CheckpointError(f"--resume latest: {pointer}: {describe_os_error(exc)}") from None
+        if not name:
+            raise CheckpointError(f"--resume latest: {pointer} is empty{hint}")
+        if not _NAME.match(name):
+            raise CheckpointError(f"--resume latest: {pointer} names {name[:80]!r}, not a checkpoint file{hint}")
+        path = os.path.join(self.folder, name)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"--resume latest: {pointer} names {name}, which does not exist{hint}")
+        return path
 
 
 def load_checkpoint(path: str, solver: str | None = None, problem: str | None = None) -> Checkpoint:
-    """Read a checkpoint; refuse one of another solver, problem or an unknown format version."""
+    """Read a checkpoint; refuse one of another solver, problem or an unknown format version, and
+    one whose content does not match its digest (corrupted)."""
     if not os.path.exists(path):
         raise CheckpointError(f"--resume {path}: checkpoint not found")
+    if os.path.isdir(path):
+        raise CheckpointError(f"--resume {path}: is a folder; give a checkpoint file or use --resume latest")
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise CheckpointError(f"--resume {path}: not a readable HDF5 checkpoint ({exc})") from None
-    with f:
-        meta = {k: decode_attr(v) for k, v in f.attrs.items()}
-        if meta.get("format") != CKPT_FORMAT:
-            raise CheckpointError(f"--resume {path}: not an mpiopt checkpoint (format={meta.get('format')!r})")
-        if int(meta.get("format_version", -1)) != CKPT_VERSION:
-            raise CheckpointError(f"--resume {path}: checkpoint format version {meta.get('format_version')} "
-                                  f"is not supported (this mpiopt reads version {CKPT_VERSION})")
-        if solver is not None and meta.get("solver") != solver:
-            raise CheckpointError(f"--resume {path}: checkpoint is from solver {meta.get('solver')!r}, not {solver!r}")
-        if problem is not None and meta.get("problem") != problem:
-            raise CheckpointError(f"--resume {path}: checkpoint is from problem {meta.get('problem')!r}, not {problem!r}")
-        state = read_tree(f["state"])
-        history = {k: f["history"][k][()] for k in f["history"]}
+        raise CheckpointError(f"--resume {path}: not a readable HDF5 checkpoint ({describe_os_error(exc)})") from None
+    try:
+        with f:
+            meta = {k: decode_attr(v) for k, v in f.attrs.items()}
+            if meta.get("format") != CKPT_FORMAT:
+                raise CheckpointError(f"--resume {path}: not an mpiopt checkpoint (format={meta.get('format')!r})")
+            if int(meta.get("format_version", -1)) != CKPT_VERSION:
+                raise CheckpointError(f"--resume {path}: checkpoint format version {meta.get('format_version')} "
+                                      f"is not supported (this mpiopt reads version {CKPT_VERSION})")
+            if "digest" in meta and content_digest(f) != meta["digest"]:
+                raise CheckpointError(f"--resume {path}: checkpoint is corrupted (content does not match its digest)")
+            if solver is not None and meta.get("solver") != solver:
+                raise CheckpointError(f"--resume {path}: checkpoint is from solver {meta.get('solver')!r}, not {solver!r}")
+            if problem is not None and meta.get("problem") != problem:
+                raise CheckpointError(f"--resume {path}: checkpoint is from problem {meta.get('problem')!r}, not {problem!r}")
+            state = read_tree(f["state"])
+            history = {k: f["history"][k][()] for k in f["history"]}
+            int(meta["iteration"])
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any damage inside the file is one line naming it
+        raise CheckpointError(f"--resume {path}: checkpoint is damaged ({type(exc).__name__}: "
+                              f"{describe_os_error(exc)})") from None
     return Checkpoint(path=path, meta=meta, state=state, history=history)

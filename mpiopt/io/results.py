@@ -10,7 +10,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
+from .checkpoint import describe_os_error, fsync_dir
 from .tree import dataset_kwargs, decode_attr, read_tree, write_tree
 
 FORMAT = "mpiopt-result"
@@ -28,10 +29,14 @@ class ResultWriter:
 
     def __init__(self, path: str, attrs: dict[str, Any]):
         self.path = path
+        self.part = path + ".part"     # the live file; renamed onto ``path`` when the run ends
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise InputError(f"--out {path}: folder {folder} does not exist")
-        self._file = h5py.File(path, "w", libver="latest")
+        try:
+            self._file = h5py.File(self.part, "w", libver="latest")
+        except OSError as exc:
+            raise InputError(f"--out {path}: cannot create {self.part}: {describe_os_error(exc)}") from None
         for k, v in attrs.items():
             _set_attr(self._file.attrs, k, v)
         self._file.create_group("history")
@@ -90,6 +95,14 @@ class ResultWriter:
 
     def flush(self) -> None:
         """Write buffered rows; readers with SWMR see them after ``refresh()``."""
+        try:
+            self._flush()
+        except OSError as exc:
+            self.abandon()
+            raise OutputError(f"{self.part}: cannot write the result file: {describe_os_error(exc)}; "
+                              f"the previous {self.path} is unchanged") from None
+
+    def _flush(self) -> None:
         if self._columns is None:
             if not self._rows and not any(self._series_rows.values()):
                 return
@@ -120,10 +133,24 @@ class ResultWriter:
 
     def close(self, attrs: dict[str, Any], solution: dict[str, np.ndarray] | None = None,
               extra: dict[str, Any] | None = None) -> None:
-        """Flush, leave SWMR mode, write final attributes, ``/solution`` and optional groups."""
+        """Flush, leave SWMR mode, write final attributes, ``/solution`` and optional groups, then
+        rename the ``.part`` file onto the result path (the previous result survives until then)."""
         self.flush()
-        self._file.close()
-        with h5py.File(self.path, "r+") as f:
+        try:
+            self._file.close()
+            self._finish(attrs, solution, extra)
+            with open(self.part, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self.part, self.path)
+            fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        except OSError as exc:
+            self.abandon()
+            raise OutputError(f"{self.part}: cannot write the result file: {describe_os_error(exc)}; "
+                              f"the previous {self.path} is unchanged") from None
+
+    def _finish(self, attrs: dict[str, Any], solution: dict[str, np.ndarray] | None,
+                extra: dict[str, Any] | None) -> None:
+        with h5py.File(self.part, "r+") as f:
             for k, v in attrs.items():
                 _set_attr(f.attrs, k, v)
             if solution:
@@ -140,9 +167,14 @@ class ResultWriter:
                         f.create_dataset(k, data=v, **dataset_kwargs(v))
 
     def abandon(self) -> None:
+        """Close and delete the ``.part`` file of a run that failed (the previous result stays)."""
         try:
             self._file.close()
         except Exception:  # noqa: BLE001
+            pass
+        try:
+            os.unlink(self.part)
+        except OSError:
             pass
 
 
@@ -186,7 +218,11 @@ class Result:
 
 
 def load_result(path: str, swmr: bool = True) -> Result:
-    """Read a result file (also one still being written, through SWMR)."""
+    """Read a result file (also one still being written, through SWMR). A run writes ``PATH.part``
+    and renames it onto ``PATH`` when it ends: while no ``PATH`` exists yet, the live ``PATH.part``
+    is read."""
+    if not os.path.exists(path) and os.path.exists(path + ".part"):
+        path = path + ".part"
     if not os.path.exists(path):
         raise InputError(f"result file {path}: not found")
     try:

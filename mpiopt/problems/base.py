@@ -24,6 +24,12 @@ class Problem:
         self.comm = comm
         self.reference_objective: float | None = None
 
+    @classmethod
+    def memory_estimate(cls, opts: dict[str, Any], n_ranks: int) -> tuple[float, str] | None:
+        """Bytes of memory per rank that :meth:`setup` and a solver need with ``opts`` on ``n_ranks``
+        ranks, and the settings that drive it (checked before any work); None when unknown."""
+        return None
+
     def setup(self) -> None:
         """Load or generate this rank's data (collective-safe)."""
 

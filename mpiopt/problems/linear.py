@@ -55,6 +55,20 @@ class LinearModelProblem(CompositeProblem):
     A: Any
     y: np.ndarray
 
+    @classmethod
+    def memory_estimate(cls, opts: dict[str, Any], n_ranks: int) -> tuple[float, str] | None:
+        if opts.get("path") or opts.get("dataset", "generated") != "generated":
+            return None
+        n = opts["n_features"] or 100
+        rows = -(-opts["n_samples"] // max(1, n_ranks))
+        if opts["density"] < 1.0:   # CSR plus the generator's COO temporaries: about 40 bytes per nonzero
+            data = 40.0 * rows * n * opts["density"]
+        else:                       # dense rows, generated then stacked
+            data = 16.0 * rows * n
+        vectors = 8.0 * n * 40      # iterates, gradients, wire buffers, the reference solver's memory
+        return data + vectors + 8.0 * rows, (f"problem.n_samples={opts['n_samples']}, "
+                                            f"problem.n_features={n}, problem.density={opts['density']}")
+
     def setup(self) -> None:
         o = self.opts
         comm = self.comm

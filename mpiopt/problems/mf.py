@@ -1,9 +1,11 @@
 """Matrix-factorization problems: ``movielens`` (real MovieLens files) and ``synthetic_mf``
 (low rank plus noise with Zipf-like row/column popularity, 1e5 to 1e8 ratings).
 
-    min_{A, B} (1/(2 nnz)) sum_{(i,j) in Omega} (M_ij - mu - a_i.b_j)^2 + L2 attached to ratings
+    min_{A, B, u, v} (1/(2 nnz)) sum_{(i,j) in Omega} (M_ij - mu - a_i.b_j - u_i - v_j)^2
+                     + L2 attached to ratings (l2 on a_i, b_j; bias_l2 on u_i, v_j)
 
-(mu: the global training mean with ``problem.center``, else 0.)
+(mu: the global training mean with ``problem.center``, else 0; u, v: row and column biases with
+``problem.bias``, else 0.) A prediction is mu + a_i.b_j + u_i + v_j (:func:`mpiopt.mf.model.predict`).
 
 After :meth:`setup` each rank holds an arbitrary shard of the training (and test) ratings with
 0-based ``rows``/``cols``; solvers route them to the owners of their row blocks
@@ -23,6 +25,7 @@ from ..registry import register_problem
 from .base import Problem
 
 GEN_CHUNK = 1 << 18     # generated ratings per generator (rank-count independent data)
+BIAS_L2 = 0.01          # default bias L2 (chosen by a sweep on generated MovieLens-like data, docs/hamsi.md)
 
 
 def hash_uniform(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
@@ -49,6 +52,9 @@ class MFProblem(Problem):
         Option("transpose", False, "factor columns x rows (items x users, as the reference code does)", bool),
         Option("center", True, "subtract the global training mean (predictions are mean + a_i.b_j); "
                "the hamsi-mf preset turns it off", bool),
+        Option("bias", True, "row and column biases u_i, v_j (predictions mean + a_i.b_j + u_i + v_j); "
+               "the hamsi-mf preset turns them off", bool),
+        Option("bias_l2", BIAS_L2, "L2 weight of the biases, attached to ratings like l2", float, low=0.0),
     )
 
     m: int
@@ -77,8 +83,8 @@ class MFProblem(Problem):
         self.offset = 0.0
         if self.opts["center"]:
             self.offset = comm.allreduce_scalar(float(v.sum()), tag="setup") / self.nnz
-            self.vals = v = v - self.offset
-            self.test_vals = tv = tv - self.offset
+            self.vals = v = narrow_values(v, self.offset)
+            self.test_vals = tv = narrow_values(tv, self.offset)
         big = np.finfo(np.float64).max
         lo = comm.allreduce_array([v.min() if v.size else big, tv.min() if tv.size else big], op=MPI.MIN)
         hi = comm.allreduce_array([v.max() if v.size else -big, tv.max() if tv.size else -big], op=MPI.MAX)
@@ -87,6 +93,14 @@ class MFProblem(Problem):
     def _load(self):
         raise NotImplementedError
 
+    def take_ratings(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """Hand this rank's (rows, cols, vals) of the training and test ratings over to the caller
+        and drop them here, so that a solver holds the ratings once."""
+        train = (self.rows, self.cols, self.vals)
+        test = (self.test_rows, self.test_cols, self.test_vals)
+        self.rows = self.cols = self.vals = self.test_rows = self.test_cols = self.test_vals = None
+        return train, test
+
     def describe(self) -> str:
         return (f"{self.name}: {self.m} x {self.n}, {self.nnz} training ratings, {self.nnz_test} held out, "
                 f"k={self.opts['latent_dim']}, l2={self.opts['l2']} ({self.opts['reg']})"
@@ -94,7 +108,22 @@ class MFProblem(Problem):
 
 
 def _empty():
-    return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0)
+
+
+def narrow_index(a: np.ndarray) -> np.ndarray:
+    """Indices as int32 (when they fit)."""
+    a = np.asarray(a)
+    return a.astype(np.int32) if a.dtype != np.int32 and (a.size == 0 or int(a.max()) < 2 ** 31) else a
+
+
+def narrow_values(v: np.ndarray, offset: float) -> np.ndarray:
+    """``v - offset`` in float64, in place when ``v`` already is float64 (no second copy)."""
+    v = np.asarray(v)
+    if v.dtype != np.float64:
+        return v.astype(np.float64) - offset
+    v -= offset
+    return v
 
 
 @register_problem("movielens")
@@ -119,7 +148,8 @@ class MovieLens(MFProblem):
         if not o["path"]:
             raise InputError("problem.path: movielens needs the ml-* folder or ratings file (no download)")
         if os.path.isfile(o["path"]) and is_reference_format(o["path"]):
-            return self._load_reference(read_reference)
+            r, c, v, tr, tc, tv, m, n = self._load_reference(read_reference)
+            return narrow_index(r), narrow_index(c), v, narrow_index(tr), narrow_index(tc), tv, m, n
         split = str(o["split"])
         test_file = o["test_path"]
         if split not in ("random", "none") and not test_file:
@@ -146,8 +176,9 @@ class MovieLens(MFProblem):
         users = compact_ids([u, tu], comm)
         items = compact_ids([i, ti], comm)
         self.user_ids, self.item_ids = users, items
-        return (np.searchsorted(users, u), np.searchsorted(items, i), v,
-                np.searchsorted(users, tu), np.searchsorted(items, ti), tv, users.size, items.size)
+        return (narrow_index(np.searchsorted(users, u)), narrow_index(np.searchsorted(items, i)), v,
+                narrow_index(np.searchsorted(users, tu)), narrow_index(np.searchsorted(items, ti)), tv,
+                users.size, items.size)
 
 
     def _load_reference(self, read_reference):
@@ -185,6 +216,13 @@ class SyntheticMF(MFProblem):
         O.seed(0, "seed of the generated data"),
         *MFProblem.options,
     )
+    # measured peak resident memory per rating of a solver run (set-up temporaries included)
+    BYTES_PER_RATING = 120.0
+
+    @classmethod
+    def memory_estimate(cls, opts, n_ranks):
+        per_rank = cls.BYTES_PER_RATING * opts["n_ratings"] / max(1, n_ranks)
+        return per_rank, f"problem.n_ratings={opts['n_ratings']}"
 
     def _load(self):
         o, comm = self.opts, self.comm
@@ -199,22 +237,32 @@ class SyntheticMF(MFProblem):
         crow = np.cumsum((np.arange(1, m + 1, dtype=np.float64)) ** -o["zipf"])
         ccol = np.cumsum((np.arange(1, n + 1, dtype=np.float64)) ** -o["zipf"])
         nchunks = -(-N // GEN_CHUNK)
-        rows, cols, vals = [], [], []
-        for c in range(comm.rank, nchunks, comm.size):
+        mine = range(comm.rank, nchunks, comm.size)
+        total = sum(min(GEN_CHUNK, N - c * GEN_CHUNK) for c in mine)
+        # train ratings go straight into their final arrays (int32 indices); the held-out ones
+        # (a small fraction) are collected per chunk
+        r, c_, v = np.empty(total, np.int32), np.empty(total, np.int32), np.empty(total)
+        tr, tc, tv = [], [], []
+        pos = 0
+        for c in mine:
             cnt = min(GEN_CHUNK, N - c * GEN_CHUNK)
             rng = np.random.default_rng([seed, 5, c])
             i = prow[np.minimum(np.searchsorted(crow, rng.random(cnt) * crow[-1]), m - 1)]
             j = pcol[np.minimum(np.searchsorted(ccol, rng.random(cnt) * ccol[-1]), n - 1)]
-            v = o["mean"] + np.einsum("ij,ij->i", U[i], V[j]) + o["noise"] * rng.standard_normal(cnt)
-            rows.append(i)
-            cols.append(j)
-            vals.append(v)
-        r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        c_ = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-        v = np.concatenate(vals) if vals else np.zeros(0)
-        if o["test_fraction"] > 0:
-            test = hash_uniform(r, c_, seed) < o["test_fraction"]
-            return r[~test], c_[~test], v[~test], r[test], c_[test], v[test], m, n
+            val = o["mean"] + np.einsum("ij,ij->i", U[i], V[j]) + o["noise"] * rng.standard_normal(cnt)
+            if o["test_fraction"] > 0:
+                test = hash_uniform(i, j, seed) < o["test_fraction"]
+                tr.append(i[test])
+                tc.append(j[test])
+                tv.append(val[test])
+                keep = ~test
+                i, j, val = i[keep], j[keep], val[keep]
+            r[pos:pos + i.size], c_[pos:pos + i.size], v[pos:pos + i.size] = i, j, val
+            pos += i.size
+        r, c_, v = r[:pos], c_[:pos], v[:pos]
+        if tr:
+            return (r, c_, v, narrow_index(np.concatenate(tr)), narrow_index(np.concatenate(tc)),
+                    np.concatenate(tv), m, n)
         return (r, c_, v, *_empty(), m, n)
 
     @staticmethod

@@ -67,6 +67,14 @@ class TVDenoise(CompositeProblem):
         Option("reference", "yes", "compute F* (prox of the mean copy, 2000 FGP iterations)", str, choices=("yes", "no")),
     )
 
+    @classmethod
+    def memory_estimate(cls, opts, n_ranks):
+        if opts["image"]:
+            return None
+        pixels = float(opts["size"]) ** 2
+        copies = -(-opts["n_copies"] // max(1, n_ranks))
+        return 8.0 * pixels * (copies + 30), f"problem.size={opts['size']}, problem.n_copies={opts['n_copies']}"
+
     def setup(self) -> None:
         o, comm = self.opts, self.comm
         self.clean = load_image(o["image"]) if o["image"] else phantom(o["size"])

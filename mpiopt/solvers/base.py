@@ -123,6 +123,7 @@ class Solver:
         while self.nit < T:
             got = self.step()
             self.nit += 1
+            self.ctx.stop.heartbeat()
             if self.record_due(got, T):
                 self.record()
             if got is not None:

@@ -19,6 +19,7 @@ class Faulty(CompositeProblem):
         Option("fail_at", 0, "gradient call at which it raises RuntimeError (0: never)", int, low=0),
         Option("bad_input_rank", -1, "rank whose setup raises InputError", int),
         Option("slow", 0.0, "seconds of sleep per gradient call", float, low=0.0),
+        Option("hang_at", 0, "gradient call at which fail_rank loops forever in Python (0: never)", int, low=0),
     )
 
     def setup(self):
@@ -36,6 +37,9 @@ class Faulty(CompositeProblem):
         self.calls += 1
         if self.comm.rank == self.opts["fail_rank"] and self.calls >= self.opts["fail_at"] > 0:
             raise RuntimeError(f"injected failure at call {self.calls} (pid {os.getpid()})")
+        if self.comm.rank == self.opts["fail_rank"] and self.calls >= self.opts["hang_at"] > 0:
+            while True:      # a plug-in stuck in user code
+                pass
         if self.opts["slow"]:
             time.sleep(self.opts["slow"])
         A, b = (self.A, self.b) if idx is None else (self.A[idx], self.b[idx])
