@@ -52,9 +52,10 @@ def reference_normals(seed: int, count: int) -> np.ndarray:
     return np.concatenate(parts)[:count] if parts else np.zeros(0)
 
 
-def read_factors(path: str, m: int, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+def read_factors(path: str, m: int, n: int, k: int, biases: bool = False) -> tuple:
     """Read ``W`` (m x k) and ``H`` (n x k) from an .npz file or an HDF5 file (datasets ``W``/``H``
-    at the root or under ``/solution``, e.g. an mpiopt result file)."""
+    at the root or under ``/solution``, e.g. an mpiopt result file). With ``biases`` also
+    ``row_bias``/``col_bias`` when the file has them (else None): returns (W, H, row_bias, col_bias)."""
     where = f"solver.init {path}"
     if not os.path.exists(path):
         raise InputError(f"{where}: file not found")
@@ -64,6 +65,8 @@ def read_factors(path: str, m: int, n: int, k: int) -> tuple[np.ndarray, np.ndar
                 if "W" not in z or "H" not in z:
                     raise InputError(f"{where}: needs arrays 'W' (rows x k) and 'H' (columns x k), has {sorted(z.files)}")
                 W, H = np.array(z["W"], dtype=np.float64), np.array(z["H"], dtype=np.float64)
+                ub = np.array(z["row_bias"], dtype=np.float64) if "row_bias" in z else None
+                vb = np.array(z["col_bias"], dtype=np.float64) if "col_bias" in z else None
         else:
             import h5py
             with h5py.File(path, "r") as f:
@@ -71,6 +74,8 @@ def read_factors(path: str, m: int, n: int, k: int) -> tuple[np.ndarray, np.ndar
                 if "W" not in grp or "H" not in grp:
                     raise InputError(f"{where}: needs datasets 'W' and 'H' (at / or /solution)")
                 W, H = np.array(grp["W"], dtype=np.float64), np.array(grp["H"], dtype=np.float64)
+                ub = np.array(grp["row_bias"], dtype=np.float64) if "row_bias" in grp else None
+                vb = np.array(grp["col_bias"], dtype=np.float64) if "col_bias" in grp else None
     except (OSError, ValueError) as exc:
         raise InputError(f"{where}: cannot read ({exc})") from None
     if W.shape != (m, k) or H.shape != (n, k):
@@ -78,4 +83,8 @@ def read_factors(path: str, m: int, n: int, k: int) -> tuple[np.ndarray, np.ndar
                          "(problem.latent_dim, problem.transpose)")
     if not (np.isfinite(W).all() and np.isfinite(H).all()):
         raise InputError(f"{where}: W or H has NaN/Inf entries")
-    return W, H
+    if not biases:
+        return W, H
+    if (ub is not None and ub.shape != (m,)) or (vb is not None and vb.shape != (n,)):
+        raise InputError(f"{where}: row_bias/col_bias must have {m} and {n} entries")
+    return W, H, ub, vb

@@ -20,18 +20,25 @@ import numpy as np
 
 from ..comm import Comm
 from ..comm.ring import alltoallv_arrays, block_sum, gather_to_root, ring_exchange
-from .cuts import balanced_cuts, block_index
+from .cuts import balanced_cuts
 from .init import random_rows
+from . import fused
 from .kernels import RatingBlock
 
 
 class DistMF:
     """Block grid, this rank's ratings (train and test) and factor layout."""
 
-    def __init__(self, comm: Comm, problem: Any, nb: int, k: int, lam: float = 0.0, reg: str = "rating"):
+    def __init__(self, comm: Comm, problem: Any, nb: int, k: int, lam: float = 0.0, reg: str = "rating",
+                 bias: bool = False, bias_l2: float = 0.0, take: bool = False):
+        """``bias``: factor rows get one more column, the row (column) bias, regularized by ``bias_l2``
+        (same form as ``lam``). ``take``: take the ratings over from the problem (``take_ratings``)
+        so that they are held once."""
         P, r = comm.size, comm.rank
         assert nb % P == 0, "nb must be a multiple of the rank count"
         self.comm, self.P, self.rank, self.nb, self.q, self.k = comm, P, r, nb, nb // P, int(k)
+        self.bias = bool(bias)
+        self.w = self.k + (1 if self.bias else 0)     # stored columns per factor row
         self.m, self.n = int(problem.m), int(problem.n)
         self.nnz, self.nnz_test = int(problem.nnz), int(problem.nnz_test)
         self.inv_nnz = 1.0 / max(self.nnz, 1)
@@ -41,50 +48,68 @@ class DistMF:
         self.groups = [r + t * P for t in range(self.q)]
         self.ma = [int(self.rcuts[b + 1] - self.rcuts[b]) for b in self.groups]
         self.nc = [int(self.ccuts[b + 1] - self.ccuts[b]) for b in self.groups]
-        k = self.k
+        w = self.w
         self.seg: list[tuple[int, int]] = []
         pos = 0
         for t in range(self.q):
-            hi = pos + (self.ma[t] + self.nc[t]) * k
+            hi = pos + (self.ma[t] + self.nc[t]) * w
             self.seg.append((pos, hi))
             pos = hi
         self.n_local = pos
-        self.n_vars = (self.m + self.n) * k
+        self.n_vars = (self.m + self.n) * w
         self.x = np.zeros(self.n_local)
-        self.blocks = self._make_blocks(problem.rows, problem.cols, problem.vals, lam, reg, problem)
+        if take and hasattr(problem, "take_ratings"):
+            train, test = problem.take_ratings()
+        else:
+            train = (problem.rows, problem.cols, problem.vals)
+            test = (problem.test_rows, problem.test_cols, problem.test_vals)
+        self.blocks = self._make_blocks(*train, lam, reg, problem, bias_l2)
+        del train
         self.test_blocks = None
         if self.nnz_test:
-            self.test_blocks = self._make_blocks(problem.test_rows, problem.test_cols, problem.test_vals,
-                                                 0.0, reg, problem)
+            self.test_blocks = self._make_blocks(*test, 0.0, reg, problem, 0.0)
+        del test
         self._plans = [self._plan(s) for s in range(nb)]
 
     # -- setup -------------------------------------------------------------------------
-    def _make_blocks(self, rows, cols, vals, lam, reg, problem) -> list[list[RatingBlock]]:
+    def _make_blocks(self, rows, cols, vals, lam, reg, problem, lam_bias) -> list[list[RatingBlock]]:
+        """Route the ratings to the owners of their row blocks and store them once, block by block
+        (stratum-major), grouped by row within a block; local indices in int32."""
         P, nb, q = self.P, self.nb, self.q
-        rows = np.asarray(rows, dtype=np.int64)
-        cols = np.asarray(cols, dtype=np.int64)
-        vals = np.asarray(vals, dtype=np.float64)
-        rb = block_index(self.rcuts, rows)
-        rows, cols, vals = alltoallv_arrays(self.comm, [rows, cols, vals], rb % P)
-        rb = block_index(self.rcuts, rows)
-        cb = block_index(self.ccuts, cols)
-        key = ((rb - cb) % nb) * q + rb // P
-        order = np.argsort(key, kind="stable")
-        key = key[order]
-        edges = np.searchsorted(key, np.arange(nb * q + 1))
+        idx_t = np.int32 if max(self.m, self.n) < 2 ** 31 else np.int64
+        rows = np.ascontiguousarray(rows, dtype=idx_t)
+        cols = np.ascontiguousarray(cols, dtype=idx_t)
+        vals = np.ascontiguousarray(vals, dtype=vals.dtype if vals.dtype == np.float32 else np.float64)
+        if P > 1:
+            dest = fused.row_owner(rows, self.rcuts, P)
+            rows, cols, vals = alltoallv_arrays(self.comm, [rows, cols, vals], dest)
+            del dest
+        n = rows.size
+        key = fused.block_keys(rows, cols, self.rcuts, self.ccuts, nb, P, q)
+        perm_t = np.int32 if n < 2 ** 31 else np.int64
+        order, scratch = np.empty(n, perm_t), np.empty(n, perm_t)
+        edges = fused.bucket_order(key, nb * q, rows, self.m, scratch, order)
+        del key, scratch
+        rows = fused.permute(rows, order, np.empty(n, idx_t))
+        cols = fused.permute(cols, order, np.empty(n, idx_t))
+        vals = fused.permute(vals, order, np.empty(n, vals.dtype))
+        del order
         out: list[list[RatingBlock]] = []
         for s in range(nb):
             row = []
             for t in range(q):
-                sel = order[edges[s * q + t]:edges[s * q + t + 1]]
+                lo, hi = int(edges[s * q + t]), int(edges[s * q + t + 1])
                 b = self.groups[t]
                 c = (b - s) % nb
-                blk = RatingBlock(rows[sel] - self.rcuts[b], cols[sel] - self.ccuts[c], vals[sel],
-                                  self.ma[t], int(self.ccuts[c + 1] - self.ccuts[c]))
-                if lam > 0:
+                i, j = rows[lo:hi], cols[lo:hi]
+                i -= idx_t(self.rcuts[b])            # local indices, in place
+                j -= idx_t(self.ccuts[c])
+                blk = RatingBlock(i, j, vals[lo:hi], self.ma[t], int(self.ccuts[c + 1] - self.ccuts[c]),
+                                  k=self.k, sorted_rows=True)
+                if lam > 0 or lam_bias > 0:
                     blk.set_reg(lam, self.nnz, reg,
                                 problem.row_counts[self.rcuts[b]:self.rcuts[b + 1]],
-                                problem.col_counts[self.ccuts[c]:self.ccuts[c + 1]])
+                                problem.col_counts[self.ccuts[c]:self.ccuts[c + 1]], lam_bias)
                 row.append(blk)
             out.append(row)
         return out
@@ -99,11 +124,11 @@ class DistMF:
     # -- views -------------------------------------------------------------------------
     def A(self, vec: np.ndarray, t: int) -> np.ndarray:
         lo, _ = self.seg[t]
-        return vec[lo:lo + self.ma[t] * self.k].reshape(self.ma[t], self.k)
+        return vec[lo:lo + self.ma[t] * self.w].reshape(self.ma[t], self.w)
 
     def B(self, vec: np.ndarray, t: int) -> np.ndarray:
         lo, hi = self.seg[t]
-        return vec[lo + self.ma[t] * self.k:hi].reshape(self.nc[t], self.k)
+        return vec[lo + self.ma[t] * self.w:hi].reshape(self.nc[t], self.w)
 
     # -- ring exchanges ----------------------------------------------------------------
     def fetch(self, s: int, vec: np.ndarray) -> list[np.ndarray]:
@@ -112,12 +137,12 @@ class DistMF:
         if pl["local"]:
             return [self.B(vec, tp) for tp in pl["send"]]
         send = np.concatenate([self.B(vec, tp).ravel() for tp in pl["send"]])
-        sizes = [c * self.k for c in pl["recv_cols"]]
+        sizes = [c * self.w for c in pl["recv_cols"]]
         recv = np.empty(sum(sizes))
         ring_exchange(self.comm, send, pl["dest"], recv, pl["src"], tag="ring_values")
         out, pos = [], 0
         for c, sz in zip(pl["recv_cols"], sizes):
-            out.append(recv[pos:pos + sz].reshape(c, self.k))
+            out.append(recv[pos:pos + sz].reshape(c, self.w))
             pos += sz
         return out
 
@@ -136,7 +161,7 @@ class DistMF:
                     dst[...] = bufs[t]
             return
         send = np.concatenate([b.ravel() for b in bufs]) if bufs else np.empty(0)
-        sizes = [self.nc[tp] * self.k for tp in pl["send"]]
+        sizes = [self.nc[tp] * self.w for tp in pl["send"]]
         recv = np.empty(sum(sizes))
         ring_exchange(self.comm, send, pl["src"], recv, pl["dest"], tag="ring_grads")
         pos = 0
@@ -159,12 +184,11 @@ class DistMF:
         parts = np.zeros((self.q, 2))
         gbufs = []
         for t in range(self.q):
-            f, sse, gA, gB = self.blocks[s][t].loss_grad(self.A(vec, t), Bs[t], self.inv_nnz, reuse)
+            out = None if accumulate else self.A(g, t)
+            f, sse, gA, gB = self.blocks[s][t].loss_grad(self.A(vec, t), Bs[t], self.inv_nnz, reuse, gA=out)
             parts[t] = f, sse
             if accumulate:
                 self.A(g, t)[...] += gA
-            else:
-                self.A(g, t)[...] = gA
             gbufs.append(gB)
         self.send_home(s, gbufs, g, accumulate)
         return parts
@@ -214,7 +238,7 @@ class DistMF:
     # -- global order ------------------------------------------------------------------
     def global_index(self, rank: int) -> np.ndarray:
         """Global flat index ([A row-major; B row-major]) of every local entry of ``rank``."""
-        k, parts = self.k, []
+        k, parts = self.w, []
         for t in range(self.q):
             b = rank + t * self.P
             parts.append(np.arange(self.rcuts[b] * k, self.rcuts[b + 1] * k, dtype=np.int64))
@@ -236,23 +260,32 @@ class DistMF:
         return np.ascontiguousarray(np.asarray(full, dtype=np.float64).ravel()[self.global_index(self.rank)])
 
     def split_global(self, full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(W, H) = (A, B) views of a global flat vector."""
-        mk = self.m * self.k
-        return full[:mk].reshape(self.m, self.k), full[mk:].reshape(self.n, self.k)
+        """(W, H) = (A, B) views of a global flat vector (w columns: factors, then the bias if any)."""
+        mk = self.m * self.w
+        return full[:mk].reshape(self.m, self.w), full[mk:].reshape(self.n, self.w)
 
     # -- init --------------------------------------------------------------------------
     def init_random(self, seed: int, scale: float) -> None:
-        """N(0, scale^2) factors from row-chunk keyed generators (same at any rank count)."""
+        """N(0, scale^2) factors from row-chunk keyed generators (same at any rank count); biases 0."""
+        k = self.k
         for t, b in enumerate(self.groups):
-            self.A(self.x, t)[...] = random_rows(seed, 0, int(self.rcuts[b]), int(self.rcuts[b + 1]), self.k, scale)
-            self.B(self.x, t)[...] = random_rows(seed, 1, int(self.ccuts[b]), int(self.ccuts[b + 1]), self.k, scale)
+            self.A(self.x, t)[:, :k] = random_rows(seed, 0, int(self.rcuts[b]), int(self.rcuts[b + 1]), k, scale)
+            self.B(self.x, t)[:, :k] = random_rows(seed, 1, int(self.ccuts[b]), int(self.ccuts[b + 1]), k, scale)
+            self.A(self.x, t)[:, k:] = 0.0
+            self.B(self.x, t)[:, k:] = 0.0
 
-    def init_from(self, W: np.ndarray, H: np.ndarray) -> None:
-        """Factors given in global order (on every rank)."""
+    def init_from(self, W: np.ndarray, H: np.ndarray, row_bias: np.ndarray | None = None,
+                  col_bias: np.ndarray | None = None) -> None:
+        """Factors given in global order (on every rank): W (m x k), H (n x k); biases 0 unless given."""
+        k = self.k
         for t, b in enumerate(self.groups):
-            self.A(self.x, t)[...] = W[self.rcuts[b]:self.rcuts[b + 1]]
-            self.B(self.x, t)[...] = H[self.ccuts[b]:self.ccuts[b + 1]]
+            A, B = self.A(self.x, t), self.B(self.x, t)
+            A[:, :k] = W[self.rcuts[b]:self.rcuts[b + 1], :k]
+            B[:, :k] = H[self.ccuts[b]:self.ccuts[b + 1], :k]
+            if self.bias:
+                A[:, k] = 0.0 if row_bias is None else row_bias[self.rcuts[b]:self.rcuts[b + 1]]
+                B[:, k] = 0.0 if col_bias is None else col_bias[self.ccuts[b]:self.ccuts[b + 1]]
 
     def describe(self) -> str:
         return (f"{self.m} x {self.n}, {self.nnz} ratings ({self.nnz_test} held out), "
-                f"{self.nb}x{self.nb} blocks, k={self.k}")
+                f"{self.nb}x{self.nb} blocks, k={self.k}" + (" + biases" if self.bias else ""))

@@ -4,7 +4,8 @@ on the HAMSI block grid.
     for each epoch: for each stratum s (seeded order):
         every rank, for each of its blocks (rb, (rb - s) mod nb) in parallel:
             SGD over the block's ratings in a seeded random order, minibatches of b ratings:
-                e = a_i.b_j - v;  a_i -= lr (e b_j + lam_i a_i);  b_j -= lr (e a_i + lam_j b_j)
+                e = a_i.b_j (+ u_i + v_j) - M_ij;  a_i -= lr (e b_j + lam_i a_i);  b_j -= lr (e a_i + lam_j b_j)
+                (with biases: u_i -= lr (e + lamb_i u_i);  v_j -= lr (e + lamb_j v_j))
         (updates in a minibatch are computed at the same point; a row or column met several
          times in one minibatch moves by the mean of its updates)
     lr = lr0 / (1 + decay * epoch)
@@ -37,14 +38,17 @@ class DSGD(MFSolver):
 
     def __init__(self, problem, options, ctx):
         super().__init__(problem, options, ctx)
-        mf, lam = self.mf, self.lam
+        mf = self.mf
+        self.lam_b = float(problem.opts["bias_l2"]) if mf.bias else 0.0
         uniform = problem.opts["reg"] == "uniform"
-        self.row_lam = []
-        for b in mf.groups:
-            rc = problem.row_counts[mf.rcuts[b]:mf.rcuts[b + 1]]
-            self.row_lam.append(lam / np.maximum(rc, 1) if uniform else np.full(rc.size, lam))
-        self.col_lam_all = (lam / np.maximum(problem.col_counts, 1) if uniform
-                            else np.full(problem.col_counts.size, lam))
+        rc, cc = np.maximum(problem.row_counts, 1), np.maximum(problem.col_counts, 1)
+
+        def per_rating(lam, counts):      # L2 weight per rating of each row/column
+            return lam / counts if uniform else np.full(counts.size, lam)
+        lr_, lc_ = per_rating(self.lam, rc), per_rating(self.lam, cc)
+        br_, bc_ = per_rating(self.lam_b, rc), per_rating(self.lam_b, cc)
+        self.row_lam = [(lr_[mf.rcuts[b]:mf.rcuts[b + 1]], br_[mf.rcuts[b]:mf.rcuts[b + 1]]) for b in mf.groups]
+        self.col_lam = (lc_, bc_)
 
     def step(self) -> Stop | None:
         """One epoch: every stratum once, in a seeded order."""
@@ -63,26 +67,37 @@ class DSGD(MFSolver):
         for t, b in enumerate(mf.groups):
             c = (b - s) % mf.nb
             rng = np.random.default_rng([self.seed, epoch, s, b])
+            cl = slice(mf.ccuts[c], mf.ccuts[c + 1])
             self.sgd_block(mf.blocks[s][t], mf.A(x, t), Bs[t], lr, rng, self.row_lam[t],
-                           self.col_lam_all[mf.ccuts[c]:mf.ccuts[c + 1]])
+                           (self.col_lam[0][cl], self.col_lam[1][cl]))
         mf.send_home(s, Bs, x)
 
     def sgd_block(self, blk, A, B, lr, rng, lam_r, lam_c) -> None:
+        """Minibatch SGD over one block; ``lam_r``/``lam_c``: (factor, bias) L2 weights per rating."""
         if blk.nnz == 0:
             return
         perm = rng.permutation(blk.nnz)
-        bs = self.opts["batch_size"]
+        bs, k, lam, lam_b, bias = self.opts["batch_size"], self.k, self.lam, self.lam_b, self.mf.bias
         with np.errstate(over="ignore", invalid="ignore"):   # divergence shows up as a NaN objective
             for lo in range(0, blk.nnz, bs):
                 idx = perm[lo:lo + bs]
                 i, j = blk.i[idx], blk.j[idx]
                 Ai, Bj = A[i], B[j]
-                err = np.einsum("ij,ij->i", Ai, Bj) - blk.v[idx]
+                err = np.einsum("ij,ij->i", Ai[:, :k], Bj[:, :k])
+                if bias:
+                    err += Ai[:, k] + Bj[:, k]
+                err -= blk.v[idx]
                 gA = err[:, None] * Bj
                 gB = err[:, None] * Ai
-                if self.lam > 0:
-                    gA += lam_r[i][:, None] * Ai
-                    gB += lam_c[j][:, None] * Bj
+                if bias:
+                    gA[:, k] = err
+                    gB[:, k] = err
+                if lam > 0:
+                    gA[:, :k] += lam_r[0][i][:, None] * Ai[:, :k]
+                    gB[:, :k] += lam_c[0][j][:, None] * Bj[:, :k]
+                if bias and lam_b > 0:
+                    gA[:, k] += lam_r[1][i] * Ai[:, k]
+                    gB[:, k] += lam_c[1][j] * Bj[:, k]
                 # a row met several times in one minibatch takes the mean of its updates (a sum would
                 # multiply the step by the multiplicity and diverge on popular rows/columns)
                 add_mean(A, i, gA, -lr)

@@ -11,7 +11,8 @@ spartensor/hamsi-mf).
         beta(e) = (eta (e+1))^gamma,  beta_GD(e) = (eta_GD (e+1))^gamma
 
 One solver step is one epoch (C inner steps). The ``hamsi-mf`` preset follows the reference
-exactly (no L2, N(0,1) init, no safeguard). The default adds L2 (problem.l2), a small init, and a
+exactly (no L2, no biases, N(0,1) init, no safeguard). The default adds L2 (problem.l2), row and
+column biases (problem.bias), a small init, and a
 safeguard that halves a step that raises the stratum loss or is not finite (and clears the memory
 after four rejections in a row).
 """
@@ -32,9 +33,9 @@ class Hamsi(StratifiedMF):
     summary = "HAMSI: stratified incremental L-BFGS for matrix factorization (row blocks per rank, column blocks on a ring)"
     demo_settings = {"problem.n_ratings": 100000, "problem.latent_dim": 10, "solver.max_epochs": 30}
     options = (
-        Option("preset", "none", "hamsi-mf: follow the reference code exactly (no L2, no centring, N(0,1) "
-               "init, no safeguard, no early stop); overrides problem.l2, problem.center, init_scale, "
-               "safeguard, patience, tol, curvature",
+        Option("preset", "none", "hamsi-mf: follow the reference code exactly (no L2, no centring, no "
+               "biases, N(0,1) init, no safeguard, no early stop); overrides problem.l2, problem.center, "
+               "problem.bias, init_scale, safeguard, patience, tol, curvature",
                str, choices=("none", "hamsi-mf")),
         *common_options(max_epochs=50),
         Option("memory", 5, "L-BFGS memory M (curvature pairs)", int, low=1),
@@ -57,6 +58,7 @@ class Hamsi(StratifiedMF):
         if cfg["solver"].get("preset") == "hamsi-mf":
             cfg["problem"]["l2"] = 0.0
             cfg["problem"]["center"] = False
+            cfg["problem"]["bias"] = False
             cfg["solver"].update(init_scale=1.0, safeguard=False, patience=0, tol=0.0, curvature="reference",
                                  warmup_growth=False)
 

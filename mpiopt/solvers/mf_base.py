@@ -91,14 +91,18 @@ class MFSolver(Solver):
         nb = o["blocks"] or self.comm.size
         self.k = int(problem.opts["latent_dim"])
         self.lam = float(problem.opts["l2"]) if self.uses_l2 else 0.0
-        self.mf = DistMF(self.comm, problem, nb, self.k, self.lam, problem.opts["reg"])
+        po = problem.opts
+        self.mf = DistMF(self.comm, problem, nb, self.k, self.lam, po["reg"], bias=po["bias"],
+                         bias_l2=float(po["bias_l2"]) if self.uses_l2 else 0.0, take=True)
         self.seed = ctx.seed
+        m, n, k = self.mf.m, self.mf.n, self.k
         if o["init"] == "random":
             self.mf.init_random(self.seed, o["init_scale"])
         elif o["init"] == "mt19937":
-            self.mf.init_from(*self.mf.split_global(reference_normals(self.seed, self.mf.n_vars)))
+            full = reference_normals(self.seed, (m + n) * k)
+            self.mf.init_from(full[:m * k].reshape(m, k), full[m * k:].reshape(n, k))
         else:
-            self.mf.init_from(*read_factors(o["init"], self.mf.m, self.mf.n, self.k))
+            self.mf.init_from(*read_factors(o["init"], m, n, k, biases=self.mf.bias))
         self.step_time = 0.0
         self.eval_time = 0.0
         self.best_x: np.ndarray | None = None
@@ -202,8 +206,12 @@ class MFSolver(Solver):
         solution = None
         if full is not None:
             W, H = self.mf.split_global(full)
-            solution = {"W": W.copy(), "H": H.copy(),
+            k = self.k
+            solution = {"W": W[:, :k].copy(), "H": H[:, :k].copy(),
                         "offset": np.array([getattr(self.problem, "offset", 0.0)])}
+            if self.mf.bias:
+                solution["row_bias"] = W[:, k].copy()
+                solution["col_bias"] = H[:, k].copy()
             for name in ("row_ids", "col_ids"):
                 ids = getattr(self.problem, name, None)
                 if ids is not None:

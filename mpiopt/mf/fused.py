@@ -1,0 +1,181 @@
+"""Compiled (numba) kernels of one rating block: one pass over the block's ratings, no temporaries.
+
+Factor rows are ``[a_1 .. a_k]`` or, with biases, ``[a_1 .. a_k, bias]`` (width k+1); the
+prediction of rating (i, j) is ``a_i[:k].b_j[:k] (+ bias_i + bias_j)``. Ratings are stored sorted
+by row. Sums run in rating order (the dot product over k in column order), so a block gives the
+same bits wherever it is computed: iterates do not depend on the rank count for a fixed grid.
+``fastmath`` is off (it would let the compiler reorder those sums).
+
+The numpy versions in :class:`mpiopt.mf.kernels.RatingBlock` (``*_reference``) are the reference
+implementations the tests compare these kernels with.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def _pred(A, B, i, j, k, w):
+    p = 0.0
+    for c in range(k):
+        p += A[i, c] * B[j, c]
+    if w > k:
+        p += A[i, k] + B[j, k]
+    return p
+
+
+@njit(cache=True, nogil=True)
+def _reg(A, B, k, reg_r, reg_c, regb_r, regb_c, gA, gB, grad):
+    """0.5 sum_i reg_r[i] |a_i[:k]|^2 (+ bias terms) + same for B; adds the gradient if ``grad``."""
+    w = A.shape[1]
+    f = 0.0
+    if reg_r.size:
+        for i in range(A.shape[0]):
+            s = 0.0
+            for c in range(k):
+                s += A[i, c] * A[i, c]
+                if grad:
+                    gA[i, c] += reg_r[i] * A[i, c]
+            f += reg_r[i] * s
+        for j in range(B.shape[0]):
+            s = 0.0
+            for c in range(k):
+                s += B[j, c] * B[j, c]
+                if grad:
+                    gB[j, c] += reg_c[j] * B[j, c]
+            f += reg_c[j] * s
+    if w > k and regb_r.size:
+        for i in range(A.shape[0]):
+            f += regb_r[i] * A[i, k] * A[i, k]
+            if grad:
+                gA[i, k] += regb_r[i] * A[i, k]
+        for j in range(B.shape[0]):
+            f += regb_c[j] * B[j, k] * B[j, k]
+            if grad:
+                gB[j, k] += regb_c[j] * B[j, k]
+    return 0.5 * f
+
+
+@njit(cache=True, nogil=True)
+def loss_grad(ii, jj, v, A, B, k, inv_nnz, reg_r, reg_c, regb_r, regb_c, gA, gB, resid, use_resid):
+    """(objective part, sse) of the block; its gradient into gA (rows x w) and gB (cols x w).
+    ``use_resid``: the residuals of these same factors are in ``resid`` (skips the predictions)."""
+    w = A.shape[1]
+    gA[:, :] = 0.0
+    gB[:, :] = 0.0
+    sse = 0.0
+    for t in range(v.size):
+        i = ii[t]
+        j = jj[t]
+        r = resid[t] if use_resid else _pred(A, B, i, j, k, w) - v[t]
+        sse += r * r
+        r *= inv_nnz
+        for c in range(k):
+            gA[i, c] += r * B[j, c]
+            gB[j, c] += r * A[i, c]
+        if w > k:
+            gA[i, k] += r
+            gB[j, k] += r
+    f = 0.5 * inv_nnz * sse
+    f += _reg(A, B, k, reg_r, reg_c, regb_r, regb_c, gA, gB, True)
+    return f, sse
+
+
+@njit(cache=True, nogil=True)
+def loss(ii, jj, v, A, B, k, inv_nnz, reg_r, reg_c, regb_r, regb_c, resid, keep):
+    """(objective part, sse) of the block; the residuals into ``resid`` if ``keep``."""
+    w = A.shape[1]
+    sse = 0.0
+    for t in range(v.size):
+        r = _pred(A, B, ii[t], jj[t], k, w) - v[t]
+        if keep:
+            resid[t] = r
+        sse += r * r
+    f = 0.5 * inv_nnz * sse
+    f += _reg(A, B, k, reg_r, reg_c, regb_r, regb_c, A, B, False)
+    return f, sse
+
+
+@njit(cache=True, nogil=True)
+def sq_errors(ii, jj, v, A, B, k, lo, hi):
+    """(sum of squared errors, same with predictions clipped to [lo, hi])."""
+    w = A.shape[1]
+    sse = 0.0
+    ssc = 0.0
+    for t in range(v.size):
+        p = _pred(A, B, ii[t], jj[t], k, w)
+        r = p - v[t]
+        sse += r * r
+        q = min(max(p, lo), hi) - v[t]
+        ssc += q * q
+    return sse, ssc
+
+
+@njit(cache=True, nogil=True)
+def block_keys(rows, cols, rcuts, ccuts, nb, P, q):
+    """Key (stratum * q + local group) of every rating of this rank's row blocks (binary search in
+    the cuts; no int64 temporaries)."""
+    out = np.empty(rows.size, dtype=np.int32)
+    for t in range(rows.size):
+        rb = np.searchsorted(rcuts, rows[t], side="right") - 1
+        cb = np.searchsorted(ccuts, cols[t], side="right") - 1
+        out[t] = ((rb - cb) % nb) * q + rb // P
+    return out
+
+
+@njit(cache=True, nogil=True)
+def bucket_order(key, nbuckets, sub, nsub, by_sub, order):
+    """Stable order of the ratings by (key, sub) (two counting sorts: by ``sub``, then by ``key``)
+    into ``order`` (``by_sub``: scratch of the same size); returns the bucket edges."""
+    n = key.size
+    cnt = np.zeros(nsub + 1, dtype=np.int64)
+    for t in range(n):
+        cnt[sub[t] + 1] += 1
+    for s in range(nsub):
+        cnt[s + 1] += cnt[s]
+    for t in range(n):
+        s = sub[t]
+        by_sub[cnt[s]] = t
+        cnt[s] += 1
+    edges = np.zeros(nbuckets + 1, dtype=np.int64)
+    for t in range(n):
+        edges[key[t] + 1] += 1
+    for b in range(nbuckets):
+        edges[b + 1] += edges[b]
+    pos = edges[:-1].copy()
+    for u in range(n):
+        t = by_sub[u]
+        b = key[t]
+        order[pos[b]] = t
+        pos[b] += 1
+    return edges
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) every kernel signature the solvers use."""
+    i = np.zeros(1, np.int32)
+    for vt in (np.float64, np.float32):
+        v = np.zeros(1, vt)
+        A = np.zeros((1, 2))
+        e = np.zeros(0)
+        loss_grad(i, i, v, A, A, 1, 1.0, e, e, e, e, A.copy(), A.copy(), e, False)
+        loss(i, i, v, A, A, 1, 1.0, e, e, e, e, e, False)
+        sq_errors(i, i, v, A, A, 1, 0.0, 1.0)
+
+
+@njit(cache=True, nogil=True)
+def permute(src, order, out):
+    """out[t] = src[order[t]] (a gather without an index copy)."""
+    for t in range(order.size):
+        out[t] = src[order[t]]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def row_owner(rows, rcuts, P):
+    """Rank owning each rating's row block (int32)."""
+    out = np.empty(rows.size, dtype=np.int32)
+    for t in range(rows.size):
+        out[t] = (np.searchsorted(rcuts, rows[t], side="right") - 1) % P
+    return out
