@@ -66,10 +66,16 @@ def load_plugin(module: str) -> None:
             spec.loader.exec_module(mod)
         else:
             importlib.import_module(module)
+    except InputError:
+        raise
     except ModuleNotFoundError as exc:
         if exc.name and module.startswith(exc.name):
             raise InputError(f"--plugin {module}: no module named {exc.name!r} on the Python path") from None
         raise InputError(f"--plugin {module}: it imports {exc.name!r}, which is not installed") from None
+    except SyntaxError as exc:
+        raise InputError(f"--plugin {module}: {exc.filename}:{exc.lineno}: syntax error ({exc.msg})") from None
+    except Exception as exc:  # noqa: BLE001 - a plug-in that fails at import is bad input, named once
+        raise InputError(f"--plugin {module}: importing it raised {type(exc).__name__}: {exc}") from None
 
 
 def get_solver(name: str) -> type:

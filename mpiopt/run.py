@@ -127,7 +127,10 @@ def _main(argv: Sequence[str] | None) -> int:
             return EXIT_OK
         spec = spec_from_args(args)
         run = build_run(spec, comm, verbose=args.verbose, quiet=args.quiet)
-        return run.exit_code(run.execute())
+        res = run.execute()
+        if args.quiet and comm.rank == 0 and run.writer is not None:   # -q still says where the result went
+            print(f"result: {os.path.abspath(run.writer.path)}", flush=True)
+        return run.exit_code(res)
     except InputError as exc:
         # every rank reaches the same conclusion (argument parsing and collective checks)
         if comm.rank == 0:
