@@ -6,6 +6,7 @@ builder calls them collectively (one message, exit 2, nothing written).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any, Iterable
 
@@ -122,3 +123,14 @@ def check_memory(estimate: tuple[float, str] | None, ranks_on_node: int, availab
     if need > available:
         raise InputError(f"{what}: needs about {_gb(per_rank)} per rank ({_gb(need)} for the {ranks_on_node} "
                          f"rank(s) on this node), this node has {_gb(available)} available")
+
+
+def check_requirements(*classes: type) -> None:
+    """Every optional package a solver or problem class declares in ``requires`` (pairs of module
+    and pip extra) is importable; else one line naming the extra to install."""
+    for cls in classes:
+        for module, extra in getattr(cls, "requires", ()):
+            if importlib.util.find_spec(module) is None:
+                kind = "solver" if hasattr(cls, "problem_kind") else "problem"
+                raise InputError(f"{kind} {cls.name!r} needs the Python package {module!r}, which is not installed: "
+                                 f"pip install 'mpiopt[{extra}]' (or your site's {module} build)")

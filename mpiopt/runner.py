@@ -23,7 +23,7 @@ from . import result as R
 from .errors import EXIT_FAILURE, EXIT_OK, CheckpointError, InputError
 from .options import Every
 from .preflight import (available_memory, check_checkpoint_dir, check_checkpoint_dir_not_input, check_memory,
-                        check_not_an_input, check_output_file, input_paths)
+                        check_not_an_input, check_output_file, check_requirements, input_paths)
 from .provenance import git_commit, now, versions
 
 DEMO_SOLVER = "prox_sgd"
@@ -215,6 +215,7 @@ def build_run(spec: RunSpec, comm: Any = None, *, verbose: bool = False, quiet: 
     problem_cls = registry.get_problem(spec.problem)
     cfg = spec.config
     run = cfg["run"]
+    check_requirements(solver_cls, problem_cls)
     if comm.size < solver_cls.min_ranks:
         raise InputError(f"solver {spec.solver!r} needs at least {solver_cls.min_ranks} ranks "
                          f"(mpirun -n {solver_cls.min_ranks} ...), got {comm.size}")

@@ -18,6 +18,7 @@ class Problem:
     summary: ClassVar[str] = ""
     kind_name: ClassVar[str] = "generic"
     options: ClassVar[tuple[Option, ...]] = ()
+    requires: ClassVar[tuple[tuple[str, str], ...]] = ()   # (optional module, pip extra) checked before work
 
     def __init__(self, options: dict[str, Any], comm: Comm):
         self.opts = options

@@ -23,6 +23,7 @@ class TorchModelProblem(Problem):
     """Base of the torch classification problems: data, normalisation and the model factory."""
 
     kind_name = "torch model training"
+    requires = (("torch", "torch"),)    # (module, pip extra): checked before any work
     default_model = "cnn"
     in_shape: tuple[int, ...] = ()
     n_classes = 10

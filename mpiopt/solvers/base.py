@@ -50,6 +50,7 @@ class Solver:
     budget_option: ClassVar[str] = "max_iter"       # the option holding the iteration budget
     history_points: ClassVar[int] = 50              # default: about this many history rows per run
     progress_unit: ClassVar[str] = "it"
+    requires: ClassVar[tuple[tuple[str, str], ...]] = ()   # (optional module, pip extra) checked before work
 
     def __init__(self, problem: Problem, options: dict[str, Any], ctx: RunContext):
         self.problem = problem
