@@ -129,7 +129,10 @@ class Run:
                      "success": bool(res.success), "message": str(res.message), "wall_time": self.wall_time,
                      "run_time": time.perf_counter() - t0, "finished": now(), "nit": int(res.nit),
                      "fun": float(res.fun) if res.fun is not None else float("nan"),
-                     "bytes_sent_rank0": int(comm.stats.bytes_sent)}
+                     "bytes_sent_rank0": int(comm.stats.bytes_sent),
+                     "bytes_algorithm_rank0": comm.stats.algorithm_bytes,
+                     "bytes_diagnostics_rank0": comm.stats.diagnostic_bytes,
+                     **{k: v for k, v in (res.get("quality") or {}).items() if v is not None}}
             if ctx.checkpoints.last_path:
                 final["last_checkpoint"] = ctx.checkpoints.last_path
             solution = res.get("solution") or ({"x": res.x} if res.get("x") is not None else {})
@@ -144,8 +147,14 @@ class Run:
                  f"iterations: {res.nit}   wall time: {self.wall_time:.2f}s   objective: {res.fun:.10g}"]
         if fstar is not None and res.fun is not None:
             lines.append(f"F* = {fstar:.10g}   objective - F* = {res.fun - fstar:.3e}")
-        if self.comm.stats.bytes_sent:
-            lines.append(f"bytes sent by rank 0: {self.comm.stats.bytes_sent:,}")
+        quality = res.get("quality") or {}
+        if quality:
+            lines.append("quality: " + "   ".join(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}"
+                                                  for k, v in quality.items() if v is not None))
+        st = self.comm.stats
+        if st.bytes_sent:
+            lines.append(f"bytes sent by rank 0: {st.algorithm_bytes:,} by the algorithm, "
+                         f"{st.diagnostic_bytes:,} for evaluations and checks")
         if self.ctx.checkpoints.last_path:
             lines.append(f"last checkpoint: {self.ctx.checkpoints.last_path}")
         if self.writer is not None:

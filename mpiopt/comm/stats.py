@@ -4,6 +4,10 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+# operations that evaluate, check or report rather than run the algorithm (objective values for the
+# history, input checks, replica checksums, data set-up, reference optima, result gathering, snapshots)
+DIAGNOSTIC_OPS = frozenset({"eval", "control", "checksum", "setup", "reference", "result", "snapshot"})
+
 
 @dataclass
 class CommStats:
@@ -26,6 +30,16 @@ class CommStats:
     @property
     def bytes_sent(self) -> int:
         return int(sum(self.bytes_by_op.values()))
+
+    @property
+    def algorithm_bytes(self) -> int:
+        """Bytes of the algorithm's own traffic (everything but :data:`DIAGNOSTIC_OPS`; RMA included)."""
+        return int(sum(b for op, b in self.bytes_by_op.items() if op not in DIAGNOSTIC_OPS))
+
+    @property
+    def diagnostic_bytes(self) -> int:
+        """Bytes of evaluations, checks and reporting (:data:`DIAGNOSTIC_OPS`)."""
+        return int(sum(b for op, b in self.bytes_by_op.items() if op in DIAGNOSTIC_OPS))
 
     @property
     def comm_time(self) -> float:
