@@ -9,6 +9,7 @@ MAX_ITER = 1           # iteration / epoch budget used up
 MAX_TIME = 2           # wall-time budget used up
 CALLBACK_STOP = 3      # the callback raised StopIteration
 INTERRUPTED = 4        # SIGTERM / SIGINT
+INEXACT = 5            # inexact oracles cannot answer accurately enough for the tolerance (gap not closed)
 FAILED = -1            # numerical failure (NaN, divergence)
 NO_STOP = -100         # "no stop": the one sentinel where a status must be a number (flags on the wire)
 
@@ -18,6 +19,7 @@ STATUS_NAMES = {
     MAX_TIME: "max_time",
     CALLBACK_STOP: "callback",
     INTERRUPTED: "interrupted",
+    INEXACT: "inexact",
     FAILED: "failed",
 }
 

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import result as R
+from .accuracy import OnDemandAccuracy
 from .model import CutModel, UpperModel
 from .protocol import Answer, Master, Request, Trace
 from .qp import FAILED, INFEASIBLE, LevelQP, ModelLP, aggregate_bound, box_min_linear
@@ -80,7 +81,7 @@ class LevelBundleMaster(Master):
 
     def __init__(self, n: int, m: int, lower: np.ndarray, upper: np.ndarray, lipschitz: np.ndarray | None,
                  owners: Sequence[Sequence[int]], params: Params, x0: np.ndarray | None = None,
-                 exact: bool = True):
+                 exact: bool = True, floors: Sequence[float] | None = None):
         if params.variant not in VARIANTS:
             raise ValueError(f"unknown variant {params.variant!r}")
         if params.alpha is None:
@@ -140,7 +141,9 @@ class LevelBundleMaster(Master):
         self.round_g = np.zeros((self.m, self.n))
         self.round_seen = np.zeros(self.m, dtype=bool)
         self.latest_fu = np.full(self.m, math.inf)
-        self.latest_eta = np.zeros(self.m)
+        self.accuracy = OnDemandAccuracy(self.m, params.kappa, params.alpha, floors)
+        self.latest_eta = self.accuracy.eta                    # accuracy fu - fl of the latest answers
+        self.sent_eta = np.full(self.W, math.inf)              # accuracy requested with the point in flight
         # coordination (A-SC)
         self.coords: list[Coordination] = []   # in flight, oldest first
         self.n_coords = 0
@@ -153,9 +156,9 @@ class LevelBundleMaster(Master):
         return max(self.p.atol, self.p.rtol * max(1.0, abs(self.f_up)))
 
     def eta_request(self) -> float:
-        """On-demand accuracy per component: kappa * alpha * gap / (2m)."""
-        g = self.gap
-        return self.p.kappa * self.p.alpha * g / (2 * self.m) if math.isfinite(g) else math.inf
+        """On-demand accuracy per component: kappa * alpha * gap / (2m), tightened when the gap
+        stalls at the oracles' accuracy (:mod:`mpiopt.bundle.accuracy`)."""
+        return self.accuracy.request(self.gap)
 
     @property
     def n_cuts(self) -> int:
@@ -250,7 +253,8 @@ class LevelBundleMaster(Master):
         self.n_sent += 1
         self.sent_seq[w] = self.n_sent
         self.sent[w] = (self.k, coord_id, x)
-        return Request(w, self.k, coord_id, self.eta_request(), x)
+        self.sent_eta[w] = self.eta_request()
+        return Request(w, self.k, coord_id, self.sent_eta[w], x)
 
     def _send_all(self, x: np.ndarray, coord_id: int) -> list[Request]:
         self.round_seen[:] = False
@@ -268,7 +272,7 @@ class LevelBundleMaster(Master):
         self.answers += 1
         self.since_coord += 1
         self.latest_fu[comps] = fu
-        self.latest_eta[comps] = np.maximum(fu - fl, 0.0)
+        self.accuracy.record(comps, fl, fu, float(self.sent_eta[a.worker]))
         if self.umodel is not None:
             self.umodel.add(comps, fu, z)
         if self.phase == "init" or self.p.variant == "sync":
@@ -321,10 +325,10 @@ class LevelBundleMaster(Master):
         if self.gap <= self.tolerance():
             self.finish(R.CONVERGED, "gap", f"gap {self.gap:.3e} <= tolerance {self.tolerance():.3e}")
             return True
-        floor = 2.0 * float(self.latest_eta.sum()) / self.p.alpha
-        if not self.exact and floor > 0 and self.gap <= floor:
-            self.finish(R.CONVERGED, "inexactness",
-                         f"gap {self.gap:.3e} <= 2 sum(eta)/alpha = {floor:.3e} (oracle accuracy floor)")
+        if not self.exact and self.accuracy.give_up(self.gap):
+            self.finish(R.INEXACT, "inexactness",
+                        f"gap {self.gap:.3e} > tolerance {self.tolerance():.3e}: the oracles cannot answer more "
+                        f"accurately (2 sum(eta)/alpha = {self.accuracy.best_bound():.3e} at their best)")
             return True
         if self.k >= self.p.max_iter:
             self.finish(R.MAX_ITER, "max_iter", f"reached max_iter={self.p.max_iter} QPs")
@@ -430,6 +434,7 @@ class LevelBundleMaster(Master):
         st["coord_seen"] = np.array([c.seen for c in self.coords], dtype=np.int64).reshape(-1)
         st["coord_fu"] = np.array([c.fu for c in self.coords], dtype=np.float64).reshape(-1)
         st["model"] = self.model.state_dict()
+        st.update(self.accuracy.state_dict())
         if self.umodel is not None:
             st["umodel"] = self.umodel.state_dict()
         st["trace"] = np.asarray(self.trace.rows, dtype=np.float64).reshape(-1, len(self.trace.names))
@@ -454,6 +459,7 @@ class LevelBundleMaster(Master):
         self.coords = [Coordination(int(i), Z[j].copy(), seen[j].astype(bool), fu[j].copy())
                        for j, i in enumerate(ids)]
         self.model.load_state_dict(st["model"])
+        self.accuracy.load_state_dict(st)
         if self.umodel is not None and "umodel" in st:
             self.umodel.load_state_dict(st["umodel"])
         self.trace.rows = [tuple(r) for r in np.asarray(st["trace"]).reshape(-1, len(self.trace.names))]

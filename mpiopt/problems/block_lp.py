@@ -25,6 +25,9 @@ from ..registry import register_problem
 from .oracle import DELAY_OPTIONS, Oracle, OracleProblem
 
 
+MIP_GAP_FLOOR = 1e-9                 # the smallest absolute MIP gap a block is asked for
+
+
 class BlockOracle(Oracle):
     """f^i(lam) = lam'b/m + max_{D y <= d, 0 <= y <= 1} (c - A'lam)'y with a persistent HiGHS model."""
 
@@ -55,7 +58,7 @@ class BlockOracle(Oracle):
         if not self.warm:
             h.clearSolver()
         if self.integer:
-            h.setOptionValue("mip_abs_gap", max(float(eta), 1e-9))
+            h.setOptionValue("mip_abs_gap", max(float(eta), MIP_GAP_FLOOR))
             h.setOptionValue("mip_rel_gap", 0.0 if eta > 0 else 1e-9)
         h.run()
         y = self._solution()
@@ -150,6 +153,10 @@ class BlockLPDual(OracleProblem):
         A, c, D, d = self.blocks[i]
         return BlockOracle(A, c, D, d, self.bm, self.opts["integer"], self.opts["warm_start"],
                            time_limit=self.opts["oracle_time_limit"], index=i)
+
+    def accuracy_floor(self, i: int) -> float:
+        """MIP blocks are solved to at least this absolute gap (what the oracle asks HiGHS for)."""
+        return MIP_GAP_FLOOR if self.opts["integer"] else 0.0
 
     def describe(self) -> str:
         o = self.opts

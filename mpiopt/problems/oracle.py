@@ -120,6 +120,12 @@ class OracleProblem(Problem):
     def make_oracle(self, i: int) -> Oracle:
         raise NotImplementedError
 
+    def accuracy_floor(self, i: int) -> float:
+        """The best accuracy fu - fl component i's oracle can deliver (0: whatever is asked; exact
+        oracles). A run whose gap can only close below what these floors allow stops with status
+        ``inexact`` (success false) instead of asking for more."""
+        return 0.0
+
     def evaluate(self, x: np.ndarray) -> float:
         """f(x) with fresh oracles (testing and reporting; exact oracles only)."""
         if not hasattr(self, "_eval_oracles"):

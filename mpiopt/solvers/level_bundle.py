@@ -83,7 +83,7 @@ class LevelBundle(MasterOracleSolver):
                         cut_cap=o["cut_cap"], min_batch=o["min_batch"], coord_max=o["coord_max"],
                         coord_rule=o["coord_rule"], qp_lazy=o["qp_lazy"])
         return LevelBundleMaster(p.n_vars, p.m, p.lower, p.upper, p.lipschitz, self.owners, params,
-                                 x0=p.x0(), exact=p.exact)
+                                 x0=p.x0(), exact=p.exact, floors=[p.accuracy_floor(i) for i in range(p.m)])
 
     @property
     def batch(self) -> bool:
