@@ -2,9 +2,25 @@
 
 Run from a shell (it launches ``mpirun`` itself for every rank count):
 
-    python benchmarks/bench_async_subgradient.py --quick          # sgd@1, hw/assm/passm@4, passm@2, ddp@1,2,4
+    python benchmarks/bench_async_subgradient.py --quick          # sgd@1, the variants @4, passm@2, ddp@1,2,4
     python benchmarks/bench_async_subgradient.py                  # every method at 1, 2, 4 ranks, 3 repeats
+    python benchmarks/bench_async_subgradient.py --variants-only  # the write/read variants below @4 only
     python benchmarks/bench_async_subgradient.py --mnist DIR      # MNIST idx files instead of digits
+    python benchmarks/bench_async_subgradient.py --rma            # read/write modes alone, 3 writers
+
+Variants (the defaults are the paper's methods; the others are what the solver did before):
+
+    hw           plain get-add-put writes, lock-free reads (the paper's HW: updates can be lost)
+    hw-atomic    element-atomic Accumulate writes (solver.hw_writes=atomic: no update lost)
+    assm         reads and writes under the lock (the paper's ASSM: consistent state)
+    assm-wlock   writes under the lock, lock-free reads (solver.assm_lock_reads=false)
+    passm        blocks balanced by parameter count (tensors cut where needed)
+    passm-tensors  whole tensors per block (solver.passm_split=tensors)
+
+Per variant it reports what it costs (RMA wall time per update, updates/s) and loses: lost updates
+(writes made minus writes applied, from the write counter that rides along in every write) and the
+share of reads that overlapped a write (possibly torn: a write began before the read ended and had
+not finished when it began; passm: a block's version word odd or changed across its read).
 
 Each run trains from the same initial weights until a snapshot (async; rank 0 evaluates the shared
 model every ``--snapshot-every`` s) or an evaluation (ddp; rank 0, the time it takes is subtracted)
@@ -34,14 +50,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
+VARIANTS = {
+    "hw": ("hw", []), "hw-atomic": ("hw", ["solver.hw_writes=atomic"]),
+    "assm": ("assm", []), "assm-wlock": ("assm", ["solver.assm_lock_reads=false"]),
+    "passm": ("passm", []), "passm-tensors": ("passm", ["solver.passm_split=tensors"]),
+    "sgd": ("sgd", []),
+}
+
+
 def run_one(solver: str, method: str | None, ranks: int, args: argparse.Namespace, seed: int, out: str) -> dict:
     problem = ["--problem", "mnist", "--set", f"problem.path={args.mnist}"] if args.mnist else \
         ["--problem", "digits", "--set"]
-    sets = [f"problem.width={args.width}", f"solver.max_epochs={args.max_epochs}",
+    sets = [f"problem.model={args.model}", f"problem.width={args.width}", f"solver.max_epochs={args.max_epochs}",
             f"solver.target_accuracy={args.target}", f"solver.gamma={args.gamma}",
             f"run.snapshot_every={args.snapshot_every}", f"run.max_time={args.max_time}"]
     if method:
-        sets.append(f"solver.method={method}")
+        base, extra = VARIANTS[method]
+        sets += [f"solver.method={base}", *extra]
     if args.mnist and args.n_train:
         sets.append(f"problem.n_train={args.n_train}")
     cmd = ["mpirun", "-n", str(ranks), sys.executable, "-m", "mpiopt.run", solver, *problem, *sets,
@@ -60,7 +85,11 @@ def run_one(solver: str, method: str | None, ranks: int, args: argparse.Namespac
     rec = {"time_to_target": float(t[hit[0]]) if hit.size else float("nan"),
            "epochs_to_target": float(h["epoch"][hit[0]]) if hit.size else float("nan"),
            "final_accuracy": float(h["test_accuracy"][-1]), "wall": float(t[-1]),
-           "updates": int(s.get("updates", r.attrs["nit"])), "lost_updates": s.get("lost_updates", 0)}
+           "updates": int(s.get("updates", r.attrs["nit"])), "lost_updates": s.get("lost_updates", 0),
+           "block_epochs_to_target": float(h["block_epoch"][hit[0]]) if (hit.size and "block_epoch" in h)
+           else float("nan"),
+           "overlapped_reads": float(s.get("overlapped_reads", 0)) / max(1, s.get("reads", 0))
+           if "reads" in s else float("nan")}
     rec["updates_per_s"] = float(s["updates_per_s"]) if "updates_per_s" in s else rec["updates"] / max(1e-9, rec["wall"])
     workers = r.groups.get("workers", {})
     if workers:
@@ -81,12 +110,62 @@ def run_one(solver: str, method: str | None, ranks: int, args: argparse.Namespac
     return rec
 
 
+RMA_MODES = {"hw plain": dict(writes="plain"), "hw atomic": dict(writes="atomic"),
+             "assm (locked r+w)": dict(writes="atomic", lock_reads=True, lock_writes=True),
+             "assm (locked w)": dict(writes="atomic", lock_writes=True)}
+
+
+def rma_worker(sizes: list[int], seconds: float) -> None:
+    """Under mpirun: every rank but 0 reads and writes the hosted vector back to back for
+    ``seconds`` per mode and size (rank 0 only hosts); rank 0 prints cost and losses."""
+    import time
+    from mpi4py import MPI
+    from mpiopt.comm import Comm
+    from mpiopt.comm.shared_model import Control, HostedModel
+    c = Comm(MPI.COMM_WORLD)
+    if c.rank == 0:
+        print(f"# {c.size - 1} writers back to back, {seconds:g} s per row; us per read / write (median of "
+              f"writers' means); lost = writes made - applied; overlapped = reads with a write in flight")
+        print(f"{'mode':18s} {'n':>9s} {'read us':>9s} {'write us':>9s} {'writes':>8s} {'lost':>7s} {'overlapped':>10s}")
+    for n in sizes:
+        for name, kw in RMA_MODES.items():
+            ctl = Control(c, shared=True)
+            m = HostedModel(c, n, ctl, shared=True, **kw)
+            x, d = np.empty(n, np.float32), np.ones(n, np.float32)
+            c.Barrier()
+            tr = tw = 0.0
+            k = 0
+            if c.rank:
+                t_end = time.perf_counter() + seconds
+                while time.perf_counter() < t_end:
+                    t0 = time.perf_counter()
+                    m.read(x)
+                    t1 = time.perf_counter()
+                    m.write(d, 0, n, 1)
+                    tw += time.perf_counter() - t1
+                    tr += t1 - t0
+                    k += 1
+            c.Barrier()
+            rows = c.gather_obj((k, tr / max(1, k), tw / max(1, k), m.overlaps.overlapped, m.overlaps.reads))
+            if c.rank == 0:
+                w = rows[1:]
+                made = sum(r[0] for r in w)
+                lost = made - m.applied()
+                ov = sum(r[3] for r in w) / max(1, sum(r[4] for r in w))
+                print(f"{name:18s} {n:9d} {1e6 * np.median([r[1] for r in w]):9.1f} "
+                      f"{1e6 * np.median([r[2] for r in w]):9.1f} {made:8d} {lost:7d} {100 * ov:9.1f}%", flush=True)
+            c.Barrier()
+            m.free()
+            ctl.free()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer configurations, one repeat")
     ap.add_argument("--mnist", help="folder of the MNIST idx files (default: scikit-learn digits)")
     ap.add_argument("--n-train", type=int, default=0, help="MNIST: use the first n training images")
-    ap.add_argument("--width", type=int, default=16, help="CNN base width (16: the small CNN)")
+    ap.add_argument("--model", default="cnn", help="problem.model: cnn (default), mlp or resnet18")
+    ap.add_argument("--width", type=int, default=16, help="model width (cnn: 16 is the small CNN; mlp: hidden units)")
     ap.add_argument("--target", type=float, default=0.92, help="target test accuracy")
     ap.add_argument("--gamma", type=float, default=1.0)
     ap.add_argument("--max-epochs", type=float, default=40)
@@ -94,18 +173,32 @@ def main() -> None:
     ap.add_argument("--snapshot-every", type=float, default=0.2)
     ap.add_argument("--repeats", type=int, default=0, help="runs per configuration (default 1 quick, 3 full)")
     ap.add_argument("--json", help="write the raw records here")
+    ap.add_argument("--variants-only", action="store_true", help="only the read/write variants at 4 ranks")
+    ap.add_argument("--rma", action="store_true", help="only the read/write modes on a bare vector (mpirun -n 4)")
+    ap.add_argument("--rma-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--rma-seconds", type=float, default=2.0)
     args = ap.parse_args()
+    if args.rma_worker:
+        rma_worker([10_000, 100_000, 1_000_000], args.rma_seconds)
+        return
+    if args.rma:
+        cmd = ["mpirun", "-n", "4", sys.executable, os.path.abspath(__file__), "--rma-worker",
+               "--rma-seconds", str(args.rma_seconds)]
+        subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), check=True)
+        return
     repeats = args.repeats or (1 if args.quick else 3)
-    if args.quick:
-        configs = [("async_subgradient", "sgd", 1), ("async_subgradient", "hw", 4), ("async_subgradient", "assm", 4),
-                   ("async_subgradient", "passm", 2), ("async_subgradient", "passm", 4),
+    variants4 = [("async_subgradient", v, 4) for v in VARIANTS if v != "sgd"]
+    if args.variants_only:
+        configs = [("async_subgradient", "sgd", 1), *variants4]
+    elif args.quick:
+        configs = [("async_subgradient", "sgd", 1), *variants4, ("async_subgradient", "passm", 2),
                    ("ddp", None, 1), ("ddp", None, 2), ("ddp", None, 4)]
     else:
         configs = [("async_subgradient", "sgd", 1)]
         configs += [("async_subgradient", m, r) for m in ("hw", "assm", "passm") for r in (1, 2, 4)]
         configs += [("ddp", None, r) for r in (1, 2, 4)]
     data = f"MNIST at {args.mnist}" if args.mnist else "scikit-learn digits (1438 train / 359 test)"
-    print(f"# async_subgradient benchmark: CNN width {args.width} on {data}; target test accuracy {args.target}; "
+    print(f"# async_subgradient benchmark: {args.model} width {args.width} on {data}; target test accuracy {args.target}; "
           f"{repeats} repeat(s); {os.cpu_count()} CPUs", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,17 +210,20 @@ def main() -> None:
             med = {k: float(np.median([r[k] for r in recs])) for k in recs[0]}
             med["name"], med["ranks"] = name, ranks
             rows.append(med)
-            print(f"  {name:9s} time-to-target {med['time_to_target']:7.2f}s  epochs {med['epochs_to_target']:5.1f}  "
+            print(f"  {name:16s} time-to-target {med['time_to_target']:7.2f}s  epochs {med['epochs_to_target']:5.1f} "
+                  f"(per block {med['block_epochs_to_target']:5.1f})  "
                   f"upd/s {med['updates_per_s']:7.1f}  RMA wall {100 * med['comm_fraction']:5.1f}% "
                   f"cpu {100 * med['comm_cpu_fraction']:5.1f}% "
-                  f"({med['rma_us_per_update']:7.0f} us/update)  cores {med['worker_cores']:4.2f}  lost {int(med['lost_updates'])}  "
+                  f"({med['rma_us_per_update']:7.0f} us/update)  cores {med['worker_cores']:4.2f}  lost {int(med['lost_updates'])} "
+                  f"of {int(med['updates'])}  overlapped reads {100 * med['overlapped_reads']:5.1f}%  "
                   f"final acc {med['final_accuracy']:.3f}", flush=True)
     base = next(r for r in rows if r["name"] == "sgd@1")["time_to_target"]
-    ddp_best = min(r["time_to_target"] for r in rows if r["name"].startswith("ddp"))
+    ddps = [r["time_to_target"] for r in rows if r["name"].startswith("ddp")]
+    ddp_best = min(ddps) if ddps else float("nan")
     print("\n# ratios (> 1: faster than the reference)")
-    print(f"{'config':10s} {'sgd@1 / X':>10s} {'best ddp / X':>13s}")
+    print(f"{'config':16s} {'sgd@1 / X':>10s} {'best ddp / X':>13s}")
     for r in rows:
-        print(f"{r['name']:10s} {base / r['time_to_target']:10.2f} {ddp_best / r['time_to_target']:13.2f}")
+        print(f"{r['name']:16s} {base / r['time_to_target']:10.2f} {ddp_best / r['time_to_target']:13.2f}")
     p4 = next((r for r in rows if r["name"] == "passm@4"), None)
     if p4 is not None:
         print(f"\ntarget 1: passm@4 faster than sgd@1: {p4['time_to_target'] < base} "

@@ -50,6 +50,82 @@ def test_accumulate_and_locked_writes_lose_no_update():
     word.free(); ctl.free(); vec.free()
 
 
+@pytest.mark.mpi(ranks=3, timeout=120)
+def test_hw_plain_writes_lose_updates_atomic_and_locked_writes_do_not():
+    """hw (plain get-add-put, no atomics) loses concurrent updates and its write counter sees it;
+    atomic writes and writes under the lock lose none. Reads under the lock never overlap a write."""
+    from mpi4py import MPI
+    from mpiopt.comm import Comm
+    from mpiopt.comm.shared_model import Control, HostedModel
+    c = Comm(MPI.COMM_WORLD)
+    n, R = 100000, 60
+    out = {}
+    for name, kw in (("plain", dict(writes="plain")), ("atomic", dict(writes="atomic")),
+                     ("locked", dict(writes="plain", lock_reads=True, lock_writes=True))):
+        ctl = Control(c, shared=True)
+        m = HostedModel(c, n, ctl, shared=True, **kw)
+        ones, x = np.ones(n, np.float32), np.empty(n, np.float32)
+        c.Barrier()
+        for _ in range(R):
+            m.read(x)
+            m.write(ones, 0, n, 1)
+        c.Barrier()
+        made = c.size * R
+        lost = int(c.allreduce_scalar(float(made - m.applied()) if c.rank == 0 else 0.0))
+        x = m.gather()
+        overlapped = int(c.allreduce_scalar(float(m.overlaps.overlapped)))
+        if c.rank == 0:
+            assert ctl.counters() == (made, made)
+            out[name] = (lost, int(made - x.min()), overlapped)
+        c.Barrier()
+        m.free(); ctl.free()
+    if c.rank == 0:
+        assert out["atomic"][:2] == (0, 0) and out["locked"] == (0, 0, 0), out
+        lost, worst, _ = out["plain"]
+        assert lost > 0 and worst > 0, out                 # 3 ranks racing on 2 cores: some writes overwritten
+
+
+def test_background_evaluation_keeps_the_snapshot_period():
+    """Evaluating a snapshot must not hold up the snapshot rank: submit returns at once, results
+    come back in order."""
+    from mpiopt.solvers.async_subgradient.host import BackgroundEvaluator
+
+    class Model:
+        flat_np = np.zeros(3, np.float32)
+
+    def slow(model):
+        time.sleep(0.2)
+        return (float(model.flat_np[0]), 0.0, 0.0, 0.0)
+
+    ev = BackgroundEvaluator(slow, Model())
+    t = time.perf_counter()
+    for i in range(3):
+        ev.submit(i, np.full(3, i, np.float32))
+    assert time.perf_counter() - t < 0.1
+    done = ev.finished(wait=True)
+    assert [tag for tag, _, _ in done] == [0, 1, 2] and [r[0] for _, r, _ in done] == [0.0, 1.0, 2.0]
+    assert all(secs >= 0.19 for _, _, secs in done)
+    ev.close()
+
+
+@pytest.mark.mpi(ranks=3, timeout=90)
+def test_default_methods_are_the_papers():
+    """hw: plain writes; assm: reads and writes under the lock; passm: blocks balanced by count."""
+    from mpi4py import MPI
+    from mpiopt.comm import Comm
+    c = Comm(MPI.COMM_WORLD)
+    hw = _solver(c, "hw")
+    assert hw.model.writes == "plain" and not hw.model.lock_reads and not hw.model.lock_writes
+    hw.free()
+    assm = _solver(c, "assm")
+    assert assm.model.lock_reads and assm.model.lock_writes
+    assm.free()
+    p = _solver(c, "passm")
+    sizes = [b - a for a, b in p.model.ranges]
+    assert max(sizes) - min(sizes) <= 1
+    p.free()
+
+
 @pytest.mark.mpi(ranks=3, timeout=90)
 def test_passm_blocks_change_only_by_their_owner():
     from mpi4py import MPI

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mpiopt.errors import InputError
-from mpiopt.nn.flat import FlatModel, partition_tensors
+from mpiopt.nn.flat import FlatModel, partition_elements, partition_tensors
 from mpiopt.nn.models import build_model
 from mpiopt.nn.train import add_penalties, loss_and_grad, momentum_delta, recalibrate_batchnorm, step_size
 
@@ -50,6 +50,28 @@ def test_partition_at_tensor_boundaries_minimises_largest_block():
     assert partition_tensors([5, 5], 3) == [(0, 5), (5, 10), (10, 10)]
     big = partition_tensors(list(range(1, 41)), 4)
     assert max(b - a for a, b in big) <= 1.15 * sum(range(1, 41)) / 4
+
+
+def test_passm_blocks_balanced_by_parameter_count_on_resnet18_at_10_workers():
+    """Blocks cut tensors where needed: max/min block size near 1 (whole tensors only: 1 k to 2.36 M)."""
+    sizes = [s.size for s in FlatModel(build_model("resnet18", (3, 32, 32), 10)).slots]
+    n = sum(sizes)
+    ranges = partition_elements(n, 10)
+    lens = [b - a for a, b in ranges]
+    assert ranges[0][0] == 0 and ranges[-1][1] == n and all(ranges[i][1] == ranges[i + 1][0] for i in range(9))
+    assert max(lens) / min(lens) < 1.0001
+    whole = [b - a for a, b in partition_tensors(sizes, 10)]
+    assert max(whole) / min(whole) > 2                   # what whole-tensor blocks give on this model
+
+
+def test_partial_backward_on_a_block_that_cuts_tensors():
+    f = FlatModel(build_model("cnn", (1, 8, 8), 10, seed=0))
+    lo, hi = partition_elements(f.n, 3)[1]
+    f.set_trainable(lo, hi)
+    loss_and_grad(f, torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)))
+    assert np.abs(f.grad_np[lo:hi]).sum() > 0 and np.count_nonzero(f.grad_np[lo:hi]) > 0.5 * (hi - lo)
+    first = next(s for s in f.slots if s.offset + s.size > lo)      # tensors wholly outside get none
+    assert not f.grad_np[:first.offset].any()
 
 
 def test_partial_backward_only_owned_tensors_get_gradients():

@@ -354,7 +354,7 @@ class HostedModel:
                 self.vec.read(cur)
                 cur += inc
                 self.vec.put(cur)
-        self.control.count_update(samples)
+            self.control.count_update(samples)          # finished: before the lock is released
 
     def copy(self, consistent: bool) -> np.ndarray:
         """Host, while workers run: a copy of x (``consistent``: pause writers first)."""

@@ -36,7 +36,7 @@ METHODS = ("sgd", "hw", "assm", "passm")
 
 
 OPTIONS = (
-    Option("method", "passm", "sgd (one worker), hw (Hogwild), assm (locked writes), "
+    Option("method", "passm", "sgd (one worker), hw (Hogwild, lock-free), assm (reads and writes under a lock), "
            "passm (partitioned)", str, choices=METHODS),
     *TRAINING_OPTIONS,
     Option("alpha_low", 0.9, "per-worker step factor alpha_c ~ U[alpha_low, alpha_high] (seeded)", float,
@@ -46,26 +46,26 @@ OPTIONS = (
            "or 1 + the global epoch (epoch, the authors' code)", str, choices=("update", "epoch")),
     Option("sampling", "uniform", "minibatches drawn uniformly with replacement (uniform, paper) or "
            "from per-worker shuffled passes (shuffle)", str, choices=("uniform", "shuffle")),
-    Option("hw_writes", "atomic", "hw/sgd writes: plain (get, add, put back without atomics: concurrent "
+    Option("hw_writes", "plain", "hw/sgd writes: plain (get, add, put back without atomics: concurrent "
            "writes can be lost, as in shared-memory Hogwild) or atomic (element-atomic accumulate: none "
            "lost)", str, choices=("plain", "atomic")),
-    Option("assm_lock_reads", False, "assm: read under the lock too, so every read is a consistent state "
+    Option("assm_lock_reads", True, "assm: read under the lock too, so every read is a consistent state "
            "(false: only writes are locked)", bool),
     Option("read_mode", "get", "get: plain MPI_Get (may mix versions); atomic: Get_accumulate(NO_OP), "
            "element-atomic", str, choices=("get", "atomic")),
     Option("snapshot_mode", "faithful", "faithful: plain copy while workers run (paper); consistent: "
            "pause-flag cut (hw/assm/sgd) or per-block version check (passm)", str,
            choices=("faithful", "consistent")),
-    Option("snapshot_eval", "inline", "evaluate snapshots in a background thread of the snapshot rank "
+    Option("snapshot_eval", "background", "evaluate snapshots in a background thread of the snapshot rank "
            "(background: the period stays as set) or on its main thread (inline: the period becomes "
            "max(period, evaluation time))", str, choices=("background", "inline")),
-    Option("passm_split", "tensors", "passm blocks: elements (balanced by parameter count, tensors may be "
+    Option("passm_split", "elements", "passm blocks: elements (balanced by parameter count, tensors may be "
            "cut) or tensors (whole tensors only, largest block minimised)", str, choices=("elements", "tensors")),
     Option("passm_subblocks", 1, "passm: split the own block into s pieces and update one random piece "
            "per iteration (the paper's sample i in I_c)", int, low=1),
     Option("bn", "local", "BatchNorm buffers: local to each worker; snapshots recalibrate them with "
            "train-mode passes", str, choices=("local",)),
-    Option("race_stats", False, "count reads that overlapped a write (possibly torn): a few atomics per "
+    Option("race_stats", True, "count reads that overlapped a write (possibly torn): a few atomics per "
            "read and write", bool),
     Option("save_snapshots", True, "store every snapshot vector in the result file (/snapshots)", bool),
     Option("window", "auto", "window memory: auto (shared on one node), shared (Allocate_shared), "
@@ -78,7 +78,7 @@ OPTIONS = (
 @register_solver("async_subgradient")
 class AsyncSubgradient(Solver):
     summary = ("asynchronous stochastic subgradient training of torch models over MPI RMA windows "
-               "(sgd, hw = Hogwild, assm = locked reads and writes, passm = partitioned)")
+               "(sgd, hw = lock-free Hogwild, assm = locked reads and writes, passm = partitioned)")
     problem_kind = TorchModelProblem
     default_problem = "digits"
     deterministic = False
