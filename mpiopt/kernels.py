@@ -33,3 +33,209 @@ def first_nonfinite(v: np.ndarray) -> int | None:
     if all_finite(v):
         return None
     return int(np.flatnonzero(~np.isfinite(v))[0])
+
+
+# -- compiled kernels of the sign path ---------------------------------------------------------------
+# numba (@njit(cache=True), no fastmath: every float operation is the one the numpy reference does,
+# in the same order, so results are bit-identical to it and across rank counts). The numpy versions
+# stay the reference implementations (mpiopt.comm.sign_codec, mpiopt.prox); tests compare the two.
+# MPIOPT_JIT=0 selects the numpy paths (for comparisons, or where numba is unavailable).
+import math  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+try:  # pragma: no cover - exercised by the environment
+    from numba import njit as _njit
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover
+    HAVE_NUMBA = False
+
+#: the compiled kernels are used (numba importable, little-endian words, MPIOPT_JIT not "0")
+JIT = HAVE_NUMBA and sys.byteorder == "little" and os.environ.get("MPIOPT_JIT", "1") != "0"
+
+
+def _jit(fn):
+    return _njit(cache=True, nogil=True)(fn) if HAVE_NUMBA else fn
+
+
+# message kinds of sign_message_pack
+MSG_MAPPING_L1 = 0   # x - prox(x - t g) for elastic net with l2 = 0 (lasso penalty, or none): t g + clip(x - t g, -a, a)
+MSG_MAPPING = 1      # x - prox(x - t g) for elastic net / zero regulariser, the generic order of operations
+MSG_GRADIENT = 2     # g (+ l1 sign(x)) (+ l2 x): the sign baselines
+
+_NO_F = np.zeros(0)
+_NO_W = np.zeros(0, dtype=np.uint64)
+
+
+@_jit
+def _clip(u, lo, hi):
+    # numpy's clip: min(max(u, lo), hi), NaN propagated
+    if u != u:
+        return u
+    c = u if u > lo else lo
+    return c if c < hi else hi
+
+
+@_jit
+def _message(kind, xi, gi, t, a, has_l1, l1, dd, has_l2, l2):
+    if kind == 0:
+        tg = gi * t
+        return tg + _clip(xi - tg, -a, a)
+    if kind == 1:
+        v = gi * (-t) + xi
+        if has_l1:
+            v = v - _clip(v, -a, a)
+        if has_l2:
+            v = v / dd
+        return xi - v
+    m = gi
+    if has_l1:
+        s = 0.0
+        if xi > 0:
+            s = 1.0
+        elif xi < 0:
+            s = -1.0
+        elif xi != xi:
+            s = xi
+        m = m + s * l1
+    if has_l2:
+        m = m + l2 * xi
+    return m
+
+
+@_jit
+def sign_message_pack(kind, x, g, t, a, has_l1, l1, dd, has_l2, l2, ef, has_ef, ternary, neg, nz, bad):
+    """One pass: m_i = message(x_i, g_i) (with error feedback p_i = m_i + e_i, stored back into e),
+    finiteness check, sign bits packed into uint64 words (numpy packbits order, 1 = negative; ternary:
+    nonzero plane too). Returns the index of the first non-finite element (its value in bad[0]) or -1.
+    Padding bits of the last word are zero; words past the last are not touched."""
+    n = x.size
+    nw = (n + 63) // 64
+    for w in range(nw):
+        lo = w * 64
+        hi = min(n, lo + 64)
+        wn = np.uint64(0)
+        wz = np.uint64(0)
+        for i in range(lo, hi):
+            p = _message(kind, x[i], g[i], t, a, has_l1, l1, dd, has_l2, l2)
+            if has_ef:
+                p = p + ef[i]
+                ef[i] = p
+            if not math.isfinite(p):
+                bad[0] = p
+                return i
+            bit = np.uint64(1) << np.uint64((i - lo) ^ 7)
+            if p < 0.0:
+                wn |= bit
+            if p != 0.0:
+                wz |= bit
+        neg[w] = wn
+        if ternary:
+            nz[w] = wz
+    return -1
+
+
+@_jit
+def vote_words(neg_rows, nz_rows, ternary, tie, rand, out_neg, out_nz):
+    """Majority vote on packed words (bit-sliced counters per word, as :func:`sign_codec.vote`):
+    P rows of W words -> decision planes (out_neg, out_nz). tie: 0 zero, 1 plus, 2 shared_random."""
+    P, W = neg_rows.shape
+    nplanes = 1
+    while (P >> nplanes) > 0:
+        nplanes += 1
+    ones = np.uint64(0xFFFFFFFFFFFFFFFF)
+    cn = np.zeros(nplanes, dtype=np.uint64)
+    cp = np.zeros(nplanes, dtype=np.uint64)
+    for w in range(W):
+        gt = np.uint64(0)
+        eq = ones
+        if not ternary:
+            for k in range(nplanes):
+                cn[k] = np.uint64(0)
+            for r in range(P):
+                carry = neg_rows[r, w]
+                for k in range(nplanes):
+                    c2 = cn[k] & carry
+                    cn[k] ^= carry
+                    carry = c2
+            c = P // 2
+            if c >> nplanes:
+                eq = np.uint64(0)
+            else:
+                for k in range(nplanes - 1, -1, -1):
+                    if (c >> k) & 1:
+                        eq &= cn[k]
+                    else:
+                        gt |= eq & cn[k]
+                        eq &= ~cn[k]
+            if P % 2:
+                eq = np.uint64(0)
+        else:
+            for k in range(nplanes):
+                cn[k] = np.uint64(0)
+                cp[k] = np.uint64(0)
+            for r in range(P):
+                a = neg_rows[r, w] & nz_rows[r, w]
+                b = nz_rows[r, w] & ~neg_rows[r, w]
+                for k in range(nplanes):
+                    c2 = cn[k] & a
+                    cn[k] ^= a
+                    a = c2
+                    c3 = cp[k] & b
+                    cp[k] ^= b
+                    b = c3
+            for k in range(nplanes - 1, -1, -1):
+                gt |= cn[k] & ~cp[k] & eq
+                eq &= ~(cn[k] ^ cp[k])
+        if tie == 0:
+            out_neg[w] = gt
+            out_nz[w] = ~eq
+        elif tie == 1:
+            out_neg[w] = gt
+            out_nz[w] = ones
+        else:
+            out_neg[w] = gt | (eq & rand[w])
+            out_nz[w] = ones
+
+
+@_jit
+def apply_words(x, neg, nz, has_nz, gamma, ef, has_ef, prox, a, has_l1, dd, has_l2):
+    """x -= gamma * v from the packed decision (v = -1 where neg, 0 where nz is 0, else +1), as the
+    step table does; with error feedback also e -= gamma * v; with ``prox`` then x <- prox(x) of the
+    elastic net (v - clip(v, -a, a) if l1, / dd if l2), all in one pass."""
+    n = x.size
+    zero = gamma - gamma
+    for w in range((n + 63) // 64):
+        lo = w * 64
+        hi = min(n, lo + 64)
+        wn = neg[w]
+        wz = nz[w] if has_nz else np.uint64(0xFFFFFFFFFFFFFFFF)
+        for i in range(lo, hi):
+            s = np.uint64((i - lo) ^ 7)
+            d = gamma
+            if (wn >> s) & np.uint64(1):
+                d = -gamma
+            if not ((wz >> s) & np.uint64(1)):
+                d = zero
+            y = x[i] - d
+            if prox:
+                if has_l1:
+                    y = y - _clip(y, -a, a)
+                if has_l2:
+                    y = y / dd
+            x[i] = y
+            if has_ef:
+                ef[i] = ef[i] - d
+
+
+@_jit
+def prox_step_en(x, d, t, a, has_l1, dd, has_l2):
+    """x <- prox_{t r}(x - t d) for the elastic net in one pass (``d`` float32 or float64), the float
+    operations of :func:`mpiopt.prox.prox_step`: w = d*t (float64), v = x - w, soft threshold, / dd."""
+    for i in range(x.size):
+        v = x[i] - np.float64(d[i]) * t
+        if has_l1:
+            v = v - _clip(v, -a, a)
+        if has_l2:
+            v = v / dd
+        x[i] = v

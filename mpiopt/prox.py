@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels as K
 from .kernels import BLOCK, blocks
 
 
@@ -447,6 +448,52 @@ class TotalVariation:
     def __repr__(self) -> str:
         return f"TotalVariation(lam={self.lam}, shape={self.shape})"
 
+    # r = (1/K) sum_k r_k with r_k = K lam * (the differences of pair set k): 1-D K = 2 (pairs starting at
+    # even / odd positions), 2-D K = 4 (vertical and horizontal pairs starting at even / odd rows or
+    # columns). No two pairs of one set share an element, so prox_{t r_k} is exact and closed-form.
+    @property
+    def n_components(self) -> int:
+        return 2 if len(self.shape) == 1 else 4
+
+    def component_value(self, x: np.ndarray, k: int) -> float:
+        """r_k(x) = K lam * sum over the pairs (a, b) of set k of |x_b - x_a|."""
+        a, b = self._pairs(x.reshape(self.shape), k)
+        return self.n_components * self.lam * float(np.abs(b - a).sum())
+
+    def _pairs(self, u: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Views (first, second) of the pair set ``k`` of ``u`` (shape ``self.shape``)."""
+        if u.ndim == 1:
+            s = k
+            m = (u.size - s) // 2
+            return u[s:s + 2 * m:2], u[s + 1:s + 2 * m:2]
+        axis, s = divmod(k, 2)
+        if axis == 1:
+            u = u.T
+        m = (u.shape[0] - s) // 2
+        return u[s:s + 2 * m:2], u[s + 1:s + 2 * m:2]
+
+    def prox_component(self, v: np.ndarray, t: float, k: int, out: np.ndarray | None = None) -> np.ndarray:
+        """prox_{t r_k}(v): per pair, the mean is kept and the difference soft-thresholded by 2 t K lam."""
+        out = _out(v, out)
+        a, b = self._pairs(out.reshape(self.shape), k)
+        mean = 0.5 * (a + b)
+        d = soft_threshold(b - a, 2.0 * t * self.n_components * self.lam)
+        np.subtract(mean, 0.5 * d, out=a)
+        np.add(mean, 0.5 * d, out=b)
+        return out
+
+
+def n_components(reg) -> int:
+    """K when r = (1/K) sum_k r_k with cheap exact prox per component (1: r itself)."""
+    return int(getattr(reg, "n_components", 1))
+
+
+def prox_component(reg, v: np.ndarray, t: float, k: int, out: np.ndarray | None = None) -> np.ndarray:
+    """prox_{t r_k}(v) (the prox of r when r has one component)."""
+    if n_components(reg) == 1:
+        return reg.prox(v, t, out=out)
+    return reg.prox_component(v, t, k, out=out)
+
 
 
 def _generic_mapping(reg, x: np.ndarray, g: np.ndarray, t: float, out: np.ndarray) -> np.ndarray:
@@ -467,11 +514,19 @@ def gradient_mapping(reg, x: np.ndarray, g: np.ndarray, t: float, out: np.ndarra
     return _generic_mapping(reg, x, g, t, out)
 
 
-def prox_step(reg, x: np.ndarray, d: np.ndarray, t: float, work: np.ndarray) -> np.ndarray:
+def prox_step(reg, x: np.ndarray, d: np.ndarray, t: float, work: np.ndarray,
+              compiled: bool | None = None) -> np.ndarray:
     """x <- prox_{t r}(x - t d) in place, in float64 (``d`` of any float dtype, e.g. the fp32 wire).
 
+    The elastic net (L1, ridge, none) runs as one compiled pass when the kernels are available
+    (``compiled``: None = when available, False = the numpy reference below, bit-identical).
     Elementwise regularizers run block by block (one pass over memory; ``work``: a float64 buffer of
     at least one block); others take the whole vector (``work`` as long as ``x``)."""
+    w = elastic_net_weights(reg) if (K.JIT if compiled is None else compiled) else None
+    if w is not None and x.dtype == np.float64 and x.flags.c_contiguous and d.flags.c_contiguous:
+        l1, l2 = w
+        K.prox_step_en(x, d, t, t * l1, l1 > 0, 1.0 + t * l2, l2 > 0)
+        return x
     if not getattr(reg, "elementwise", False):
         w = work[:x.size]
         np.multiply(d, t, out=w, dtype=np.float64)
@@ -483,3 +538,20 @@ def prox_step(reg, x: np.ndarray, d: np.ndarray, t: float, work: np.ndarray) -> 
         np.subtract(x[lo:hi], w, out=w)               # v = x - t d
         reg.prox(w, t, out=x[lo:hi])                  # out distinct from v: no temporary
     return x
+
+
+def elastic_net_weights(reg) -> tuple[float, float] | None:
+    """(l1, l2) when ``reg`` is the elastic net (L1, ridge) or zero, whose prox the compiled kernels
+    of :mod:`mpiopt.kernels` implement; None for any other regulariser."""
+    if type(reg) in (ElasticNet, L1):
+        return reg.l1, reg.l2
+    if type(reg) is Zero:
+        return 0.0, 0.0
+    return None
+
+
+def warm_prox_step(wire: np.dtype) -> None:
+    """Compile (or load from the cache) the prox-step kernel for a ``wire`` dtype."""
+    if K.JIT:
+        x = np.zeros(8)
+        K.prox_step_en(x, np.zeros(8, dtype=wire), 0.1, 0.0, False, 1.0, False)

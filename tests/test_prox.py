@@ -191,3 +191,28 @@ def test_prox_step_equals_whole_vector_update(name):
     want = reg.prox(x - t * d.astype(np.float64), t)
     got = P.prox_step(reg, x.copy(), d, t, np.empty(n))
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("shape", [(9,), (10,), (5, 6), (6, 5)])
+def test_tv_components_average_to_tv_and_have_exact_pair_prox(shape):
+    """r = (1/K) sum_k r_k, and prox_{t r_k} is the exact 2-element TV prox on every pair of set k
+    (elements in no pair of the set are left alone)."""
+    from mpiopt.prox import TotalVariation, n_components, prox_tv1d
+    r = TotalVariation(0.3, shape)
+    K = n_components(r)
+    assert K == (2 if len(shape) == 1 else 4)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(int(np.prod(shape)))
+    assert np.mean([r.component_value(x, k) for k in range(K)]) == pytest.approx(r.value(x), rel=1e-12)
+    t = 0.1
+    for k in range(K):
+        u = r.prox_component(x, t, k)
+        a, b = r._pairs(x.reshape(shape), k)
+        ua, ub = r._pairs(u.reshape(shape), k)
+        for va, vb, pa, pb in zip(np.ravel(a), np.ravel(b), np.ravel(ua), np.ravel(ub)):
+            assert np.allclose([pa, pb], prox_tv1d(np.array([va, vb]), t * K * 0.3), atol=1e-14)
+        touched = np.zeros(shape, dtype=bool)
+        ta, tb = r._pairs(touched, k)
+        ta[...] = True
+        tb[...] = True
+        assert np.array_equal(u[~touched.ravel()], x[~touched.ravel()])

@@ -204,7 +204,23 @@ def test_step_schedules():
     assert sign_step_size(0.1, 0, "sqrt", 100) == 0.1
     assert sign_step_size(0.1, 3, "sqrt", 100) == pytest.approx(0.05)
     assert sign_step_size(0.1, 7, "const", 100) == 0.1
-    assert sign_step_size(0.1, 7, "theory", 100) == pytest.approx(0.01)
+    assert sign_step_size(0.1, 7, "heuristic", 100) == pytest.approx(0.01)
+    assert sign_step_size(0.1, 7, "theory", 100) == sign_step_size(0.1, 7, "heuristic", 100)   # old name
+
+
+def test_heuristic_schedule_keeps_the_old_name_as_an_alias():
+    from mpiopt.runner import build_run, resolve_spec
+    base = {"problem.n_samples": 200, "problem.n_features": 20, "problem.reference": "no", "solver.max_iter": 50}
+    batches = []
+    for extra in ({"solver.schedule": "heuristic"}, {"solver.schedule": "theory"},
+                  {"solver.schedule": "theory", "solver.theory_batch": 2.0},
+                  {"solver.schedule": "heuristic", "solver.heuristic_batch": 2.0}):
+        vals = {**base, **extra}
+        run = build_run(resolve_spec("signprox", "logistic", [(k, v, "t") for k, v in vals.items()],
+                                     default_out=False), quiet=True)
+        batches.append(run.solver.batch)
+        assert run.solver.gamma(3) == pytest.approx(0.05 / np.sqrt(50))
+    assert batches == [64, 64, 100, 100]
 
 
 def test_tv_image_loading(tmp_path):
@@ -258,3 +274,26 @@ def test_error_feedback_memory_holds_what_the_applied_step_left_out(encoding):
         assert np.array_equal(s.ef, p - gam * v), t
         virtual = virtual - m
         assert np.allclose(s.x - s.ef, virtual, rtol=0, atol=1e-12)
+
+
+def test_sampled_prox_randomness_exact_gradient_and_prox_components():
+    """randomness=sampled_prox: exact gradient of the rank's data and the prox averaged over sampled
+    components of r. With an L1 regulariser (one component) nothing is random: the seed does not matter;
+    with TV (4 components) the run depends on the seed and still denoises."""
+    from mpiopt.api import minimize
+    xs = []
+    for seed in (1, 2):
+        res = minimize("signprox", "logistic", {"problem.n_samples": 300, "problem.n_features": 40,
+                                                "problem.reference": "no", "solver.max_iter": 30, "run.seed": seed,
+                                                "solver.randomness": "sampled_prox"})
+        assert res.randomness == "sampled_prox"
+        xs.append(res.x_raw)
+    assert np.array_equal(xs[0], xs[1])
+    tv = []
+    for seed in (1, 2):
+        res = minimize("signprox", "tv_denoise", {"problem.size": 16, "solver.max_iter": 100, "solver.step0": 0.05,
+                                                  "solver.polish": "none", "solver.randomness": "sampled_prox",
+                                                  "solver.prox_samples": 2, "run.seed": seed})
+        assert res.history["psnr"][-1] > res.history["psnr"][0] + 3
+        tv.append(res.x_raw)
+    assert not np.array_equal(tv[0], tv[1])

@@ -16,8 +16,10 @@ from typing import Callable, Literal
 import numpy as np
 from mpi4py import MPI
 
+from .. import kernels as K
 from ..kernels import BLOCK, blocks
 from .core import Comm
+from .jit import compile_once
 from .sign_codec import (ALL_ONES, ENCODINGS, StepTable, TIE_RULES, check_finite, decision_values, n_words,
                          pack_bits, sign_planes, tie_bits, vote)
 
@@ -76,6 +78,14 @@ class SignAggregator:
         self.last_bytes = 0
         self.neg: np.ndarray | None = None
         self.nz: np.ndarray | None = None
+        self.dtype = np.dtype(dtype)
+        #: compiled kernels: fused message/check/pack, vote on words, one-pass apply (see mpiopt.kernels)
+        self.jit = K.JIT and method != "int8_allreduce"
+        if self.jit:
+            vw = self.chunk if method == "twophase" else W
+            self._vote_out = (np.empty(vw, dtype=np.uint64), np.empty(vw, dtype=np.uint64))
+            self._bad = np.zeros(1)
+            compile_once(comm, self._warm)
 
     # message ------------------------------------------------------------------------------
     def encode(self, m: np.ndarray) -> None:
@@ -115,6 +125,41 @@ class SignAggregator:
                 np.not_equal(m, 0.0, out=f)
                 planes[1][b0:b1] = np.packbits(f)
 
+    def encode_message(self, kind: int, x: np.ndarray, g: np.ndarray, t: float, l1: float = 0.0, l2: float = 0.0,
+                       ef: np.ndarray | None = None) -> None:
+        """Compiled path: make the message of ``kind`` (:data:`mpiopt.kernels.MSG_MAPPING_L1` ...) from
+        x and g with step t and elastic-net weights (l1, l2), check it and pack its signs, in one pass.
+        With ``ef`` the message is p = m + e and p is stored into ``ef``; :meth:`apply` with the same
+        ``ef`` then leaves e = p - gamma * v there."""
+        send = self.send
+        nz = send[1] if self.planes == 2 else K._NO_W
+        bad = K.sign_message_pack(kind, x, g, t, t * l1, l1 > 0, l1, 1.0 + t * l2, l2 > 0, l2,
+                                  K._NO_F if ef is None else ef, ef is not None, self.planes == 2, send[0], nz,
+                                  self._bad)
+        if bad >= 0:
+            raise ValueError(f"non-finite value {self._bad[0]} at element {bad}: cannot code its sign")
+
+    def _warm(self) -> None:
+        """Compile (or load from the cache) every kernel signature this aggregator calls."""
+        x = np.zeros(100)
+        send = np.zeros((self.planes, 2), dtype=np.uint64)
+        nz = send[1] if self.planes == 2 else K._NO_W
+        for kind in (K.MSG_MAPPING_L1, K.MSG_MAPPING):
+            for ef in (K._NO_F, x.copy()):
+                K.sign_message_pack(kind, x, x, 0.1, 0.0, False, 0.0, 1.0, False, 0.0, ef, ef.size > 0,
+                                    self.planes == 2, send[0], nz, self._bad)
+        rows = np.zeros((max(1, self.comm.size), self.planes, 2), dtype=np.uint64)
+        rnz = rows[:, 1, :] if self.planes == 2 else rows[:, 0, :]
+        out = (np.zeros(2, dtype=np.uint64), np.zeros(2, dtype=np.uint64))
+        K.vote_words(rows[:, 0, :], rnz, self.planes == 2, 0, K._NO_W, *out)
+        K.vote_words(rows[:, 0, :], rnz, self.planes == 2, 0, np.zeros(2, dtype=np.uint64), *out)
+        dec = np.zeros((2, 2), dtype=np.uint64)
+        xd = np.zeros(100, dtype=self.dtype)
+        gam = self.dtype.type(0.0)
+        for neg, nzp in ((out[0], out[1]), (dec[0], dec[1]), (dec[0], K._NO_W)):
+            for ef in (K._NO_F, x.copy()):
+                K.apply_words(xd, neg, nzp, nzp.size > 0, gam, ef, ef.size > 0, False, 0.0, False, 1.0, False)
+
     def decision_deltas(self, gamma: float) -> np.ndarray:
         """gamma * v for the last decision, as a vector of length n (an internal buffer, overwritten by
         the next call): exactly the step :meth:`apply` subtracts."""
@@ -144,16 +189,15 @@ class SignAggregator:
         """Collective: the decision planes (neg, nz or None) of iteration ``t``."""
         comm = self.comm
         before = comm.stats.bytes_sent
-        nz_in = lambda a: a[..., 1, :] if self.planes == 2 else None  # noqa: E731
         if self.method == "allgather":
             comm.Allgather(self.send, self.recv, tag="sign_allgather")
-            neg, nz = vote(self.recv[:, 0, :], nz_in(self.recv), self.tie, self._rand(t, 0, self.words))
+            neg, nz = self._vote(self.recv, t, 0, self.words)
         elif self.method == "twophase":
             P, c = comm.size, self.chunk
             np.copyto(self._a2a_send, self.send.reshape(self.planes, P, c).transpose(1, 0, 2))
             comm.Alltoall(self._a2a_send, self._a2a_recv, tag="sign_alltoall")
             r = self._a2a_recv
-            mneg, mnz = vote(r[:, 0, :], nz_in(r), self.tie, self._rand(t, comm.rank * c, c))
+            mneg, mnz = self._vote(r, t, comm.rank * c, c)
             self._mine[0] = mneg
             if self.out_planes == 2:
                 self._mine[1] = mnz
@@ -180,9 +224,30 @@ class SignAggregator:
         self.neg, self.nz = neg, (nz if self.carries_zero else None)
         return self.neg, self.nz
 
-    def apply(self, x: np.ndarray, gamma: float) -> np.ndarray:
-        """x -= gamma * v with the last decision (same float ops on every rank)."""
-        return self.table.apply(x, self.neg, self.nz, gamma)
+    def _vote(self, rows: np.ndarray, t: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Vote on received planes ``rows`` (P x planes x words)."""
+        rand = self._rand(t, start, count)
+        if not self.jit:
+            return vote(rows[:, 0, :], rows[..., 1, :] if self.planes == 2 else None, self.tie, rand)
+        nz = rows[:, 1, :] if self.planes == 2 else rows[:, 0, :]
+        K.vote_words(rows[:, 0, :], nz, self.planes == 2, TIE_RULES.index(self.tie),
+                     K._NO_W if rand is None else rand, *self._vote_out)
+        return self._vote_out
+
+    def apply(self, x: np.ndarray, gamma: float, ef: np.ndarray | None = None,
+              prox: tuple[float, float] | None = None) -> np.ndarray:
+        """x -= gamma * v with the last decision (same float ops on every rank). Compiled path only:
+        with ``ef`` also e -= gamma * v; with ``prox`` = (l1, l2) then x <- prox of the elastic net
+        with step gamma, in the same pass."""
+        if not self.jit:
+            if ef is not None or prox is not None:
+                raise ValueError("apply with ef/prox needs the compiled kernels")
+            return self.table.apply(x, self.neg, self.nz, gamma)
+        nz = self.nz if self.nz is not None else K._NO_W
+        l1, l2 = prox if prox is not None else (0.0, 0.0)
+        K.apply_words(x, self.neg, nz, self.nz is not None, x.dtype.type(gamma), K._NO_F if ef is None else ef,
+                      ef is not None, prox is not None, gamma * l1, l1 > 0, 1.0 + gamma * l2, l2 > 0)
+        return x
 
     def values(self) -> np.ndarray:
         """The last decision as int8 in {-1, 0, +1}."""

@@ -8,6 +8,7 @@ in the message (and, for one baseline, a local step after the vote).
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -23,10 +24,11 @@ from .base import Solver, Stop
 
 
 def sign_step_size(step0: float, t: int, schedule: str, horizon: int) -> float:
-    """gamma(t): ``sqrt`` step0/sqrt(t+1); ``const`` step0; ``theory`` step0/sqrt(T) (T = horizon)."""
+    """gamma(t): ``sqrt`` step0/sqrt(t+1); ``const`` step0; ``heuristic`` (old name ``theory``)
+    step0/sqrt(T) (T = horizon)."""
     if schedule == "sqrt":
         return step0 / math.sqrt(t + 1)
-    if schedule == "theory":
+    if schedule in ("heuristic", "theory"):
         return step0 / math.sqrt(max(1, horizon))
     return step0
 
@@ -37,11 +39,14 @@ def sign_options(polish: str = "band") -> tuple[Option, ...]:
         O.max_iter(1000),
         O.step0(0.05, "gamma0: every coordinate moves by gamma per step, so it sets the accuracy scale"),
         O.batch_size(64),
-        Option("schedule", "sqrt", "step schedule: sqrt (gamma0/sqrt(t+1)), const (gamma0), theory "
-               "(gamma0/sqrt(T) with batch growing with T, see theory_batch)", str,
-               choices=("sqrt", "const", "theory")),
-        Option("theory_batch", 1.0, "theory schedule: batch per rank = max(batch_size, ceil(theory_batch * T))",
-               float, low=0.0, low_open=True),
+        Option("schedule", "sqrt", "step schedule: sqrt (gamma0/sqrt(t+1)), const (gamma0), heuristic "
+               "(gamma0/sqrt(T) with the batch growing with T, see heuristic_batch; not derived from the "
+               "problem's constants; 'theory' is an old name for it)", str,
+               choices=("sqrt", "const", "heuristic", "theory")),
+        Option("heuristic_batch", 1.0, "heuristic schedule: batch per rank = max(batch_size, "
+               "ceil(heuristic_batch * T))", float, low=0.0, low_open=True),
+        Option("theory_batch", None, "old name of heuristic_batch (overrides it when set)", float, low=0.0,
+               low_open=True, nullable=True),
         Option("encoding", "1bit", "sign code: 1bit (0.125 B/element) or ternary (sign + nonzero planes, "
                "0.25 B/element)", str, choices=ENCODINGS),
         Option("aggregator", "auto", "vote: allgather (every rank counts), twophase (Alltoall + Allgather), "
@@ -67,6 +72,11 @@ class SignVoteSolver(Solver):
     problem_kind = CompositeProblem
     default_problem = "logistic"
     options = sign_options()
+    # a history row costs about three passes over the data (objective, polished objective, mapping
+    # norm with a full gradient): 15 rows per run keep them near 5 % of a run at the default settings
+    # (measured in the benchmark; run.history_every overrides it)
+    history_points = 15
+    diagnostics_seconds = 0.0
 
     # -- the hooks ------------------------------------------------------------------------------
     def message(self, x: np.ndarray, g: np.ndarray, gam: float, out: np.ndarray,
@@ -80,6 +90,15 @@ class SignVoteSolver(Solver):
 
     def after_vote(self, x: np.ndarray, gam: float) -> None:
         """Local step after x -= gam * v (none by default)."""
+
+    def message_kernel(self) -> tuple[int, float, float] | None:
+        """(kind, l1, l2) of the compiled message kernel equal to :meth:`message`, or None (numpy path)."""
+        return None
+
+    def after_vote_kernel(self) -> tuple[float, float] | None | bool:
+        """False: no step after the vote; (l1, l2): :meth:`after_vote` is the elastic-net prox (fused into
+        the apply); None: a step the compiled apply cannot do."""
+        return False
 
     # -- setup ---------------------------------------------------------------------------------------
     @classmethod
@@ -100,13 +119,21 @@ class SignVoteSolver(Solver):
         self.agg = SignAggregator(comm, self.n, o["encoding"], method, o["tie"], ctx.seed, self.x.dtype)
         self.g = np.empty(self.n)
         self.ef = np.zeros(self.n) if o["error_feedback"] else None
-        # the message is made, checked and packed in cache-sized blocks unless it needs the whole
-        # vector (non-separable prox, error feedback, int8 codes)
-        self.blockwise = self.ef is None and method != "int8_allreduce" and self.message_elementwise()
+        # compiled path: message, check and packing in one pass, apply (+ memory, + prox) in one pass
+        kern, after = self.message_kernel(), self.after_vote_kernel()
+        self.kernel = kern if (self.agg.jit and kern is not None and after is not None
+                               and self.message_elementwise()) else None
+        self.after_prox = after if self.kernel is not None and after is not False else None
+        # numpy path: the message is made, checked and packed in cache-sized blocks unless it needs the
+        # whole vector (non-separable prox, error feedback, int8 codes)
+        self.blockwise = self.kernel is not None or (self.ef is None and method != "int8_allreduce"
+                                                     and self.message_elementwise())
         self.m = None if self.blockwise else np.empty(self.n)
         self.work = None if self.blockwise else np.empty(self.n)
+        self.path = "compiled" if self.kernel is not None else ("blocked" if self.blockwise else "whole-vector")
         T = o["max_iter"]
-        self.batch = (max(o["batch_size"], math.ceil(o["theory_batch"] * T)) if o["schedule"] == "theory"
+        grow = o["theory_batch"] if o["theory_batch"] is not None else o["heuristic_batch"]
+        self.batch = (max(o["batch_size"], math.ceil(grow * T)) if o["schedule"] in ("heuristic", "theory")
                       else o["batch_size"])
 
     def gamma(self, t: int) -> float:
@@ -127,6 +154,10 @@ class SignVoteSolver(Solver):
         """Make this rank's message from ``g`` and pack its signs (with error feedback the message is
         p = m + e, the memory added first; p is kept until :meth:`remember` has seen the vote)."""
         x, agg = self.x, self.agg
+        if self.kernel is not None:
+            kind, l1, l2 = self.kernel
+            agg.encode_message(kind, x, g, gam, l1, l2, self.ef)
+            return
         if self.blockwise:
             agg.encode_blocks(lambda lo, hi, out, work: self.message(x[lo:hi], g[lo:hi], gam, out, work))
             return
@@ -146,16 +177,25 @@ class SignVoteSolver(Solver):
         g = self.local_gradient()
         self.encode(g, gam)                    # e_p = packed sign code of m_p
         self.agg.aggregate(self.nit)           # v = vote(e_1..e_P), the same on every rank
-        self.agg.apply(self.x, gam)            # x -= gam * v
-        if self.ef is not None:
-            self.remember(gam)                 # e_p = p_p - gam * v
-        self.after_vote(self.x, gam)
+        if self.kernel is not None:            # x -= gam * v (e_p -= gam * v) (x <- prox(x)), one pass
+            self.agg.apply(self.x, gam, self.ef, self.after_prox)
+        else:
+            self.agg.apply(self.x, gam)        # x -= gam * v
+            if self.ef is not None:
+                self.remember(gam)             # e_p = p_p - gam * v
+            self.after_vote(self.x, gam)
         if (self.ctx.debug and (self.nit + 1) % self.opts["check_every"] == 0
                 and not replicas_identical(self.comm, self.x)):
             raise RuntimeError(f"replicas differ at iteration {self.nit + 1}")
         return None
 
     # -- outputs ------------------------------------------------------------------------------------
+    def record(self) -> None:
+        """A history row, its cost accumulated in ``diagnostics_seconds`` (reported in the result)."""
+        t0 = time.perf_counter()
+        super().record()
+        self.diagnostics_seconds += time.perf_counter() - t0
+
     def polished(self, x: np.ndarray) -> np.ndarray:
         """The reported solution: polish(x) with gamma_T = gamma of the last iteration."""
         mode = self.opts["polish"]
@@ -209,7 +249,9 @@ class SignVoteSolver(Solver):
             nnz=int(np.count_nonzero(xp)), nnz_raw=int(np.count_nonzero(x)),
             bytes_sent=sign_bytes(comm), bytes_sent_all=comm.stats.bytes_sent, bytes_per_iteration=self.agg.last_bytes,
             payload_bytes_per_element=self.agg.payload_bytes / max(1, self.n), aggregator=self.method,
-            mapping_norm_l1=self.mapping_norm(x), reference_objective=fstar,
+            mapping_norm_l1=self.mapping_norm(x), reference_objective=fstar, kernels=self.path,
+            randomness=self.opts.get("randomness", "minibatch"),
+            diagnostics_seconds=self.diagnostics_seconds,
             gap=None if fstar is None else fun - fstar,
             **(p.metrics(xp) if hasattr(p, "metrics") else {}))
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..prox import gradient_mapping
+from ..kernels import MSG_MAPPING, MSG_MAPPING_L1
+from ..options import Option
+from ..prox import ElasticNet, elastic_net_weights, gradient_mapping, n_components, prox_component
 from ..registry import register_solver
 from .sign_vote import SignVoteSolver, sign_options
 
@@ -30,12 +32,58 @@ class SignProx(SignVoteSolver):
     demo_settings = {"solver.max_iter": 500, "solver.step0": 0.1, "problem.n_samples": 20000,
                      "problem.n_features": 1000, "problem.density": 0.05, "problem.support": 0.05,
                      "problem.l1": 2e-3}
-    options = sign_options(polish="band")
+    options = sign_options(polish="band") + (
+        Option("randomness", "minibatch", "where the noise comes from: minibatch (minibatch gradient of the smooth "
+               "part, exact prox) or sampled_prox (exact gradient of the rank's data, prox averaged over "
+               "prox_samples sampled components of r = (1/K) sum_k r_k; TV has K = 2 (1-D) or 4 (2-D), other "
+               "regularisers K = 1, i.e. the exact prox)", str, choices=("minibatch", "sampled_prox")),
+        Option("prox_samples", 1, "sampled_prox: components drawn per iteration and rank (with replacement)",
+               int, low=1),
+    )
+
+    def __init__(self, problem, options, ctx):
+        self.sampled = options["randomness"] == "sampled_prox"
+        self.K = n_components(problem.regularizer) if self.sampled else 1
+        super().__init__(problem, options, ctx)
+
+    def local_gradient(self) -> np.ndarray:
+        if not self.sampled:
+            return super().local_gradient()
+        p, g = self.problem, self.g          # exact gradient of this rank's part of the smooth term
+        if p.n_local:
+            p.local_loss_grad(self.x, None, grad_out=g)
+            g /= p.n_local
+        else:
+            g[:] = 0.0
+        return g
 
     def message(self, x: np.ndarray, g: np.ndarray, gam: float, out: np.ndarray,
                 work: np.ndarray) -> np.ndarray:
-        """m = x - prox_{gam r}(x - gam g): the scaled proximal gradient mapping."""
-        return gradient_mapping(self.problem.regularizer, x, g, gam, out, work)
+        """m = x - prox_{gam r}(x - gam g): the scaled proximal gradient mapping; with sampled prox
+        components m = x - (1/B) sum_b prox_{gam r_kb}(x - gam g)."""
+        reg = self.problem.regularizer
+        if self.K == 1:
+            return gradient_mapping(reg, x, g, gam, out, work)
+        B = self.opts["prox_samples"]
+        np.multiply(g, -gam, out=work)
+        work += x                                            # u = x - gam g
+        out[:] = 0.0
+        comp = np.empty_like(work)
+        for k in self.streams.rng.integers(0, self.K, size=B):
+            out += prox_component(reg, work, gam, int(k), out=comp)
+        out /= B
+        np.subtract(x, out, out=out)
+        return out
 
     def message_elementwise(self) -> bool:
-        return bool(getattr(self.problem.regularizer, "elementwise", False))
+        return self.K == 1 and bool(getattr(self.problem.regularizer, "elementwise", False))
+
+    def message_kernel(self):
+        """The compiled mapping: elastic net / L1 / zero regularisers (the float operations of
+        :func:`mpiopt.prox.gradient_mapping`: the fused L1 form when l2 = 0, else the generic order)."""
+        reg = self.problem.regularizer
+        w = elastic_net_weights(reg)
+        if w is None:
+            return None
+        fused_l1 = isinstance(reg, ElasticNet) and w[1] == 0
+        return (MSG_MAPPING_L1 if fused_l1 else MSG_MAPPING, *w)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import MSG_GRADIENT
 from ..options import Option
-from ..prox import ElasticNet
+from ..prox import ElasticNet, elastic_net_weights
 from ..registry import register_solver
 from .sign_vote import SignVoteSolver, sign_options
 
@@ -39,6 +40,12 @@ class SignSGDMV(SignVoteSolver):
     def message_elementwise(self) -> bool:
         return True
 
+    def message_kernel(self):
+        r = self.problem.regularizer
+        if self.opts["reg"] == "subgradient" and isinstance(r, ElasticNet):
+            return (MSG_GRADIENT, r.l1, r.l2)
+        return (MSG_GRADIENT, 0.0, 0.0)
+
 
 @register_solver("sign_then_prox")
 class SignThenProx(SignVoteSolver):
@@ -55,3 +62,9 @@ class SignThenProx(SignVoteSolver):
 
     def after_vote(self, x: np.ndarray, gam: float) -> None:
         self.problem.regularizer.prox(x, gam, out=x)
+
+    def message_kernel(self):
+        return (MSG_GRADIENT, 0.0, 0.0)
+
+    def after_vote_kernel(self):
+        return elastic_net_weights(self.problem.regularizer)

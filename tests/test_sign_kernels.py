@@ -1,0 +1,201 @@
+"""The compiled sign-path kernels (mpiopt.kernels) against their numpy reference implementations
+(mpiopt.comm.sign_codec, mpiopt.prox): bit-identical results on random and edge-case inputs."""
+import numpy as np
+import pytest
+
+from mpiopt import kernels as K
+from mpiopt.comm.sign_codec import StepTable, n_words, pack_bits, sign_planes, tie_bits, vote
+from mpiopt.prox import ElasticNet, L1, Zero, gradient_mapping, prox_step
+
+pytestmark = pytest.mark.skipif(not K.HAVE_NUMBA, reason="numba not installed")
+
+LENGTHS = (1, 7, 8, 63, 64, 65, 127, 1000, 4099)
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a).view(np.uint64 if a.dtype.itemsize == 8 else np.uint32)
+
+
+def inputs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """x and g with exact zeros, -0.0, ties of |x - t g| with the threshold and huge values."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n) * rng.choice([1e-3, 1.0, 1e3], n)
+    g = rng.standard_normal(n)
+    x[rng.random(n) < 0.2] = 0.0
+    x[rng.random(n) < 0.1] = -0.0
+    g[rng.random(n) < 0.2] = 0.0
+    g[rng.random(n) < 0.1] = -0.0
+    if n > 4:
+        x[:4] = [0.0, -0.0, 0.05, -0.05]      # with t = 0.5, l1 = 0.1: |u| = a exactly
+        g[:4] = [0.0, -0.0, 0.0, 0.0]
+    return x, g
+
+
+def reference_message(kind, x, g, t, l1, l2):
+    out, work = np.empty_like(x), np.empty_like(x)
+    if kind == K.MSG_GRADIENT:
+        np.copyto(out, g)
+        if l1 > 0:
+            np.sign(x, out=work)
+            work *= l1
+            out += work
+        if l2 > 0:
+            out += l2 * x
+        return out
+    reg = Zero() if (l1, l2) == (0.0, 0.0) and kind == K.MSG_MAPPING else ElasticNet(l1, l2)
+    return gradient_mapping(reg, x, g, t, out, work)
+
+
+def kernel_pack(kind, x, g, t, l1, l2, ef, ternary, words):
+    neg = np.full(words, np.uint64(0xDEAD), dtype=np.uint64)
+    nz = np.full(words, np.uint64(0xDEAD), dtype=np.uint64) if ternary else K._NO_W
+    bad = np.zeros(1)
+    i = K.sign_message_pack(kind, x, g, t, t * l1, l1 > 0, l1, 1.0 + t * l2, l2 > 0, l2,
+                            K._NO_F if ef is None else ef, ef is not None, ternary, neg, nz, bad)
+    return i, bad[0], neg, nz
+
+
+CASES = [(K.MSG_MAPPING_L1, 0.1, 0.0), (K.MSG_MAPPING_L1, 0.0, 0.0), (K.MSG_MAPPING, 0.1, 0.3),
+         (K.MSG_MAPPING, 0.0, 0.3), (K.MSG_MAPPING, 0.0, 0.0), (K.MSG_GRADIENT, 0.0, 0.0),
+         (K.MSG_GRADIENT, 0.1, 0.0), (K.MSG_GRADIENT, 0.1, 0.3)]
+
+
+@pytest.mark.parametrize("kind,l1,l2", CASES)
+@pytest.mark.parametrize("encoding", ["1bit", "ternary"])
+def test_fused_message_pack_equals_reference(kind, l1, l2, encoding):
+    ternary = encoding == "ternary"
+    for n in LENGTHS:
+        x, g = inputs(n, n)
+        t = 0.5
+        m = reference_message(kind, x, g, t, l1, l2)
+        W = n_words(n) + 1                              # one word past the end must stay untouched
+        planes = np.zeros((2, n_words(n)), dtype=np.uint64)
+        sign_planes(m, encoding, planes)
+        # plain: sign planes equal, padding bits zero, the word past the end untouched
+        i, _, neg, nz = kernel_pack(kind, x, g, t, l1, l2, None, ternary, W)
+        assert i == -1
+        assert np.array_equal(neg[:-1], planes[0]) and neg[-1] == 0xDEAD, (n, kind)
+        if ternary:
+            assert np.array_equal(nz[:-1], planes[1]) and nz[-1] == 0xDEAD
+        # with e = -0.0 the stored p = m + e is m bit for bit (the message itself). One exception: with
+        # no L1 weight the L1 form clips to [-0.0, 0.0], where numpy's vectorised clip returns either
+        # zero; only the sign of an exact-zero message can differ (no sign bit, no iterate depends on it)
+        e = np.full(n, -0.0)
+        kernel_pack(kind, x, g, t, l1, l2, e, ternary, W)
+        assert np.array_equal(e, m)
+        same = bits(e) == bits(m)
+        assert same.all() or (kind == K.MSG_MAPPING_L1 and l1 == 0 and (m[~same] == 0).all()), (n, kind)
+        # with a random memory: p = m + e as numpy adds it, and the planes of p
+        e = np.random.default_rng(n).standard_normal(n) * 0.01
+        p = m + e
+        _, _, neg, nz = kernel_pack(kind, x, g, t, l1, l2, e, ternary, W)
+        sign_planes(p, encoding, planes)
+        assert np.array_equal(bits(e), bits(p))
+        assert np.array_equal(neg[:-1], planes[0])
+
+
+@pytest.mark.parametrize("kind,l1,l2", CASES[:3] + CASES[5:6])
+def test_fused_message_reports_the_first_nonfinite_element(kind, l1, l2):
+    for n in (5, 64, 200):
+        for pos in (0, n // 2, n - 1):
+            for bad in (np.nan, np.inf, -np.inf):
+                for where in ("x", "g"):
+                    x, g = inputs(n, pos)
+                    (x if where == "x" else g)[pos] = bad
+                    if pos + 3 < n:
+                        g[pos + 3] = np.nan               # a later one is not reported
+                    with np.errstate(invalid="ignore"):
+                        m = reference_message(kind, x, g, 0.5, l1, l2)
+                    i, val, _, _ = kernel_pack(kind, x, g, 0.5, l1, l2, None, False, n_words(n))
+                    try:    # the reference raises naming the first non-finite element of m, if any
+                        sign_planes(m, "1bit", np.zeros((1, n_words(n)), dtype=np.uint64))
+                    except ValueError as e:
+                        assert str(e) == f"non-finite value {val} at element {i}: cannot code its sign"
+                    else:   # e.g. x = inf with the L1 mapping: t g + clip(inf, -a, a) is finite
+                        assert i == -1, (n, pos, bad, where)
+
+
+@pytest.mark.parametrize("encoding", ["1bit", "ternary"])
+@pytest.mark.parametrize("tie", ["zero", "plus", "shared_random"])
+def test_vote_on_words_equals_reference_vote(encoding, tie):
+    rng = np.random.default_rng([len(tie), len(encoding)])
+    ternary = encoding == "ternary"
+    for P in range(1, 10):
+        for n in (1, 63, 64, 65, 1000):
+            W = n_words(n, 4)
+            m = rng.integers(-1, 2, size=(P, n)).astype(np.float64) * (rng.random((P, n)) + 0.5)
+            recv = np.zeros((P, 2 if ternary else 1, W), dtype=np.uint64)
+            for p in range(P):
+                sign_planes(m[p], encoding, recv[p])
+            rand = tie_bits(3, P, W)
+            want = vote(recv[:, 0, :], recv[:, 1, :] if ternary else None, tie, rand)
+            out = (np.empty(W, dtype=np.uint64), np.empty(W, dtype=np.uint64))
+            K.vote_words(recv[:, 0, :], recv[:, 1, :] if ternary else recv[:, 0, :], ternary,
+                         ("zero", "plus", "shared_random").index(tie), rand if tie == "shared_random" else K._NO_W,
+                         *out)
+            assert np.array_equal(out[0], want[0]), (P, n)
+            assert np.array_equal(out[1], want[1]), (P, n)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_apply_on_words_equals_step_table(dtype):
+    rng = np.random.default_rng(7)
+    for n in LENGTHS + (70000,):
+        v = rng.integers(-1, 2, size=n)
+        W = n_words(n, 4)
+        neg = pack_bits(v < 0, np.zeros(W, dtype=np.uint64))
+        nz = pack_bits(v != 0, np.zeros(W, dtype=np.uint64))
+        x = rng.standard_normal(n).astype(dtype)
+        x[: min(n, 3)] = [-0.0, 0.0, 1e-300][: min(n, 3)]
+        gam = 0.0371
+        table = StepTable(n, dtype)
+        for planes in ((neg, nz), (neg, None)):
+            want = table.apply(x.copy(), *planes, gam)
+            got = x.copy()
+            K.apply_words(got, planes[0], K._NO_W if planes[1] is None else planes[1], planes[1] is not None,
+                          got.dtype.type(gam), K._NO_F, False, False, 0.0, False, 1.0, False)
+            assert np.array_equal(bits(got), bits(want)), (n, dtype)
+        # with error feedback (float64 memory): e - gamma v, as p - deltas
+        if dtype == np.float64:
+            e = rng.standard_normal(n)
+            want_e = e - StepTable(n).deltas(neg, nz, gam)
+            got = x.copy()
+            K.apply_words(got, neg, nz, True, gam, e, True, False, 0.0, False, 1.0, False)
+            assert np.array_equal(bits(e), bits(want_e))
+            assert np.array_equal(bits(got), bits(table.apply(x.copy(), neg, nz, gam)))
+
+
+@pytest.mark.parametrize("l1,l2", [(0.5, 0.0), (0.0, 0.2), (0.5, 0.2), (0.0, 0.0)])
+def test_apply_then_prox_equals_apply_and_elastic_net_prox(l1, l2):
+    rng = np.random.default_rng(8)
+    for n in LENGTHS:
+        v = rng.integers(-1, 2, size=n)
+        neg = pack_bits(v < 0)
+        nz = pack_bits(v != 0)
+        x = rng.standard_normal(n) * 0.1
+        x[: min(n, 2)] = [0.0371, -0.0371][: min(n, 2)]      # lands on 0 (and on the threshold)
+        gam = 0.0371
+        reg = ElasticNet(l1, l2) if (l1, l2) != (0.0, 0.0) else Zero()
+        want = reg.prox(StepTable(n).apply(x.copy(), neg, nz, gam), gam)
+        got = x.copy()
+        K.apply_words(got, neg, nz, True, gam, K._NO_F, False, True, gam * l1, l1 > 0, 1.0 + gam * l2, l2 > 0)
+        assert np.array_equal(bits(got), bits(want)), n
+
+
+@pytest.mark.parametrize("reg", [L1(0.3), ElasticNet(0.3, 0.1), ElasticNet(0.0, 0.1), ElasticNet(0.0, 0.0)])
+@pytest.mark.parametrize("wire", [np.float32, np.float64])
+def test_prox_step_kernel_equals_blocked_numpy_prox_step(reg, wire):
+    rng = np.random.default_rng(9)
+    for n in (1, 65, 70000):
+        x, _ = inputs(n, n + 1)
+        d = rng.standard_normal(n).astype(wire)
+        d[: min(n, 2)] = 0.0
+        t = 0.7
+        want = x.copy()
+        prox_step(reg, want, d, t, np.empty(1 << 15), compiled=False)
+        got = x.copy()
+        K.prox_step_en(got, d, t, t * reg.l1, reg.l1 > 0, 1.0 + t * reg.l2, reg.l2 > 0)
+        assert np.array_equal(bits(got), bits(want))
+        got = x.copy()
+        prox_step(reg, got, d, t, np.empty(1 << 15))         # the dispatching entry point
+        assert np.array_equal(bits(got), bits(want))
