@@ -81,6 +81,9 @@ def help_text(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
         compat = [n for n, pc in sorted(registry.PROBLEMS.items()) if s.check_problem(pc) is None]
         parts.append(f"solver {s.name}: {s.summary}\n  problems: {', '.join(compat)} (default {s.default_problem})"
                      f"\n  ranks: at least {s.min_ranks}")
+        if s.demo_settings:
+            demo = " ".join(f"{k}={v}" for k, v in s.demo_settings.items())
+            parts.append(f"demo (python -m mpiopt.run {s.name}, no --problem): {s.default_problem} with\n  {demo}")
         parts.append(_options_text("options (--set solver.KEY=VALUE):", "solver", s.options))
     if args.problem:
         pc = registry.get_problem(args.problem)
