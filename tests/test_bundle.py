@@ -367,3 +367,29 @@ def test_inexact_oracles_with_on_demand_accuracy_close_a_tight_gap():
                           Params(variant="coordination", atol=1e-6, rtol=0.0, max_iter=3000), exact=False)
     simulate(M, [_NoisyAbsOracle(i) for i in range(m)], DelayModel(m, 1.0, 3.0, 1.0, seed=1))
     assert M.status == CONVERGED and M.gap <= 1e-6 and M.f_low <= 0.0 <= M.f_up
+
+
+# -- lower bounds from infeasible level QPs are certified ----------------------------------------------
+def test_infeasible_qp_bounds_are_certified_by_the_exact_lp(poly):
+    """A QP solver that wrongly reports every third level QP infeasible cannot push f_low above f*:
+    the exact LP checks each claim and the other QP solver takes over (before: f_low = level)."""
+    from mpiopt.bundle.qp import QPResult
+    p = poly
+    params = Params(variant="sync", rtol=1e-6)
+    M = LevelBundleMaster(p.n_vars, p.m, p.lower, p.upper, p.lipschitz, [[i] for i in range(p.m)], params, x0=p.x0())
+    honest = M.qp.solve
+    calls = {"n": 0}
+
+    def lying(G, e, comp, xc, lev):
+        calls["n"] += 1
+        return QPResult(INFEASIBLE, solver="liar") if calls["n"] % 3 == 0 else honest(G, e, comp, xc, lev)
+
+    M.qp.solve = lying
+    simulate(M, [p.make_oracle(i) for i in range(p.m)], DelayModel(p.m))
+    fstar = p.reference_objective
+    assert M.status == CONVERGED
+    tr = M.trace.array()
+    assert np.all(tr["f_low"] <= fstar + 1e-7) and M.f_low <= fstar + 1e-7 <= M.f_up + 1e-7
+    assert calls["n"] >= 6 and M.n_uncertified == 0
+    honest_run, _ = run_sim(p, "sync", rtol=1e-6)
+    assert honest_run.n_certified >= 1 and honest_run.n_uncertified == 0

@@ -29,7 +29,9 @@ from .. import result as R
 from .accuracy import OnDemandAccuracy
 from .model import CutModel, UpperModel
 from .protocol import Answer, Master, Request, Trace
-from .qp import FAILED, INFEASIBLE, LevelQP, ModelLP, aggregate_bound, box_min_linear
+from .qp import FAILED, INFEASIBLE, OPTIMAL, LevelQP, ModelLP, QPResult, aggregate_bound, box_min_linear
+
+SETTLED = "settled"                  # an infeasible level QP whose bound the exact LP settled
 
 __all__ = ["VARIANTS", "Params", "Answer", "Request", "Trace", "Coordination", "LevelBundleMaster"]
 
@@ -65,6 +67,8 @@ class Params:
     coord_max: int = 1               # coordinations in flight at once (pipelined coordinations)
     coord_rule: str = "count"        # count: after coord_every answers / promising; idle: when an idle oracle has none to do
     qp_lazy: bool | None = None      # asynchronous: QP only when an idle oracle has nothing new (None: QP_LAZY_DEFAULT)
+    certify_infeasible: bool = True  # check every infeasible level QP with the exact LP before f_low = lev
+    time_limit: float | None = None  # seconds per QP / LP solve (None: the process-wide HiGHS setting)
 
 
 @dataclass
@@ -98,8 +102,9 @@ class LevelBundleMaster(Master):
         self.model = CutModel(self.n, self.m, capacity=self.m * (params.max_cuts + 2))
         self.umodel = (UpperModel(self.n, self.m, lipschitz, params.upper_points)
                        if params.variant == "upper_model" else None)
-        self.qp = LevelQP(self.lower, self.upper, self.m, params.qp_solver, params.eps_prox)
-        self.lp = ModelLP(self.lower, self.upper, self.m)
+        self.qp = LevelQP(self.lower, self.upper, self.m, params.qp_solver, params.eps_prox,
+                          time_limit=params.time_limit)
+        self.lp = ModelLP(self.lower, self.upper, self.m, time_limit=params.time_limit)
         self.coord_every = params.coord_every or 2 * self.m
         x1 = 0.5 * (self.lower + self.upper) if x0 is None else np.clip(x0, self.lower, self.upper)
         # bounds and centre
@@ -121,6 +126,8 @@ class LevelBundleMaster(Master):
         self.n_midcycle_compressions = 0
         self.n_lp_checks = 0
         self.n_lp = 0                   # exact LPs solved
+        self.n_certified = 0            # infeasible QPs confirmed by the exact LP
+        self.n_uncertified = 0          # infeasible QPs accepted on two QP solvers' word (the LP failed)
         self.evals = np.zeros(self.m, dtype=np.int64)
         self.answers = 0
         self.qp_seconds = 0.0
@@ -310,16 +317,43 @@ class LevelBundleMaster(Master):
         j = int(np.argmin(vals))
         self._improve_upper(Y[j], float(vals[j]))
 
-    def _lp_bound(self) -> float | None:
-        """f_low = max(f_low, min_X fv) with the exact LP; returns min_X fv (None on LP failure)."""
+    def _lp_value(self) -> float | None:
+        """min_X fv by the exact LP (a certified lower bound on it; None on LP failure)."""
         import time
         t = time.perf_counter()
         v = self.lp.solve(self.model)
         self.lp_seconds += time.perf_counter() - t
         self.n_lp += 1
+        return v
+
+    def _lp_bound(self) -> float | None:
+        """f_low = max(f_low, min_X fv) with the exact LP; returns min_X fv (None on LP failure)."""
+        v = self._lp_value()
         if v is not None and v > self.f_low:
             self.f_low = min(v, self.f_up)
         return v
+
+    def _certify_infeasible(self, res: QPResult, G: np.ndarray, e: np.ndarray, comp: np.ndarray) -> QPResult:
+        """An infeasible level QP claims lev < min_X fv: the exact LP checks the claim (then f_low = lev
+        is certified). When the LP finds min_X fv <= lev, the other QP solver decides; if it rejects
+        the level too, the LP value (itself a certified bound) settles it. When the LP fails, the
+        other QP solver's agreement is accepted and counted as uncertified."""
+        v = self._lp_value()
+        if v is not None and v > self.lev:
+            self.n_certified += 1
+            return res
+        alt = self.qp.solve_other(G, e, comp, self.xc, self.lev)
+        self.qp_seconds += alt.seconds
+        if alt.status == OPTIMAL:
+            return alt
+        if v is None:
+            self.n_uncertified += 1
+            return res if alt.status == INFEASIBLE else alt
+        if v > self.f_low:                   # the level is within the solvers' tolerances of min_X fv
+            self.f_low = min(v, self.f_up)
+            return QPResult(SETTLED, solver="lp")
+        return QPResult(FAILED, solver=f"{res.solver}+{alt.solver}",
+                        info={"level": self.lev, "lp_min": v, "reason": "infeasibility not confirmed by the LP"})
 
     def _stop_test(self) -> bool:
         if self.gap <= self.tolerance():
@@ -362,9 +396,12 @@ class LevelBundleMaster(Master):
             res = self.qp.solve(G, e, comp, self.xc, self.lev)
             self.qp_seconds += res.seconds
             self.k += 1
-            if res.status == INFEASIBLE:
+            if res.status == INFEASIBLE and p.certify_infeasible:
+                res = self._certify_infeasible(res, G, e, comp)
+            if res.status in (INFEASIBLE, SETTLED):
                 self.n_infeasible += 1
-                self.f_low = max(self.f_low, min(self.lev, self.f_up))
+                if res.status == INFEASIBLE:
+                    self.f_low = max(self.f_low, min(self.lev, self.f_up))
                 self.last_infeasible = True
                 self.trace.add(self.k, self.cycle, self.f_low, self.f_up, self.lev, math.nan, critical, 1)
                 continue
@@ -415,7 +452,7 @@ class LevelBundleMaster(Master):
 
     # -- checkpoint -----------------------------------------------------------------------------
     SCALARS = ("f_low", "f_up", "gap_ref", "lev", "lev_prev", "last_infeasible", "k", "steps", "cycle",
-               "n_infeasible", "n_midcycle_compressions", "n_lp_checks", "n_lp", "answers", "qp_seconds", "lp_seconds", "phase", "pending",
+               "n_infeasible", "n_midcycle_compressions", "n_lp_checks", "n_lp", "n_certified", "n_uncertified", "answers", "qp_seconds", "lp_seconds", "phase", "pending",
                "n_coords", "since_coord", "since_step")
     ARRAYS = ("x1", "x_best", "xc", "x_next", "evals", "latest_fu", "latest_eta")
 

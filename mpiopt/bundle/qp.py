@@ -76,18 +76,17 @@ class LevelQP:
         self.fallbacks = 0
         self.retries = 0
         self._daqp = None
-        if solver == "daqp":
-            try:
-                import daqp  # noqa: F401
-                self._daqp = daqp
-            except ImportError:
-                self.solver = "highs"
+        try:
+            import daqp
+            self._daqp = daqp
+        except ImportError:
+            self.solver = "highs"
 
     def solve(self, G: np.ndarray, e: np.ndarray, comp: np.ndarray, xc: np.ndarray, lev: float) -> QPResult:
         import time
         t = time.perf_counter()
         res = None
-        if self._daqp is not None:
+        if self._daqp is not None and self.solver == "daqp":
             for scale in (1.0, 10.0, 100.0):       # DAQP may report cycling on near-degenerate levels
                 res = self._solve_daqp(G, e, comp, xc, lev, self.eps_prox * scale)
                 if res.status != FAILED:
@@ -95,6 +94,18 @@ class LevelQP:
                 self.retries += 1
         if res is None or res.status == FAILED:
             self.fallbacks += res is not None
+            res = self._solve_highs(G, e, comp, xc, lev)
+        res.seconds = time.perf_counter() - t
+        return res
+
+    def solve_other(self, G: np.ndarray, e: np.ndarray, comp: np.ndarray, xc: np.ndarray, lev: float) -> QPResult:
+        """The same QP with the other solver (HiGHS when DAQP is the default, DAQP otherwise if present):
+        the second opinion on a result the first solver may have got wrong."""
+        import time
+        t = time.perf_counter()
+        if self._daqp is not None and self.solver == "highs":
+            res = self._solve_daqp(G, e, comp, xc, lev, self.eps_prox)
+        else:
             res = self._solve_highs(G, e, comp, xc, lev)
         res.seconds = time.perf_counter() - t
         return res
