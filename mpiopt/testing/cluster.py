@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 SUBNET = "198.18.0"                 # RFC 2544 benchmarking range; only ever inside our own namespaces
 SWITCH_ADDR = f"{SUBNET}.254"
 PREFIX = "mpoc"
-STATE_DIR = os.environ.get("MPIOPT_CLUSTER_STATE", "/run/mpiopt-cluster")
+STATE_DIR = os.environ.get("MPIOPT_CLUSTER_STATE") or (
+    "/run/mpiopt-cluster" if os.access("/run", os.W_OK) else os.path.join(tempfile.gettempdir(), "mpiopt-cluster"))
 _ID_RE = re.compile(rf"^{PREFIX}[0-9a-f]{{6}}$")
 _RATE_RE = re.compile(r"^\d+(\.\d+)?([kmgt]?bit|[kmgt]?bps)$")
 # tbf burst must exceed the 64 KB GSO packets, else 1 Gbit/s links carry only 0.5-0.6 Gbit/s
