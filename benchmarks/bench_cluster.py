@@ -128,8 +128,6 @@ def part_signprox(a, Cluster, out: list) -> None:
                               f"{r['grad_median_ms']:7.1f} {r['comm_median_ms']:8.1f} {r['local_ms']:7.1f} "
                               f"{r['bytes_per_iter']:10d} {lmb} {r['speedup']:8.2f}  {r['load']}", flush=True)
                         out.append({"part": "signprox", **r})
-                    if layout is None and rate == "shm":
-                        pass
         finally:
             for c in clusters.values():
                 c.stop()

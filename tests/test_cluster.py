@@ -220,6 +220,8 @@ def check_abort(c: Cluster, tmp_path, nodes, ppn, fail_rank, on_result=None, **k
     assert p.returncode not in (0, 2), p.output
     assert msg in p.stderr, p.output
     t_msg = p.first(msg)
+    assert t_msg is not None, p.output
+    print(f"abort: the job ended {p.wall - t_msg:.2f} s after the error message arrived")
     assert p.wall - t_msg < 5.0, f"job ended {p.wall - t_msg:.1f} s after the error"
     for _ in range(20):                      # no rank left behind on any node
         if not no_process_left(c):
