@@ -11,6 +11,8 @@ from .io.checkpoint import Checkpoint
 from .io.results import ResultWriter
 from .progress import Progress
 
+LINE_SECONDS = 10.0     # batch mode: a progress line at least this often, whatever the iteration count
+
 
 class History:
     """Rows of named values keyed by iteration; rank 0 keeps them, appends them to the result file
@@ -74,7 +76,7 @@ class History:
                 self.writer.flush()
                 self._last_flush = now
         p = self._progress
-        if p is not None and (p.mode == "bar" or iteration >= self._next_report
+        if p is not None and (p.mode == "bar" or iteration >= self._next_report or p.quiet_for() >= LINE_SECONDS
                               or (self._total and iteration >= self._total)):
             p.update(iteration, row["time"], values)
             while self._next_report <= iteration:

@@ -55,6 +55,7 @@ class Progress:
         self.mode = mode
         self._bar = None
         self._t0 = time.perf_counter()
+        self._last_line = self._t0
         if self.active and mode == "bar":
             from tqdm import tqdm
             self._bar = tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr, leave=True)
@@ -63,9 +64,14 @@ class Progress:
                 self._bar.update(start)
                 self._pos = start
 
+    def quiet_for(self) -> float:
+        """Seconds since the last progress line (or the start)."""
+        return time.perf_counter() - self._last_line
+
     def update(self, iteration: int, elapsed: float, values: dict[str, Any]) -> None:
         if not self.active:
             return
+        self._last_line = time.perf_counter()
         if self._bar is not None:
             self._bar.update(max(0, iteration - self._pos))
             self._pos = iteration

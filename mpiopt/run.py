@@ -1,7 +1,8 @@
 """Command line: ``[mpirun -n P] python -m mpiopt.run [SOLVER] [--problem NAME] [options]``.
 
-Without a solver it runs the built-in demo (prox_sgd on a generated logistic problem) and writes
-``mpiopt-demo.h5``. Exit codes: 0 converged or budget reached; 2 bad usage, config or input;
+Without a solver it runs the default job: SignProx and its uncompressed baseline prox_sgd on one
+generated logistic problem with the same budget, side by side (``mpiopt-demo.h5`` and
+``mpiopt-demo-prox_sgd.h5``). Exit codes: 0 converged or budget reached; 2 bad usage, config or input;
 1 any other failure; 128+signal when stopped by SIGTERM/SIGINT (after a final checkpoint).
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from . import options as O
 from . import registry
 from .errors import EXIT_OK, EXIT_USAGE, InputError
 from .provenance import versions
-from .runner import RunSpec, build_run, resolve_spec
+from .runner import DEMO_BASELINE, RunSpec, build_run, resolve_spec
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def spec_from_args(args: argparse.Namespace) -> RunSpec:
-    """The run spec of parsed command-line arguments (precedence: file < --set < dedicated flags)."""
+def spec_from_args(args: argparse.Namespace, solver: str | None = None) -> RunSpec:
+    """The run spec of parsed command-line arguments (precedence: file < --set < dedicated flags);
+    ``solver`` replaces the one named on the command line."""
     values: list[tuple[str, Any, str]] = []
     for group in args.sets:
         for item in group:
@@ -58,7 +60,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         v = getattr(args, attr)
         if v is not None:
             values.append((key, v, f"--{attr.replace('_', '-')}"))
-    spec = resolve_spec(args.solver, args.problem, values, config_file=args.config)
+    spec = resolve_spec(solver or args.solver, args.problem, values, config_file=args.config)
     spec.plugins = list(args.plugin)
     return spec
 
@@ -102,10 +104,60 @@ def help_text(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
               " problem = \"...\";\n--set overrides the file, flags override --set."
               "\nexit codes: 0 converged or budget reached, 2 bad usage/config/input, 1 other failure,"
               " 128+N stopped by signal N.\n"
-              "\nexamples:\n  mpirun -n 4 python -m mpiopt.run                      # the demo, writes mpiopt-demo.h5\n"
+              "\nexamples:\n  mpirun -n 4 python -m mpiopt.run                      # the default job: signprox beside prox_sgd\n"
               "  mpirun -n 4 python -m mpiopt.run prox_sgd --problem lasso --set solver.max_iter=500\n"
               "  mpirun -n 4 python -m mpiopt.run prox_sgd --problem logistic --set problem.path=a9a"
               " --checkpoint-dir ckpt --checkpoint-every 60s --resume latest\n")
+
+
+def _run_one(args: argparse.Namespace, spec: RunSpec, comm: Any, problem: Any = None) -> tuple[Any, int]:
+    run = build_run(spec, comm, verbose=args.verbose, quiet=args.quiet, problem=problem)
+    res = run.execute()
+    if args.quiet and comm.rank == 0 and run.writer is not None:   # -q still says where the result went
+        print(f"result: {os.path.abspath(run.writer.path)}", flush=True)
+    return (run, res), run.exit_code(res)
+
+
+def run_default_job(args: argparse.Namespace, spec: RunSpec, comm: Any) -> int:
+    """The default job (no solver named): SignProx, then its uncompressed baseline on the same problem
+    with the same budget, and a side-by-side summary: what one bit per element costs and saves."""
+    out = spec.config["run"]["out"]
+    stem, ext = os.path.splitext(out)
+    base_spec = spec_from_args(args, solver=DEMO_BASELINE)
+    base_spec.demo = True
+    base_spec.config["run"]["out"] = f"{stem}-{DEMO_BASELINE}{ext or '.h5'}"
+    runs, code = [], 0
+    problem = None
+    for s in (spec, base_spec):
+        (run, res), c = _run_one(args, s, comm, problem=problem)   # one data set, set up once
+        problem = run.problem
+        runs.append((s, run, res))
+        code = max(code, c)
+        if c != 0:
+            return code
+    if comm.rank == 0 and not args.quiet:
+        print(demo_comparison(runs), flush=True)
+    return code
+
+
+def demo_comparison(runs: list) -> str:
+    """The default job's closing table: gap to F*, the algorithm's bytes and the wall time of each run."""
+    rows = []
+    for s, run, res in runs:
+        fstar = run.problem.reference_objective
+        gap = res.fun - fstar if fstar is not None else float("nan")
+        rows.append((s.solver, gap, res.get("bytes_sent", run.comm.stats.algorithm_bytes), run.wall_time,
+                     run.writer.path if run.writer is not None else "-"))
+    lines = [f"\ndefault job: {rows[0][0]} beside its baseline {rows[1][0]} (same problem, "
+             f"{runs[0][2].nit} iterations, {runs[0][1].comm.size} rank(s))",
+             f"  {'solver':<10} {'F - F*':>10} {'bytes sent (rank 0)':>20} {'wall time':>10}  result file"]
+    for name, gap, nbytes, wall, path in rows:
+        lines.append(f"  {name:<10} {gap:>10.3e} {nbytes / 1e6:>17.3f} MB {wall:>9.2f}s  {path}")
+    (_, g1, b1, *_), (_, g0, b0, *_) = rows
+    if b1 and g0 > 0:
+        lines.append(f"  {rows[0][0]} sent {b0 / b1:.1f}x fewer bytes for {g1 / g0:.2f}x the gap to F* "
+                     f"(its solution band-polished; python -m mpiopt.report {rows[0][4]} {rows[1][4]} draws both)")
+    return "\n".join(lines)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -129,11 +181,9 @@ def _main(argv: Sequence[str] | None) -> int:
                 print(text, end="")
             return EXIT_OK
         spec = spec_from_args(args)
-        run = build_run(spec, comm, verbose=args.verbose, quiet=args.quiet)
-        res = run.execute()
-        if args.quiet and comm.rank == 0 and run.writer is not None:   # -q still says where the result went
-            print(f"result: {os.path.abspath(run.writer.path)}", flush=True)
-        return run.exit_code(res)
+        if spec.demo:
+            return run_default_job(args, spec, comm)
+        return _run_one(args, spec, comm)[1]
     except InputError as exc:
         # every rank reaches the same conclusion (argument parsing and collective checks)
         if comm.rank == 0:

@@ -26,7 +26,8 @@ from .preflight import (available_memory, check_checkpoint_dir, check_checkpoint
                         check_not_an_input, check_output_file, check_requirements, input_paths)
 from .provenance import git_commit, now, versions
 
-DEMO_SOLVER = "prox_sgd"
+DEMO_SOLVER = "signprox"          # the default job: SignProx, then its baseline (DEMO_BASELINE)
+DEMO_BASELINE = "prox_sgd"
 DEMO_OUT = "mpiopt-demo.h5"
 
 Value = tuple[str, Any, str]          # (dotted key, value, where it came from)

@@ -1,5 +1,6 @@
 """End-to-end: the command line under mpirun (demo, help, bad input, aborts, signals, resume)."""
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -15,14 +16,20 @@ FAULTY = str(ROOT / "tests" / "plugins" / "faulty.py")
 
 
 def test_demo_writes_result_file(tmp_path):
+    """The default job: signprox, then its baseline prox_sgd on the same problem and budget, side by side."""
     p = run_mpi([], n=2, cwd=tmp_path, timeout=180)
     assert p.returncode == 0, p.output
-    assert p.stdout.count("status:") == 1, "only rank 0 prints"
-    assert "mpiopt-demo.h5" in p.stdout
+    assert p.stdout.count("status:") == 2, "only rank 0 prints, one summary per run"
+    assert "mpiopt-demo.h5" in p.stdout and "default job: signprox beside its baseline prox_sgd" in p.stdout
+    assert re.search(r"signprox sent [\d.]+x fewer bytes for [\d.]+x the gap to F\*", p.stdout), p.stdout
+    base = load_result(str(tmp_path / "mpiopt-demo-prox_sgd.h5"))
+    assert base.attrs["solver"] == "prox_sgd" and base.config["problem"] == load_result(
+        str(tmp_path / "mpiopt-demo.h5")).config["problem"]
+    assert base.config["solver"]["max_iter"] == 500
     r = load_result(str(tmp_path / "mpiopt-demo.h5"))
     a = r.attrs
     assert a["format"] == "mpiopt-result" and a["format_version"] == 1
-    assert a["solver"] == "prox_sgd" and a["problem"] == "logistic" and a["n_ranks"] == 2
+    assert a["solver"] == "signprox" and a["problem"] == "logistic" and a["n_ranks"] == 2
     assert a["status"] == "max_iter" and a["success"] is True and a["seed"] == 0
     assert a["wall_time"] > 0 and a["started"] <= a["finished"]
     for k in ("version_mpiopt", "version_numpy", "version_mpi4py", "version_mpi_library"):
@@ -34,7 +41,7 @@ def test_demo_writes_result_file(tmp_path):
     assert np.all(np.diff(r.history["bytes_sent"]) > 0)
     assert r.history["objective"][-1] < r.history["objective"][0]
     assert np.isclose(r.history["gap"][-1], r.history["objective"][-1] - a["reference_objective"])
-    assert r.solution["x"].shape == (200,)
+    assert r.solution["x"].shape == (1000,)      # the family's shared demo problem: 1000 sparse features
 
 
 def test_help_lists_solvers_problems_and_options(tmp_path):

@@ -53,7 +53,9 @@ class DDP(Solver):
     default_problem = "digits"
     deterministic = True
     budget_option = "max_epochs"
-    demo_settings = {"solver.max_epochs": 10, "run.snapshot_every": 1.0, "run.max_time": 60}
+    # async_subgradient's demo budget and evaluation schedule, so the two can be drawn together
+    demo_settings = {"solver.max_epochs": 40, "solver.target_accuracy": 0.95, "run.snapshot_every": 0.5,
+                     "run.max_time": 60}
     options = (
         *TRAINING_OPTIONS,
         Option("timeout", 300.0, "seconds a gloo collective may wait before failing", float, low=1.0),

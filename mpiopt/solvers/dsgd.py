@@ -28,7 +28,7 @@ from .mf_base import MFSolver, common_options
 @register_solver("dsgd")
 class DSGD(MFSolver):
     summary = "DSGD: stratified (minibatch) SGD for matrix factorization, column blocks rotating between ranks"
-    demo_settings = {"problem.n_ratings": 100000, "problem.latent_dim": 10, "solver.max_epochs": 20}
+    demo_settings = {"problem.n_ratings": 100000, "problem.latent_dim": 10, "solver.max_epochs": 30}
     options = (
         *common_options(max_epochs=50),
         Option("lr", 0.01, "initial learning rate lr0 (per rating)", float, low=0.0, low_open=True),

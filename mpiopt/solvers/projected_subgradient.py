@@ -19,7 +19,8 @@ from .master_oracle import MasterOracleSolver
 @register_solver("projected_subgradient")
 class ProjectedSubgradient(MasterOracleSolver):
     summary = "projected subgradient method on a sum of convex oracles (baseline of level_bundle; Polyak or diminishing steps)"
-    demo_settings = {"solver.max_iter": 500, "problem.n": 30, "problem.m": 6}
+    demo_settings = {"solver.max_iter": 500, "problem.n": 30, "problem.m": 6, "problem.delay_mean": 0.005,
+                     "problem.delay_spread": 3.0, "problem.delay_noise": 1.0}   # level_bundle's demo problem
     deterministic = True
     options = (
         Option("step", "polyak", "polyak (needs the problem's f*) or diminishing", str, choices=("polyak", "diminishing")),

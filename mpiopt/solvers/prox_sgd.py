@@ -26,6 +26,10 @@ from ..rng import RankStreams
 from .base import Solver, Stop
 
 
+DEMO_PROBLEM = {"problem.n_samples": 20000, "problem.n_features": 1000, "problem.density": 0.05,
+                "problem.support": 0.05, "problem.l1": 2e-3}
+
+
 def step_size(step0: float, t: int, schedule: str) -> float:
     """Step of iteration ``t`` (0-based)."""
     return step0 / math.sqrt(t + 1) if schedule == "sqrt" else step0
@@ -36,8 +40,8 @@ class ProxSGD(Solver):
     summary = "synchronous minibatch proximal SGD, gradients averaged by Allreduce (uncompressed baseline)"
     problem_kind = CompositeProblem
     default_problem = "logistic"
-    demo_settings = {"solver.max_iter": 500, "solver.step0": 4.0, "problem.n_samples": 20000,
-                     "problem.n_features": 200, "problem.noise": 1.0, "problem.l1": 1e-3}
+    # the proximal family's demos share one problem and budget (signprox, signsgd_mv, sign_then_prox)
+    demo_settings = {"solver.max_iter": 500, "solver.step0": 16.0, **DEMO_PROBLEM}
     # a history row is one pass over the data (the objective): 15 rows per run keep them under 10 % of
     # a run at the default settings (measured in the signprox benchmark; run.history_every overrides it)
     history_points = 15

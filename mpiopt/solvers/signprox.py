@@ -22,6 +22,7 @@ from ..kernels import MSG_MAPPING, MSG_MAPPING_L1
 from ..options import Option
 from ..prox import ElasticNet, elastic_net_weights, gradient_mapping, n_components, prox_component
 from ..registry import register_solver
+from .prox_sgd import DEMO_PROBLEM
 from .sign_vote import SignVoteSolver, sign_options
 
 
@@ -29,9 +30,7 @@ from .sign_vote import SignVoteSolver, sign_options
 class SignProx(SignVoteSolver):
     summary = ("SignProx: sign of the proximal gradient mapping, 1 bit per element, "
                "majority vote over ranks on packed words")
-    demo_settings = {"solver.max_iter": 500, "solver.step0": 0.1, "problem.n_samples": 20000,
-                     "problem.n_features": 1000, "problem.density": 0.05, "problem.support": 0.05,
-                     "problem.l1": 2e-3}
+    demo_settings = {"solver.max_iter": 500, "solver.step0": 0.1, **DEMO_PROBLEM}
     options = sign_options(polish="band") + (
         Option("randomness", "minibatch", "where the noise comes from: minibatch (minibatch gradient of the smooth "
                "part, exact prox) or sampled_prox (exact gradient of the rank's data, prox averaged over "

@@ -13,11 +13,13 @@ from ..kernels import MSG_GRADIENT
 from ..options import Option
 from ..prox import ElasticNet, elastic_net_weights
 from ..registry import register_solver
+from .prox_sgd import DEMO_PROBLEM
 from .sign_vote import SignVoteSolver, sign_options
 
 
 @register_solver("signsgd_mv")
 class SignSGDMV(SignVoteSolver):
+    demo_settings = {"solver.max_iter": 500, "solver.step0": 0.1, **DEMO_PROBLEM}
     summary = "signSGD with majority vote (Bernstein et al. 2018/19); r as a subgradient or ignored"
     options = sign_options(polish="none") + (
         Option("reg", "subgradient", "regulariser: subgradient (l1*sign(x) + l2*x for L1/elastic net) or ignore",
@@ -49,6 +51,7 @@ class SignSGDMV(SignVoteSolver):
 
 @register_solver("sign_then_prox")
 class SignThenProx(SignVoteSolver):
+    demo_settings = {"solver.max_iter": 500, "solver.step0": 0.025, **DEMO_PROBLEM}
     summary = "naive baseline: majority-voted sign step on the smooth gradient, then prox"
     options = sign_options(polish="none")
 
