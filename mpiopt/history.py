@@ -96,6 +96,21 @@ class History:
         if self.writer is not None:
             self.writer.flush()
 
+    def quality(self, name: str, larger_is_better: bool, at: str = "epoch") -> dict[str, float]:
+        """Final and best value of column ``name`` with the ``at`` value of the best row (rank 0; empty
+        elsewhere or when the column was never recorded): ``{name, best_<name>, best_<name>_<at>}``."""
+        col = np.asarray(self.columns.get(name, []), dtype=np.float64)
+        ok = np.flatnonzero(np.isfinite(col))
+        if ok.size == 0:
+            return {}
+        vals = col[ok]
+        i = ok[int(np.argmax(vals) if larger_is_better else np.argmin(vals))]
+        out = {name: float(col[ok[-1]]), f"best_{name}": float(col[i])}
+        where = self.columns.get(at) or self.columns.get("iteration")
+        if where is not None:
+            out[f"best_{name}_{at if at in self.columns else 'iteration'}"] = float(where[i])
+        return out
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The rows so far as one array per column (rank 0; empty elsewhere)."""
         return {k: np.asarray(v, dtype=np.int64 if k == "iteration" else np.float64)

@@ -33,9 +33,14 @@ def _has_terminal() -> bool:
     return _ancestor_on_terminal()
 
 
+# what a reader wants first in a progress line: how far (epochs) and how good (gap, accuracy, RMSE)
+FIRST = ("epoch", "certified_gap", "gap", "gap_to_fstar", "test_accuracy", "test_rmse", "rmse", "objective")
+
+
 def format_values(values: dict[str, Any], limit: int = 6) -> str:
     parts = []
-    for k, v in list(values.items())[:limit]:
+    keys = [k for k in FIRST if k in values] + [k for k in values if k not in FIRST]
+    for k, v in [(k, values[k]) for k in keys][:limit]:
         if isinstance(v, float):
             parts.append(f"{k}={v:.6g}")
         else:

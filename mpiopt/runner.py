@@ -105,6 +105,7 @@ class Run:
         self.spec, self.comm, self.problem, self.solver, self.ctx = spec, comm, problem, solver, ctx
         self.writer, self.resume, self.say, self.quiet = writer, resume, say, quiet
         self.wall_time = 0.0
+        self.bytes_total = [0, 0]
 
     def execute(self, callback: Callable | None = None, install_signals: bool = True) -> R.OptimizeResult:
         """Collective: solve, write the final result file (rank 0), print the summary (rank 0)."""
@@ -124,6 +125,9 @@ class Run:
                 ctx.stop.restore_signal_handlers()
         self.wall_time = ctx.elapsed()
         ctx.history.close()
+        st = comm.stats
+        mine = [st.algorithm_bytes, st.diagnostic_bytes]
+        self.bytes_total = [int(v) for v in (comm.allreduce_array(mine, tag="result") if comm.size > 1 else mine)]
         res["history"] = ctx.history.arrays()
         if self.writer is not None:
             final = {"status": R.STATUS_NAMES.get(res.status, str(res.status)), "status_code": int(res.status),
@@ -131,8 +135,8 @@ class Run:
                      "run_time": time.perf_counter() - t0, "finished": now(), "nit": int(res.nit),
                      "fun": float(res.fun) if res.fun is not None else float("nan"),
                      "bytes_sent_rank0": int(comm.stats.bytes_sent),
-                     "bytes_algorithm_rank0": comm.stats.algorithm_bytes,
-                     "bytes_diagnostics_rank0": comm.stats.diagnostic_bytes,
+                     "bytes_algorithm_rank0": mine[0], "bytes_diagnostics_rank0": mine[1],
+                     "bytes_algorithm_total": self.bytes_total[0], "bytes_diagnostics_total": self.bytes_total[1],
                      **{k: v for k, v in (res.get("quality") or {}).items() if v is not None}}
             if ctx.checkpoints.last_path:
                 final["last_checkpoint"] = ctx.checkpoints.last_path
@@ -152,10 +156,10 @@ class Run:
         if quality:
             lines.append("quality: " + "   ".join(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}"
                                                   for k, v in quality.items() if v is not None))
-        st = self.comm.stats
-        if st.bytes_sent:
-            lines.append(f"bytes sent by rank 0: {st.algorithm_bytes:,} by the algorithm, "
-                         f"{st.diagnostic_bytes:,} for evaluations and checks")
+        st, (alg, diag) = self.comm.stats, self.bytes_total
+        if alg or diag:
+            lines.append(f"bytes sent: {alg:,} by the algorithm, {diag:,} for evaluations and checks (all ranks; "
+                         f"rank 0: {st.algorithm_bytes:,} and {st.diagnostic_bytes:,}; RMA counted at the origin)")
         if self.ctx.checkpoints.last_path:
             lines.append(f"last checkpoint: {self.ctx.checkpoints.last_path}")
         if self.writer is not None:

@@ -15,7 +15,7 @@ import numpy as np
 from mpi4py import MPI
 from mpi4py.util.dtlib import from_numpy_dtype
 
-from .core import Comm, polite_sleep_until
+from .core import Comm, mark_progress, polite_sleep_until
 
 
 class Window:
@@ -56,18 +56,23 @@ class Window:
         """Read ``out.size`` elements at ``offset`` of ``target``'s part (may see a write mid-way)."""
         self.win.Get(out, target, self._target(offset, out.size))
         self.win.Flush(target)
+        self.comm.stats.add("rma_get", out.nbytes)
+        mark_progress()
         return out
 
     def get_atomic(self, target: int, out: np.ndarray, offset: int = 0) -> np.ndarray:
         """Element-atomic read (``Get_accumulate`` with NO_OP)."""
         self.win.Get_accumulate(out, out, target, self._target(offset, out.size), op=MPI.NO_OP)
         self.win.Flush(target)
+        self.comm.stats.add("rma_get", out.nbytes)
+        mark_progress()
         return out
 
     def put(self, target: int, data: np.ndarray, offset: int = 0) -> None:
         self.win.Put(np.ascontiguousarray(data, dtype=self.dtype), target, self._target(offset, data.size))
         self.win.Flush(target)
         self.comm.stats.add("rma_put", data.nbytes)
+        mark_progress()
 
     def accumulate(self, target: int, data: np.ndarray, offset: int = 0, op: MPI.Op = MPI.SUM) -> None:
         """Element-atomic ``target[offset:] op= data`` (SUM by default; REPLACE for atomic writes)."""
@@ -75,6 +80,7 @@ class Window:
                             self._target(offset, data.size), op=op)
         self.win.Flush(target)
         self.comm.stats.add("rma_accumulate", data.nbytes)
+        mark_progress()
 
     # -- single-element atomics ------------------------------------------------------------
     def fetch_and_op(self, target: int, offset: int, value: float = 0, op: MPI.Op = MPI.SUM) -> Any:

@@ -163,7 +163,8 @@ class DDP(Solver):
         dist.destroy_process_group()
         return R.make_result(xs, tr_loss, self.nit, status, msg, test_loss=te_loss, test_accuracy=te_acc,
                              epochs=epochs(self.nit * self.per_step, p.n_train), extra_groups=extra,
-                             solution={"x": xs})
+                             solution={"x": xs},
+                             quality=self.ctx.history.quality("test_accuracy", larger_is_better=True))
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any] | None:

@@ -253,7 +253,8 @@ class AsyncSubgradient(Solver):
         return R.make_result(x, train_loss, updates, stop.status, stop.message, test_loss=test_loss,
                              test_accuracy=test_acc, epochs=ep["epoch"], lost_updates=self.lost,
                              **({"block_epochs": ep["block_epoch"]} if "block_epoch" in ep else {}),
-                             extra_groups=extra, solution={"x": x})
+                             extra_groups=extra, solution={"x": x},
+                             quality=self.ctx.history.quality("test_accuracy", larger_is_better=True))
 
     def free(self) -> None:
         """Collective: free the windows (end of the run)."""
