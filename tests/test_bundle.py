@@ -393,3 +393,23 @@ def test_infeasible_qp_bounds_are_certified_by_the_exact_lp(poly):
     assert calls["n"] >= 6 and M.n_uncertified == 0
     honest_run, _ = run_sim(p, "sync", rtol=1e-6)
     assert honest_run.n_certified >= 1 and honest_run.n_uncertified == 0
+
+
+def test_cycle_wait_starts_a_cycle_only_after_every_oracle_answered_in_it(poly):
+    """Option cycle_wait (the test min_j a(j) >= k before a critical iteration on gap decrease)."""
+    p = poly
+    params = Params(variant="upper_model", rtol=1e-6, cycle_wait=True)
+    M = LevelBundleMaster(p.n_vars, p.m, p.lower, p.upper, p.lipschitz, [[i] for i in range(p.m)], params, x0=p.x0())
+    simulate(M, [p.make_oracle(i) for i in range(p.m)], DelayModel(p.m, 1.0, 3.0, 1.0, seed=5))
+    assert M.status == CONVERGED and M.n_cycle_waits > 0
+    assert M.f_low <= p.reference_objective + 1e-7 <= M.f_up + 1e-7
+    plain, _ = run_sim(p, "upper_model", rtol=1e-6)
+    assert plain.n_cycle_waits == 0
+
+
+def test_highs_models_are_silent_single_threaded_and_time_limited():
+    from mpiopt.bundle import highs
+    h = highs.new_model(time_limit=7.0)
+    assert h.getOptionValue("threads")[1] == 1 and h.getOptionValue("output_flag")[1] is False
+    assert h.getOptionValue("time_limit")[1] == 7.0
+    assert highs.new_model().getOptionValue("time_limit")[1] == highs.settings()["time_limit"]

@@ -25,6 +25,9 @@ _created = False
 
 def configure(*, threads: int | None = None, verbose: bool | None = None, time_limit: float | None = None) -> None:
     """Process-wide defaults for new models: threads (1), verbose (False), time limit in seconds (300)."""
+    if threads is not None and threads != _settings["threads"] and _created:
+        import highspy                     # one scheduler per process: restart it with the new count
+        highspy.Highs.resetGlobalScheduler(True)
     for key, value in (("threads", threads), ("verbose", verbose), ("time_limit", time_limit)):
         if value is not None:
             _settings[key] = value

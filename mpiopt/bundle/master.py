@@ -69,6 +69,7 @@ class Params:
     qp_lazy: bool | None = None      # asynchronous: QP only when an idle oracle has nothing new (None: QP_LAZY_DEFAULT)
     certify_infeasible: bool = True  # check every infeasible level QP with the exact LP before f_low = lev
     time_limit: float | None = None  # seconds per QP / LP solve (None: the process-wide HiGHS setting)
+    cycle_wait: bool = False         # a new cycle on gap decrease only once every worker answered a point of this one
 
 
 @dataclass
@@ -151,6 +152,9 @@ class LevelBundleMaster(Master):
         self.accuracy = OnDemandAccuracy(self.m, params.kappa, params.alpha, floors)
         self.latest_eta = self.accuracy.eta                    # accuracy fu - fl of the latest answers
         self.sent_eta = np.full(self.W, math.inf)              # accuracy requested with the point in flight
+        self.answered_k = np.full(self.W, -1, dtype=np.int64)  # a(j): iteration of worker j's latest answered point
+        self.cycle_k = 0                                       # iteration of the last critical iteration
+        self.n_cycle_waits = 0
         # coordination (A-SC)
         self.coords: list[Coordination] = []   # in flight, oldest first
         self.n_coords = 0
@@ -270,6 +274,7 @@ class LevelBundleMaster(Master):
     def _absorb(self, a: Answer) -> np.ndarray:
         """Cuts, upper-model points and per-round/coordination values from one answer; returns its point."""
         it, cid, z = self.sent.pop(a.worker)
+        self.answered_k[a.worker] = it
         self.idle[a.worker] = True
         comps = np.asarray(a.comps, dtype=np.int64)
         fl, fu = np.asarray(a.fl, dtype=np.float64), np.asarray(a.fu, dtype=np.float64)
@@ -374,9 +379,11 @@ class LevelBundleMaster(Master):
         self.steps += 1
         p = self.p
         while not self._stop_test():
-            critical = self.gap <= (1 - p.alpha) * self.gap_ref or self.last_infeasible
+            critical = self.gap <= (1 - p.alpha) * self.gap_ref and self._everyone_answered_this_cycle()
+            critical = critical or self.last_infeasible
             if critical:
                 self.cycle += 1
+                self.cycle_k = self.k
                 self.gap_ref = self.gap
                 self.xc = self.x_best.copy()
                 self.model.compress(self.lam, p.max_cuts)
@@ -429,6 +436,14 @@ class LevelBundleMaster(Master):
             self._stop_test()
             return
 
+    def _everyone_answered_this_cycle(self) -> bool:
+        """The paper's test min_j a(j) >= k_cycle (option ``cycle_wait``): every worker has answered a
+        point of the current cycle (a(j): the iteration of worker j's latest answered point)."""
+        if not self.p.cycle_wait or self.answered_k.min() >= self.cycle_k:
+            return True
+        self.n_cycle_waits += 1
+        return False
+
     def _maybe_start_coordination(self) -> None:
         p = self.p
         if len(self.coords) >= max(1, p.coord_max):
@@ -452,9 +467,10 @@ class LevelBundleMaster(Master):
 
     # -- checkpoint -----------------------------------------------------------------------------
     SCALARS = ("f_low", "f_up", "gap_ref", "lev", "lev_prev", "last_infeasible", "k", "steps", "cycle",
-               "n_infeasible", "n_midcycle_compressions", "n_lp_checks", "n_lp", "n_certified", "n_uncertified", "answers", "qp_seconds", "lp_seconds", "phase", "pending",
+               "n_infeasible", "n_midcycle_compressions", "n_lp_checks", "n_lp", "n_certified", "n_uncertified", "cycle_k",
+               "n_cycle_waits", "answers", "qp_seconds", "lp_seconds", "phase", "pending",
                "n_coords", "since_coord", "since_step")
-    ARRAYS = ("x1", "x_best", "xc", "x_next", "evals", "latest_fu", "latest_eta")
+    ARRAYS = ("x1", "x_best", "xc", "x_next", "evals", "latest_fu", "latest_eta", "answered_k")
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue (taken while no request is in flight)."""
@@ -487,7 +503,8 @@ class LevelBundleMaster(Master):
         self.last_infeasible = bool(int(st["last_infeasible"]))
         self.pending = bool(int(st["pending"]))
         for k in self.ARRAYS:
-            getattr(self, k)[...] = np.asarray(st[k]).reshape(getattr(self, k).shape)
+            if k in st:                      # (answered_k: added later)
+                getattr(self, k)[...] = np.asarray(st[k]).reshape(getattr(self, k).shape)
         self.lam = np.asarray(st["lam"], dtype=np.float64).copy() if int(st["has_lam"]) else None
         ids = np.asarray(st.get("coord_ids", []), dtype=np.int64).reshape(-1)
         Z = np.asarray(st.get("coord_z", []), dtype=np.float64).reshape(ids.size, self.n)

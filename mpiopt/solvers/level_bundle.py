@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import options as O
+from ..bundle import highs
 from ..bundle.master import VARIANTS, LevelBundleMaster, Params
 from ..options import Option
 from ..registry import register_solver
@@ -68,9 +69,21 @@ class LevelBundle(MasterOracleSolver):
         Option("eps_prox", 1e-6, "DAQP proximal regularisation (must be positive)", float, low=0.0, low_open=True),
         Option("qp_solver", "daqp", "level QP solver: daqp (HiGHS fallback) or highs", str, choices=("daqp", "highs")),
         Option("upper_points", 50, "upper_model: points kept per oracle", int, low=1),
+        Option("certify_infeasible", True, "check every infeasible level QP with the exact LP before its level "
+               "becomes the lower bound", bool),
+        Option("cycle_wait", False, "asynchronous: start a new cycle on gap decrease only once every oracle has "
+               "answered a point of the current one (the test min_j a(j) >= k)", bool),
+        Option("time_limit", 300.0, "seconds per level QP and exact LP solve (DAQP, HiGHS); at the limit a QP "
+               "falls back to the other solver, an LP gives no bound", float, low=0.0, low_open=True),
+        Option("highs_threads", 1, "threads of each HiGHS model on each rank (the ranks already share the cores)",
+               int, low=1),
         Option("cut_cap", 2.0, "between critical iterations, drop the last QP's inactive cuts when a bundle "
                "exceeds cut_cap*max_cuts", float, low=1.0),
     )
+
+    def __init__(self, problem: Any, options: dict[str, Any], ctx: Any):
+        highs.configure(threads=options["highs_threads"], verbose=ctx.verbose)   # before any model is built
+        super().__init__(problem, options, ctx)
 
     def make_master(self) -> LevelBundleMaster:
         o, p = self.opts, self.problem
@@ -81,7 +94,8 @@ class LevelBundle(MasterOracleSolver):
                         kappa=o["kappa"], eps_prox=o["eps_prox"],
                         qp_solver=o["qp_solver"], max_iter=o["max_iter"], upper_points=o["upper_points"],
                         cut_cap=o["cut_cap"], min_batch=o["min_batch"], coord_max=o["coord_max"],
-                        coord_rule=o["coord_rule"], qp_lazy=o["qp_lazy"])
+                        coord_rule=o["coord_rule"], qp_lazy=o["qp_lazy"], certify_infeasible=o["certify_infeasible"],
+                        time_limit=o["time_limit"], cycle_wait=o["cycle_wait"])
         return LevelBundleMaster(p.n_vars, p.m, p.lower, p.upper, p.lipschitz, self.owners, params,
                                  x0=p.x0(), exact=p.exact, floors=[p.accuracy_floor(i) for i in range(p.m)])
 
