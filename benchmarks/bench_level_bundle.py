@@ -13,6 +13,12 @@ A. Simulated grid (in-process discrete-event simulation: the real master logic, 
    The subgradient baseline has no certified gap: its time is to relative error (f_best - f*)/|f*|.
 B. Real MPI runs (``mpirun -n m+1``, oracle delays slept on the oracle ranks): sync vs coordination
    vs projected subgradient at heavy-tailed delays, wall time to the same gaps and master busy fraction.
+C. (``--inexact``) Inexact oracles: block_lp_dual with binary blocks (MIP oracles answering to the
+   requested accuracy), simulated with virtual QP cost 0: the status, the gap reached against the gap
+   asked for, how often the accuracy requests were tightened, QPs, exact LPs and certified infeasible QPs.
+
+``--cycle-wait`` adds, in part A, coordination and upper_model with the option ``cycle_wait`` (the
+test min_j a(j) >= k before a new cycle) beside the defaults.
 
 --quick: n = 60, spreads 1 and 10, a short real run at m = 8; the full run (n = 200, all spreads, real runs
 at m = 8 and 16) takes hours on a 2-core machine.
@@ -36,12 +42,13 @@ ALPHA = [None]                   # None: each variant's default (sync 0.5, coord
 VARIANTS = ("sync", "upper_model", "coordination")
 
 
-def make_problem(n: int, m: int, seed: int = 0):
+def make_problem(n: int, m: int, seed: int = 0, **sets):
     from mpiopt.comm import world
     from mpiopt.options import resolve
     from mpiopt.problems.block_lp import BlockLPDual
-    cfg = resolve({"problem": BlockLPDual.options},
-                  [("problem.n", n, "bench"), ("problem.m", m, "bench"), ("problem.seed", seed, "bench")])["problem"]
+    values = [("problem.n", n, "bench"), ("problem.m", m, "bench"), ("problem.seed", seed, "bench")]
+    values += [(f"problem.{k}", v, "bench") for k, v in sets.items()]
+    cfg = resolve({"problem": BlockLPDual.options}, values)["problem"]
     p = BlockLPDual(cfg, world())
     p.setup()
     p.compute_reference()
@@ -56,7 +63,7 @@ def first_time(times, values, tol) -> float:
 
 
 def simulate_one(p, variant: str, spread: float, noise: float, max_time: float, seed: int = 1,
-                 alpha: float | None = None, qp_cost: float | str = "measured") -> dict:
+                 alpha: float | None = None, qp_cost: float | str = "measured", **params) -> dict:
     from mpiopt.bundle.master import LevelBundleMaster, Params
     from mpiopt.bundle.simulate import simulate
     from mpiopt.bundle.subgradient import SubgradientMaster
@@ -67,7 +74,8 @@ def simulate_one(p, variant: str, spread: float, noise: float, max_time: float, 
         M = SubgradientMaster(p.n_vars, p.m, p.lower, p.upper, owners, fstar=fstar, max_iter=10**6, x0=p.x0())
     else:
         M = LevelBundleMaster(p.n_vars, p.m, p.lower, p.upper, p.lipschitz, owners,
-                              Params(variant=variant, rtol=1e-6, alpha=alpha), x0=p.x0())
+                              Params(variant=variant, rtol=1e-6, alpha=alpha, **params), x0=p.x0(), exact=p.exact,
+                              floors=[p.accuracy_floor(i) for i in range(p.m)])
     t = time.perf_counter()
     r = simulate(M, [p.make_oracle(i) for i in range(p.m)], DelayModel(p.m, 1.0, spread, noise, seed=seed),
                  qp_cost=qp_cost, max_time=max_time)
@@ -78,8 +86,11 @@ def simulate_one(p, variant: str, spread: float, noise: float, max_time: float, 
         measure = h["rel_gap"]
     out = {f"t{g:.0e}": first_time(h["time"], measure, g) for g in GAPS}
     out.update(time=r.time, evals=M.evals.copy(), busy=r.busy / max(r.time, 1e-12), qps=M.k,
-               bracket=bool(M.f_low <= fstar + 1e-7 * abs(fstar) and fstar <= M.f_up + 1e-7 * abs(fstar)),
-               wall=time.perf_counter() - t, status=M.status)
+               bracket=None if fstar is None else
+               bool(M.f_low <= fstar + 1e-7 * abs(fstar) and fstar <= M.f_up + 1e-7 * abs(fstar)),
+               wall=time.perf_counter() - t, status=M.status, gap=M.gap, rel_gap=M.rel_gap(),
+               tightened=getattr(getattr(M, "accuracy", None), "tightened", 0), n_lp=M.n_lp,
+               certified=getattr(M, "n_certified", 0), tol=M.tolerance() if hasattr(M, "tolerance") else math.nan)
     return out
 
 
@@ -88,7 +99,7 @@ def fmt(t: float) -> str:
 
 
 def part_a(quick: bool, alpha: float | None = None, variants: list | None = None,
-           qp_cost: float | str = "measured") -> list[dict]:
+           qp_cost: float | str = "measured", cycle_wait: bool = False) -> list[dict]:
     n = 60 if quick else 200
     ms = (8, 16)
     spreads = (1.0, 10.0) if quick else (1.0, 3.0, 10.0)
@@ -102,11 +113,13 @@ def part_a(quick: bool, alpha: float | None = None, variants: list | None = None
         for spread in spreads:
             for noise in noises:
                 ref = None
-                for v in (*VARIANTS, "subgradient"):
-                    if variants and v not in variants and v != "sync":
+                waits = ("upper_model+wait", "coordination+wait") if cycle_wait else ()
+                for v in (*VARIANTS, *waits, "subgradient"):
+                    if variants and v.split("+")[0] not in variants and v != "sync":
                         continue
                     cap = 4 * (ref["time"] if ref else 1e9)
-                    r = simulate_one(p, v, spread, noise, max_time=cap, alpha=alpha, qp_cost=qp_cost)
+                    r = simulate_one(p, v.split("+")[0], spread, noise, max_time=cap, alpha=alpha, qp_cost=qp_cost,
+                                     **({"cycle_wait": True} if v.endswith("+wait") else {}))
                     if v == "sync":
                         ref = r
                     sp = ref["t1e-04"] / r["t1e-04"] if math.isfinite(r["t1e-04"]) else 0.0
@@ -116,6 +129,23 @@ def part_a(quick: bool, alpha: float | None = None, variants: list | None = None
                           f"{r['busy']:5.1%} {r['qps']:5d}  {r['bracket'] if v != 'subgradient' else '-'}",
                           flush=True)
                     rows.append(dict(m=m, spread=spread, noise=noise, solver=v, **r))
+    return rows
+
+
+def part_c(seeds=(0, 1, 2, 3)) -> list[dict]:
+    """Inexact MIP oracles: does a run that reports success close the gap it was asked for?"""
+    from mpiopt.result import STATUS_NAMES
+    rows = []
+    print("\nC. inexact oracles (block_lp_dual n=20, m=4, block_size=12, integer blocks), simulated, QP cost 0, "
+          "rtol 1e-6")
+    print("  seed  solver        status     gap        asked      tightened  QPs  LPs  certified  virtual t")
+    for seed in seeds:
+        p = make_problem(20, 4, seed, integer=True, block_size=12)
+        for v in ("sync", "coordination"):
+            r = simulate_one(p, v, 3.0, 1.0, max_time=math.inf, seed=5, qp_cost=0.0)
+            print(f"  {seed:4d}  {v:12s}  {STATUS_NAMES[r['status']]:9s}  {r['gap']:.3e}  {r['tol']:.3e}  "
+                  f"{r['tightened']:9d}  {r['qps']:4d} {r['n_lp']:4d}  {r['certified']:9d}  {r['time']:8.1f}", flush=True)
+            rows.append(dict(seed=seed, solver=v, **r))
     return rows
 
 
@@ -196,12 +226,18 @@ def main() -> None:
                     help="part A: virtual seconds per QP/LP, or 'measured' (the master's real QP/LP seconds)")
     ap.add_argument("--variants", nargs="*", default=None,
                     help="part A: run only these besides sync (upper_model coordination subgradient)")
+    ap.add_argument("--cycle-wait", action="store_true",
+                    help="part A: also run upper_model and coordination with solver.cycle_wait=true")
+    ap.add_argument("--inexact", action="store_true", help="run part C (inexact MIP oracles) and nothing else")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     ALPHA[0] = args.alpha
+    if args.inexact:
+        part_c()
+        return
     if not args.no_sim:
         part_a(args.quick, args.alpha, args.variants,
-               args.qp_cost if args.qp_cost == "measured" else float(args.qp_cost))
+               args.qp_cost if args.qp_cost == "measured" else float(args.qp_cost), args.cycle_wait)
     if not args.no_real:
         configs = []
         for text in args.real_config:
