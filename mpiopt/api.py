@@ -24,6 +24,6 @@ def minimize(solver: str, problem: str, options: dict[str, Any] | None = None, *
     if out is not None:
         values.append(("run.out", out, "out="))
     spec = resolve_spec(solver, problem, values, default_out=False)
-    run = build_run(spec, comm, quiet=True)
-    res = run.execute(callback=callback, install_signals=install_signals)
+    run = build_run(spec, comm, quiet=True, install_signals=install_signals)
+    res = run.execute(callback=callback)
     return (res, run.problem) if return_problem else res

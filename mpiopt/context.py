@@ -33,7 +33,7 @@ class RunContext:
     def __init__(self, comm: Comm, run_cfg: dict[str, Any], *, solver: str = "", problem: str = "",
                  config: dict | None = None, writer: ResultWriter | None = None,
                  checkpoints: CheckpointManager | None = None, resume: Checkpoint | None = None,
-                 verbose: bool = False, quiet: bool = False):
+                 verbose: bool = False, quiet: bool = False, stop: StopPolicy | None = None):
         self.comm = comm
         self.rank = comm.rank
         self.cfg = run_cfg
@@ -54,10 +54,11 @@ class RunContext:
         self.history = History(comm.rank, self.elapsed, writer=writer, every=int(run_cfg.get("history_every", 0)),
                                report_every=int(run_cfg.get("report_every", 0)),
                                progress=run_cfg.get("progress", "auto"), quiet=quiet, resume=resume)
-        self.stop = StopPolicy(self.elapsed, float(run_cfg.get("max_time", math.inf)),
-                               int(run_cfg.get("poll_every", 1)), rank=comm.rank,
-                               term_grace=float(run_cfg.get("term_grace", 60.0)),
-                               hang_timeout=float(run_cfg.get("hang_timeout", 0.0)))
+        self.stop = stop if stop is not None else StopPolicy(
+            self.elapsed, float(run_cfg.get("max_time", math.inf)), int(run_cfg.get("poll_every", 1)),
+            rank=comm.rank, term_grace=float(run_cfg.get("term_grace", 60.0)),
+            hang_timeout=float(run_cfg.get("hang_timeout", 0.0)))
+        self.stop.clock = self.elapsed      # the time budget counts across resumes
         self.checkpoints = CheckpointSchedule(
             comm, checkpoints, Every.parse(run_cfg.get("checkpoint_every", "0"), "run.checkpoint_every"),
             meta=self._checkpoint_meta, history=self.history.arrays, on_saved=self.history.flush)

@@ -107,11 +107,10 @@ class Run:
         self.wall_time = 0.0
         self.bytes_total = [0, 0]
 
-    def execute(self, callback: Callable | None = None, install_signals: bool = True) -> R.OptimizeResult:
-        """Collective: solve, write the final result file (rank 0), print the summary (rank 0)."""
+    def execute(self, callback: Callable | None = None) -> R.OptimizeResult:
+        """Collective: solve, write the final result file (rank 0), print the summary (rank 0).
+        The signal handlers installed by :func:`build_run` are removed when it returns."""
         comm, ctx = self.comm, self.ctx
-        if install_signals:
-            ctx.stop.install_signal_handlers()
         comm.Barrier()
         t0 = time.perf_counter()
         try:
@@ -121,8 +120,7 @@ class Run:
                 self.writer.abandon()
             raise
         finally:
-            if install_signals:
-                ctx.stop.restore_signal_handlers()
+            ctx.stop.restore_signal_handlers()
         self.wall_time = ctx.elapsed()
         ctx.history.close()
         st = comm.stats
@@ -209,13 +207,39 @@ def preflight(spec: RunSpec, problem_cls: type, n_ranks: int, write_result: bool
 
 
 def build_run(spec: RunSpec, comm: Any = None, *, verbose: bool = False, quiet: bool = False,
-              write_result: bool = True, problem: Any = None) -> Run:
+              write_result: bool = True, problem: Any = None, install_signals: bool = True) -> Run:
     """Collective: check every input, find the resume target, set up the problem, create the result
     file (rank 0, when ``write_result``), build the context and the solver and load the resume state.
     Bad input raises :class:`InputError` on every rank before any heavy work.
 
     ``problem``: an already set-up problem of ``spec.problem`` with the same ``problem.*`` settings
-    to reuse (sweeps and benchmarks that run several solvers on one data set)."""
+    to reuse (sweeps and benchmarks that run several solvers on one data set).
+    ``install_signals``: SIGTERM/SIGINT handlers from now on (a signal during set-up stops the run at
+    its first poll; the grace period bounds it), removed when the run ends or the build fails."""
+    from .stopping import StopPolicy
+
+    comm_ = comm
+    run_cfg = spec.config["run"]
+    stop = StopPolicy(time.perf_counter, run_cfg["max_time"], run_cfg["poll_every"],
+                      rank=(comm_.rank if comm_ is not None else _world_rank()),
+                      term_grace=run_cfg["term_grace"], hang_timeout=run_cfg["hang_timeout"])
+    if install_signals:
+        stop.install_signal_handlers()
+    try:
+        return _build_run(spec, comm, verbose=verbose, quiet=quiet, write_result=write_result, problem=problem,
+                          stop=stop)
+    except BaseException:
+        stop.restore_signal_handlers()
+        raise
+
+
+def _world_rank() -> int:
+    from .comm import world
+    return world().rank
+
+
+def _build_run(spec: RunSpec, comm: Any, *, verbose: bool, quiet: bool, write_result: bool, problem: Any,
+               stop: Any) -> Run:
     from .comm import collective_check, world
     from .context import RunContext
     from .io.checkpoint import CheckpointManager, clean_stale_temporaries
@@ -294,7 +318,7 @@ def build_run(spec: RunSpec, comm: Any = None, *, verbose: bool = False, quiet: 
 
     # 4. context and solver, then the resume state
     ctx = RunContext(comm, run, solver=spec.solver, problem=spec.problem, config=cfg, writer=writer,
-                     checkpoints=ckpts, resume=resume, verbose=verbose, quiet=quiet)
+                     checkpoints=ckpts, resume=resume, verbose=verbose, quiet=quiet, stop=stop)
     solver = solver_cls(problem, cfg["solver"], ctx)
     if resume is not None:
         collective_check(comm, lambda: solver.load_state_dict(resume.state))

@@ -3,9 +3,7 @@ import os
 import re
 import signal
 import time
-from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 

@@ -51,7 +51,7 @@ def test_generated_data_is_independent_of_rank_count():
     from mpi4py import MPI
     from mpiopt.comm import Comm
     from mpiopt.problems.linear import Logistic
-    from mpiopt.options import resolve, RUN_OPTIONS
+    from mpiopt.options import resolve
     c = Comm(MPI.COMM_WORLD)
     cfg = resolve({"problem": Logistic.options}, [("problem.n_samples", 2500, "t"), ("problem.n_features", 30, "t"),
                                                   ("problem.density", 0.2, "t")])["problem"]

@@ -60,7 +60,6 @@ def test_replicas_bit_identical_after_many_iterations_at_4_ranks():
 @pytest.mark.mpi(ranks=2, timeout=180)
 def test_blockwise_message_equals_whole_vector_message(monkeypatch):
     """The cache-blocked path (message made and packed block by block) gives bit-identical iterates."""
-    from mpi4py import MPI
 
     import mpiopt.comm.signs as signs
     from mpiopt.registry import register_solver
@@ -90,9 +89,9 @@ def test_blockwise_message_equals_whole_vector_message(monkeypatch):
             values = {**popts, "run.seed": 4, "solver.max_iter": 40, "solver.encoding": encoding,
                       "solver.mapping_norm": False, "solver.step0": 0.05}
             run = build_run(resolve_spec(name, "logistic", [(k, v, "test") for k, v in values.items()],
-                                         default_out=False), quiet=True)
+                                         default_out=False), quiet=True, install_signals=False)
             assert run.solver.blockwise == (name == fast)
-            res = run.execute(install_signals=False)
+            res = run.execute()
             xs.append(res.x_raw)
         assert np.array_equal(xs[0], xs[1]), (fast, encoding)
         assert np.count_nonzero(xs[0] != 0) > 0
@@ -297,3 +296,34 @@ def test_sampled_prox_randomness_exact_gradient_and_prox_components():
         assert res.history["psnr"][-1] > res.history["psnr"][0] + 3
         tv.append(res.x_raw)
     assert not np.array_equal(tv[0], tv[1])
+
+
+@pytest.mark.parametrize("encoding", ["1bit", "ternary"])
+def test_sgn0_rule_of_signprox_zero_mapping_coordinates(tmp_path, encoding):
+    """The documented sgn(0) rule: with the 1-bit code an exactly-zero message is sent as '+', so a
+    coordinate whose mapping is 0 (x_i = 0, |g_i| <= l1; here: features absent from the data) steps to
+    -gamma, where the mapping is -gamma*l1 < 0, and back: it alternates between 0 and -gamma (a
+    one-sided band that the band polish removes). The ternary code sends 0 and the coordinate stays 0."""
+    import scipy.sparse as sp
+    from sklearn.datasets import dump_svmlight_file
+
+    from mpiopt.api import minimize
+    rng = np.random.default_rng(6)
+    X = sp.random(300, 30, density=0.2, format="csr", random_state=rng, data_rvs=rng.standard_normal)
+    X = (X @ sp.diags((np.arange(30) < 20).astype(float))).tocsr()   # features 21..30 never occur
+    X.eliminate_zeros()
+    y = np.where(X[:, :5].sum(axis=1).A1 > 0, 1, -1)
+    path = tmp_path / "absent.svm"
+    dump_svmlight_file(X, y, str(path), zero_based=False)
+    gam = 0.05
+    for T in (9, 10):
+        res = minimize("signprox", "logistic", {"problem.path": str(path), "problem.n_features": 30,
+                                                "problem.l1": 0.01, "solver.max_iter": T, "solver.step0": gam,
+                                                "solver.schedule": "const", "solver.encoding": encoding,
+                                                "solver.mapping_norm": False})
+        tail = res.x_raw[20:]
+        if encoding == "ternary":
+            assert (tail == 0).all()
+        else:   # after an odd number of steps at -gamma, after an even number back at 0
+            assert (tail == (-gam if T % 2 else 0.0)).all(), (T, tail)
+        assert (res.x[20:] == 0).all()

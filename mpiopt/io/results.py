@@ -97,7 +97,7 @@ class ResultWriter:
         """Write buffered rows; readers with SWMR see them after ``refresh()``."""
         try:
             self._flush()
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:     # h5py reports some failed writes as RuntimeError
             self.abandon()
             raise OutputError(f"{self.part}: cannot write the result file: {describe_os_error(exc)}; "
                               f"the previous {self.path} is unchanged") from None
@@ -143,7 +143,7 @@ class ResultWriter:
                 os.fsync(fh.fileno())
             os.replace(self.part, self.path)
             fsync_dir(os.path.dirname(os.path.abspath(self.path)))
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             self.abandon()
             raise OutputError(f"{self.part}: cannot write the result file: {describe_os_error(exc)}; "
                               f"the previous {self.path} is unchanged") from None
