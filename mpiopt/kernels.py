@@ -55,7 +55,8 @@ JIT = HAVE_NUMBA and sys.byteorder == "little" and os.environ.get("MPIOPT_JIT", 
 
 
 def _jit(fn):
-    return _njit(cache=True, nogil=True)(fn) if HAVE_NUMBA else fn
+    # error_model="numpy": float division as in numpy (no Python ZeroDivisionError branch)
+    return _njit(cache=True, nogil=True, error_model="numpy")(fn) if HAVE_NUMBA else fn
 
 
 # message kinds of sign_message_pack
@@ -108,27 +109,50 @@ def sign_message_pack(kind, x, g, t, a, has_l1, l1, dd, has_l2, l2, ef, has_ef, 
     """One pass: m_i = message(x_i, g_i) (with error feedback p_i = m_i + e_i, stored back into e),
     finiteness check, sign bits packed into uint64 words (numpy packbits order, 1 = negative; ternary:
     nonzero plane too). Returns the index of the first non-finite element (its value in bad[0]) or -1.
-    Padding bits of the last word are zero; words past the last are not touched."""
+    Padding bits of the last word are zero; words past the last are not touched. The message is made
+    64 elements at a time into a stack buffer by a loop specialised to ``kind``, then packed."""
     n = x.size
     nw = (n + 63) // 64
+    buf = np.empty(64)
+    na = -a
     for w in range(nw):
         lo = w * 64
-        hi = min(n, lo + 64)
+        k = min(n, lo + 64) - lo
+        if kind == 0:
+            for j in range(k):
+                tg = g[lo + j] * t
+                buf[j] = tg + _clip(x[lo + j] - tg, na, a)
+        elif kind == 1:
+            for j in range(k):
+                xi = x[lo + j]
+                v = g[lo + j] * (-t) + xi
+                if has_l1:
+                    v = v - _clip(v, na, a)
+                if has_l2:
+                    v = v / dd
+                buf[j] = xi - v
+        else:
+            for j in range(k):
+                buf[j] = _message(kind, x[lo + j], g[lo + j], t, a, has_l1, l1, dd, has_l2, l2)
+        if has_ef:
+            for j in range(k):
+                p = buf[j] + ef[lo + j]
+                ef[lo + j] = p
+                buf[j] = p
         wn = np.uint64(0)
         wz = np.uint64(0)
-        for i in range(lo, hi):
-            p = _message(kind, x[i], g[i], t, a, has_l1, l1, dd, has_l2, l2)
-            if has_ef:
-                p = p + ef[i]
-                ef[i] = p
-            if not math.isfinite(p):
-                bad[0] = p
-                return i
-            bit = np.uint64(1) << np.uint64((i - lo) ^ 7)
-            if p < 0.0:
-                wn |= bit
-            if p != 0.0:
-                wz |= bit
+        acc = 0.0                      # stays 0 unless some p is NaN or inf (p * 0 is NaN then)
+        for j in range(k):
+            p = buf[j]
+            acc += p * 0.0
+            sh = np.uint64(j ^ 7)
+            wn |= np.uint64(p < 0.0) << sh
+            wz |= np.uint64(p != 0.0) << sh
+        if acc != 0.0:                 # NaN: report the first non-finite element of this word
+            for j in range(k):
+                if not math.isfinite(buf[j]):
+                    bad[0] = buf[j]
+                    return lo + j
         neg[w] = wn
         if ternary:
             nz[w] = wz

@@ -85,7 +85,7 @@ class SignAggregator:
             vw = self.chunk if method == "twophase" else W
             self._vote_out = (np.empty(vw, dtype=np.uint64), np.empty(vw, dtype=np.uint64))
             self._bad = np.zeros(1)
-            compile_once(comm, self._warm)
+            compile_once(comm, (self._warm_pack, self._warm_vote, self._warm_apply))
 
     # message ------------------------------------------------------------------------------
     def encode(self, m: np.ndarray) -> None:
@@ -139,26 +139,29 @@ class SignAggregator:
         if bad >= 0:
             raise ValueError(f"non-finite value {self._bad[0]} at element {bad}: cannot code its sign")
 
-    def _warm(self) -> None:
-        """Compile (or load from the cache) every kernel signature this aggregator calls."""
+    # compile (or load from the cache) every kernel signature this aggregator calls
+    def _warm_pack(self) -> None:
         x = np.zeros(100)
         send = np.zeros((self.planes, 2), dtype=np.uint64)
         nz = send[1] if self.planes == 2 else K._NO_W
-        for kind in (K.MSG_MAPPING_L1, K.MSG_MAPPING):
-            for ef in (K._NO_F, x.copy()):
-                K.sign_message_pack(kind, x, x, 0.1, 0.0, False, 0.0, 1.0, False, 0.0, ef, ef.size > 0,
-                                    self.planes == 2, send[0], nz, self._bad)
+        for ef in (K._NO_F, x.copy()):
+            K.sign_message_pack(K.MSG_MAPPING_L1, x, x, 0.1, 0.0, False, 0.0, 1.0, False, 0.0, ef, ef.size > 0,
+                                self.planes == 2, send[0], nz, self._bad)
+
+    def _warm_vote(self) -> None:
         rows = np.zeros((max(1, self.comm.size), self.planes, 2), dtype=np.uint64)
         rnz = rows[:, 1, :] if self.planes == 2 else rows[:, 0, :]
         out = (np.zeros(2, dtype=np.uint64), np.zeros(2, dtype=np.uint64))
-        K.vote_words(rows[:, 0, :], rnz, self.planes == 2, 0, K._NO_W, *out)
         K.vote_words(rows[:, 0, :], rnz, self.planes == 2, 0, np.zeros(2, dtype=np.uint64), *out)
+
+    def _warm_apply(self) -> None:
+        x = np.zeros(100)
         dec = np.zeros((2, 2), dtype=np.uint64)
         xd = np.zeros(100, dtype=self.dtype)
-        gam = self.dtype.type(0.0)
-        for neg, nzp in ((out[0], out[1]), (dec[0], dec[1]), (dec[0], K._NO_W)):
+        for nzp in (dec[1], K._NO_W):
             for ef in (K._NO_F, x.copy()):
-                K.apply_words(xd, neg, nzp, nzp.size > 0, gam, ef, ef.size > 0, False, 0.0, False, 1.0, False)
+                K.apply_words(xd, dec[0], nzp, nzp.size > 0, self.dtype.type(0.0), ef, ef.size > 0, False, 0.0,
+                              False, 1.0, False)
 
     def decision_deltas(self, gamma: float) -> np.ndarray:
         """gamma * v for the last decision, as a vector of length n (an internal buffer, overwritten by

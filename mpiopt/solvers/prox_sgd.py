@@ -63,7 +63,7 @@ class ProxSGD(Solver):
         self.weight = p.n_local / p.n_samples
         self.wire = np.empty(p.n_vars, dtype=np.dtype(options["dtype"]))
         self.g = np.empty(p.n_vars)
-        compile_once(self.comm, lambda: warm_prox_step(self.wire.dtype))
+        compile_once(self.comm, (lambda: warm_prox_step(self.wire.dtype),))
 
     def step(self) -> Stop | None:
         p, o, x, g = self.problem, self.opts, self.x, self.g

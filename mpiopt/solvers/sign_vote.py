@@ -152,7 +152,7 @@ class SignVoteSolver(Solver):
 
     def encode(self, g: np.ndarray, gam: float) -> None:
         """Make this rank's message from ``g`` and pack its signs (with error feedback the message is
-        p = m + e, the memory added first; p is kept until :meth:`remember` has seen the vote)."""
+        p = m + e, the memory added first; p is kept until :meth:`update` has seen the vote)."""
         x, agg = self.x, self.agg
         if self.kernel is not None:
             kind, l1, l2 = self.kernel
@@ -166,24 +166,25 @@ class SignVoteSolver(Solver):
             m += self.ef
         agg.encode(m)
 
-    def remember(self, gam: float) -> None:
-        """Error feedback (EF-SGD, Karimireddy et al. 2019): the memory keeps what the applied step
-        gamma * v left out of this rank's message p, e <- p - gamma * v. Averaged over the ranks,
-        x_t - mean(e_t) then moves exactly by the mean uncompressed message."""
-        np.subtract(self.m, self.agg.decision_deltas(gam), out=self.ef)
+    def update(self, gam: float) -> None:
+        """x -= gamma * v; with error feedback (EF-SGD, Karimireddy et al. 2019) the memory keeps what
+        the applied step left out of this rank's message p, e <- p - gamma * v (averaged over the
+        ranks, x_t - mean(e_t) then moves by exactly the mean uncompressed message); then the local
+        step of :meth:`after_vote`. The compiled path does all of it in one pass."""
+        if self.kernel is not None:
+            self.agg.apply(self.x, gam, self.ef, self.after_prox)
+            return
+        self.agg.apply(self.x, gam)
+        if self.ef is not None:
+            np.subtract(self.m, self.agg.decision_deltas(gam), out=self.ef)
+        self.after_vote(self.x, gam)
 
     def step(self) -> Stop | None:
         gam = self.gamma(self.nit)
-        g = self.local_gradient()
-        self.encode(g, gam)                    # e_p = packed sign code of m_p
+        g = self.local_gradient()              # g_p
+        self.encode(g, gam)                    # e_p = packed sign code of m_p (+ memory)
         self.agg.aggregate(self.nit)           # v = vote(e_1..e_P), the same on every rank
-        if self.kernel is not None:            # x -= gam * v (e_p -= gam * v) (x <- prox(x)), one pass
-            self.agg.apply(self.x, gam, self.ef, self.after_prox)
-        else:
-            self.agg.apply(self.x, gam)        # x -= gam * v
-            if self.ef is not None:
-                self.remember(gam)             # e_p = p_p - gam * v
-            self.after_vote(self.x, gam)
+        self.update(gam)                       # x -= gam * v (memory e_p = p_p - gam * v)
         if (self.ctx.debug and (self.nit + 1) % self.opts["check_every"] == 0
                 and not replicas_identical(self.comm, self.x)):
             raise RuntimeError(f"replicas differ at iteration {self.nit + 1}")
