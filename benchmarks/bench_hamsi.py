@@ -134,6 +134,93 @@ def bench(label: str, problem: list[str], nnz: int, m: int, n: int, k: int, rank
                   f"{t / (gather / bw):.1f}x bound B")
 
 
+def rss_now() -> float:
+    """Resident set size of this process now (bytes)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def scale_worker(n_ratings: int, k: int, epochs: int, solver: str = "hamsi") -> None:
+    """Under mpirun: build a run of ``solver`` on synthetic_mf through the run builder, time the
+    set-up (problem + solver preparation + the epoch-0 evaluation) and ``epochs`` calls of
+    ``solver.step()``, and report the peak resident memory per rank and per rating."""
+    import resource
+    from mpiopt.comm import world
+    from mpiopt.mf import fused
+    from mpiopt.runner import build_run, resolve_spec
+    comm = world()
+    fused.warm_up()
+    base = rss_now()
+    comm.Barrier()
+    t0 = time.perf_counter()
+    vals = [("problem.n_ratings", n_ratings, "b"), ("problem.latent_dim", k, "b"), ("problem.test_fraction", 0.0, "b"),
+            ("run.progress", "none", "b"), ("solver.max_epochs", epochs, "b"), ("solver.patience", 0, "b")]
+    run = build_run(resolve_spec(solver, "synthetic_mf", vals, default_out=False), comm, quiet=True,
+                    write_result=False)
+    t_build = time.perf_counter() - t0
+    sv = run.solver
+    sv.values()                                  # the epoch-0 evaluation (recorded before the first epoch)
+    comm.Barrier()
+    t_setup = time.perf_counter() - t0
+    times = []
+    for _ in range(epochs):
+        comm.Barrier()
+        t = time.perf_counter()
+        sv.step()
+        sv.nit += 1
+        times.append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+    local = sum(b.nnz for row in sv.mf.blocks for b in row)
+    rows = comm.gather_obj((peak, base, local, sv.step_time, sv.eval_time))
+    if comm.rank == 0:
+        P = comm.size
+        worst = max(rows, key=lambda r: r[0])
+        print(f"RESULT n={n_ratings} P={P} k={k} build={t_build:.2f}s setup={t_setup:.2f}s "
+              f"epoch_med={np.median(times):.3f}s step_time={worst[3] / max(epochs, 1):.3f}s "
+              f"eval={worst[4] / max(epochs + 1, 1):.3f}s peak_rank={worst[0] / 1e9:.3f}GB "
+              f"base={worst[1] / 1e9:.3f}GB per_rating={worst[0] / max(worst[2], 1):.1f}B "
+              f"per_rating_net={(worst[0] - worst[1]) / max(worst[2], 1):.1f}B local={worst[2]}", flush=True)
+
+
+def sweep(tmp: str, seeds: tuple[int, ...] = (0, 1)) -> None:
+    """Defaults by measurement: hamsi on generated MovieLens-like data (100k ratings, 943 x 1682,
+    stars 1-5, skewed counts; 20 % held out), one rank, in-process through the run builder."""
+    from mpiopt.api import minimize
+    from mpiopt.data.movielens import write_movielens_like
+    paths = []
+    for sd in seeds:
+        d = os.path.join(tmp, f"mlgen{sd}")
+        os.makedirs(d, exist_ok=True)
+        write_movielens_like(os.path.join(d, "u.data"), seed=sd)
+        paths.append(d)
+
+    def trial(settings: dict) -> tuple[float, float, float]:
+        rm, ep, tt = [], [], []
+        for d in paths:
+            t = time.perf_counter()
+            r = minimize("hamsi", "movielens", {"problem.path": d, "run.progress": "none",
+                                                "solver.max_epochs": 150, **settings})
+            tt.append(time.perf_counter() - t)
+            rm.append(float(np.nanmin(r.history["test_rmse"])))
+            ep.append(r.nit)
+        return float(np.mean(rm)), float(np.mean(ep)), float(np.mean(tt))
+
+    print(f"\n== sweep: hamsi, generated MovieLens-like data (seeds {seeds}), best held-out RMSE (mean) ==")
+    print(f"  {'settings':60s} {'test RMSE':>9s} {'epochs':>7s} {'s/run':>6s}", flush=True)
+    best: tuple[float, dict] = (math.inf, {})
+    grid = [{"problem.bias": False, "problem.l2": l2} for l2 in (0.05, 0.1, 0.2)]
+    grid += [{"problem.l2": l2, "problem.bias_l2": bl2} for l2 in (0.05, 0.1, 0.2) for bl2 in (0.001, 0.01, 0.1)]
+    for st in grid:
+        rm, ep, tt = trial(st)
+        print(f"  {str(st):60s} {rm:9.4f} {ep:7.1f} {tt:6.1f}", flush=True)
+        if rm < best[0]:
+            best = (rm, st)
+    for st2 in [{"solver.init_scale": s, "solver.eta": e} for s in (0.03, 0.1, 0.3) for e in (0.03, 0.06, 0.12)]:
+        st = {**best[1], **st2}
+        rm, ep, tt = trial(st)
+        print(f"  {str(st):60s} {rm:9.4f} {ep:7.1f} {tt:6.1f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2e5 ratings, k=20, 12 epochs")
@@ -145,7 +232,27 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--target-rmse", type=float, default=0.0, help="training RMSE target (default: halfway)")
     ap.add_argument("--target-test-rmse", type=float, default=0.0, help="held-out RMSE target (default: halfway)")
+    ap.add_argument("--sweep", action="store_true", help="only the defaults sweep on generated MovieLens-like data")
+    ap.add_argument("--scale", help="only the scale runs: comma-separated rating counts (e.g. 1e7,3e7) on "
+                    "--ranks (default 2) with k=--k (default 10), --epochs (default 2) epochs")
+    ap.add_argument("--worker", nargs=3, metavar=("N", "K", "E"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.worker:
+        scale_worker(int(float(a.worker[0])), int(a.worker[1]), int(a.worker[2]))
+        return
+    if a.scale:
+        for N in a.scale.split(","):
+            P = a.ranks if a.ranks != "1,2,4" else "2"
+            cmd = ["mpirun", "-n", P, sys.executable, os.path.abspath(__file__), "--worker", N,
+                   str(a.k or 10), str(a.epochs or 2)]
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"))
+            print((p.stdout + p.stderr).strip()[-2000:], flush=True)
+        return
+    if a.sweep:
+        with tempfile.TemporaryDirectory() as tmp:
+            sweep(tmp)
+        return
     ranks = [int(r) for r in a.ranks.split(",")]
     N = int(a.ratings or (2e5 if a.quick else 1e6))
     k = a.k or (20 if a.quick else 50)

@@ -43,6 +43,27 @@ def alltoallv_arrays(comm: Comm, arrays: Sequence[np.ndarray], dest: np.ndarray,
     return out
 
 
+def alltoallv_grouped(comm: Comm, array: np.ndarray, send_counts: np.ndarray,
+                      tag: str = "route") -> np.ndarray:
+    """Send a 1-D ``array`` already grouped by destination rank (``send_counts[p]`` entries for rank
+    p, in rank order) without copying it; returns the received entries (grouped by source rank)."""
+    P = comm.size
+    send_counts = np.asarray(send_counts, dtype=np.int64)
+    if P == 1:
+        return array
+    recv_counts = np.empty(P, dtype=np.int64)
+    comm.Alltoall(send_counts, recv_counts, tag=tag)
+    sdispl = np.concatenate([[0], np.cumsum(send_counts)[:-1]])
+    rdispl = np.concatenate([[0], np.cumsum(recv_counts)[:-1]])
+    sendbuf = np.ascontiguousarray(array)
+    recvbuf = np.empty(int(recv_counts.sum()), dtype=sendbuf.dtype)
+    mpitype = MPI._typedict[sendbuf.dtype.char]
+    req = comm.mpi.Ialltoallv([sendbuf, (send_counts, sdispl), mpitype], [recvbuf, (recv_counts, rdispl), mpitype])
+    polite_wait(req)
+    comm.stats.add(tag, int(sendbuf.nbytes - send_counts[comm.rank] * sendbuf.itemsize))
+    return recvbuf
+
+
 def block_sum(comm: Comm, partials: np.ndarray, nb: int, tag: str = "blocksum") -> np.ndarray:
     """Sum per-block partial vectors over all blocks in global block order.
 

@@ -238,3 +238,31 @@ def _parse_reference(text: bytes, path: str, first_line: int, m: int, n: int):
         if why:
             raise InputError(f"{path}:{first_line + k}: malformed entry {line[:60]!r}: {why}")
     raise InputError(f"{path}: cannot parse entries (line {first_line}..)")  # pragma: no cover
+
+
+def write_movielens_like(path: str, n_users: int = 943, n_items: int = 1682, n_ratings: int = 100000,
+                         seed: int = 0, rank: int = 5) -> None:
+    """Write generated ratings with the statistics of MovieLens-100k to ``path`` (``u.data`` layout):
+    skewed user activity and item popularity (Zipf-like, every user at least 20 ratings), integer
+    stars 1-5 with mean about 3.5 and standard deviation about 1.1, from a planted model
+    ``3.5 + user bias + item bias + u_i.v_j + noise`` rounded and clipped. Duplicate pairs are dropped."""
+    rng = np.random.default_rng([seed, 0x4D4C])
+    ua = rng.permutation(n_users)
+    ip = rng.permutation(n_items)
+    wu = (np.arange(1, n_users + 1, dtype=np.float64) ** -0.6)[ua]
+    wi = (np.arange(1, n_items + 1, dtype=np.float64) ** -0.75)[ip]
+    base = np.repeat(np.arange(n_users), 20)
+    users = np.concatenate([base, rng.choice(n_users, 3 * n_ratings, p=wu / wu.sum())])
+    items = rng.choice(n_items, users.size, p=wi / wi.sum())
+    key = users.astype(np.int64) * n_items + items
+    _, first = np.unique(key, return_index=True)          # first occurrence of each pair
+    keep = np.sort(first)[:max(n_ratings, 0)]              # the per-user minimum comes first
+    users, items = users[keep], items[keep]
+    bu = rng.normal(0, 0.35, n_users)
+    bi = rng.normal(0, 0.45, n_items) - 0.4 * (wi < np.quantile(wi, 0.5))    # rare items rated lower
+    U = rng.normal(0, (0.35 / rank) ** 0.25, (n_users, rank))
+    V = rng.normal(0, (0.35 / rank) ** 0.25, (n_items, rank))
+    r = 3.55 + bu[users] + bi[items] + np.einsum("ij,ij->i", U[users], V[items]) + rng.normal(0, 0.75, users.size)
+    stars = np.clip(np.rint(r), 1, 5)
+    order = rng.permutation(users.size)
+    write_movielens(path, users[order] + 1, items[order] + 1, stars[order])

@@ -125,31 +125,48 @@ def block_keys(rows, cols, rcuts, ccuts, nb, P, q):
 
 
 @njit(cache=True, nogil=True)
-def bucket_order(key, nbuckets, sub, nsub, by_sub, order):
-    """Stable order of the ratings by (key, sub) (two counting sorts: by ``sub``, then by ``key``)
-    into ``order`` (``by_sub``: scratch of the same size); returns the bucket edges."""
-    n = key.size
-    cnt = np.zeros(nsub + 1, dtype=np.int64)
-    for t in range(n):
-        cnt[sub[t] + 1] += 1
-    for s in range(nsub):
-        cnt[s + 1] += cnt[s]
-    for t in range(n):
-        s = sub[t]
-        by_sub[cnt[s]] = t
-        cnt[s] += 1
-    edges = np.zeros(nbuckets + 1, dtype=np.int64)
-    for t in range(n):
+def row_owner(rows, rcuts, P):
+    """Rank owning each rating's row block (int32)."""
+    out = np.empty(rows.size, dtype=np.int32)
+    for t in range(rows.size):
+        out[t] = (np.searchsorted(rcuts, rows[t], side="right") - 1) % P
+    return out
+
+
+@njit(cache=True, nogil=True)
+def counting_order(key, nkeys, order):
+    """Stable counting sort: ``order`` (preallocated, int32 or int64) lists the entries by key;
+    returns the key edges (nkeys + 1)."""
+    edges = np.zeros(nkeys + 1, dtype=np.int64)
+    for t in range(key.size):
         edges[key[t] + 1] += 1
-    for b in range(nbuckets):
+    for b in range(nkeys):
         edges[b + 1] += edges[b]
     pos = edges[:-1].copy()
-    for u in range(n):
-        t = by_sub[u]
+    for t in range(key.size):
         b = key[t]
         order[pos[b]] = t
         pos[b] += 1
     return edges
+
+
+@njit(cache=True, nogil=True)
+def permute_inplace(order, a, b, c):
+    """a, b, c <- a[order], b[order], c[order] in place (cycle following; no copies). ``order`` is
+    used as the visited mark and left bit-flipped (discard it)."""
+    for s in range(order.size):
+        if order[s] < 0:
+            continue
+        ta, tb, tc = a[s], b[s], c[s]
+        cur = s
+        while True:
+            nxt = order[cur]
+            order[cur] = ~nxt
+            if nxt == s:
+                a[cur], b[cur], c[cur] = ta, tb, tc
+                break
+            a[cur], b[cur], c[cur] = a[nxt], b[nxt], c[nxt]
+            cur = nxt
 
 
 def warm_up() -> None:
@@ -163,19 +180,3 @@ def warm_up() -> None:
         loss(i, i, v, A, A, 1, 1.0, e, e, e, e, e, False)
         sq_errors(i, i, v, A, A, 1, 0.0, 1.0)
 
-
-@njit(cache=True, nogil=True)
-def permute(src, order, out):
-    """out[t] = src[order[t]] (a gather without an index copy)."""
-    for t in range(order.size):
-        out[t] = src[order[t]]
-    return out
-
-
-@njit(cache=True, nogil=True)
-def row_owner(rows, rcuts, P):
-    """Rank owning each rating's row block (int32)."""
-    out = np.empty(rows.size, dtype=np.int32)
-    for t in range(rows.size):
-        out[t] = (np.searchsorted(rcuts, rows[t], side="right") - 1) % P
-    return out

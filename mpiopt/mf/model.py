@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..comm import Comm
-from ..comm.ring import alltoallv_arrays, block_sum, gather_to_root, ring_exchange
+from ..comm.ring import alltoallv_grouped, block_sum, gather_to_root, ring_exchange
 from .cuts import balanced_cuts
 from .init import random_rows
 from . import fused
@@ -58,41 +58,54 @@ class DistMF:
         self.n_local = pos
         self.n_vars = (self.m + self.n) * w
         self.x = np.zeros(self.n_local)
-        if take and hasattr(problem, "take_ratings"):
-            train, test = problem.take_ratings()
+        owned = bool(take and hasattr(problem, "take_ratings"))
+        if owned:
+            train, test = (list(a) for a in problem.take_ratings())
         else:
-            train = (problem.rows, problem.cols, problem.vals)
-            test = (problem.test_rows, problem.test_cols, problem.test_vals)
-        self.blocks = self._make_blocks(*train, lam, reg, problem, bias_l2)
-        del train
+            train = [problem.rows, problem.cols, problem.vals]
+            test = [problem.test_rows, problem.test_cols, problem.test_vals]
+        self.blocks = self._make_blocks(train, owned, lam, reg, problem, bias_l2)
         self.test_blocks = None
         if self.nnz_test:
-            self.test_blocks = self._make_blocks(*test, 0.0, reg, problem, 0.0)
+            self.test_blocks = self._make_blocks(test, owned, 0.0, reg, problem, 0.0)
         del test
         self._plans = [self._plan(s) for s in range(nb)]
 
     # -- setup -------------------------------------------------------------------------
-    def _make_blocks(self, rows, cols, vals, lam, reg, problem, lam_bias) -> list[list[RatingBlock]]:
-        """Route the ratings to the owners of their row blocks and store them once, block by block
-        (stratum-major), grouped by row within a block; local indices in int32."""
+    def _make_blocks(self, data: list, owned: bool, lam, reg, problem, lam_bias) -> list[list[RatingBlock]]:
+        """Route the ratings ``data`` = [rows, cols, vals] (emptied: the arrays are consumed) to the
+        owners of their row blocks and store them once, block by block (stratum-major), grouped by
+        row within a block; local indices in int32. Sorting is done in place (counting sorts and
+        cycle-following permutations): the peak is the ratings plus two int32 arrays."""
         P, nb, q = self.P, self.nb, self.q
         idx_t = np.int32 if max(self.m, self.n) < 2 ** 31 else np.int64
-        rows = np.ascontiguousarray(rows, dtype=idx_t)
-        cols = np.ascontiguousarray(cols, dtype=idx_t)
-        vals = np.ascontiguousarray(vals, dtype=vals.dtype if vals.dtype == np.float32 else np.float64)
-        if P > 1:
-            dest = fused.row_owner(rows, self.rcuts, P)
-            rows, cols, vals = alltoallv_arrays(self.comm, [rows, cols, vals], dest)
-            del dest
+        rows, cols, vals = data
+        data.clear()
+        vt = np.float32 if np.asarray(vals).dtype == np.float32 else np.float64
+
+        def mine(a, dt):                   # an array this function may sort in place
+            a2 = np.ascontiguousarray(a, dtype=dt)
+            return a2.copy() if (a2 is a and not owned) else a2
+        rows, cols, vals = mine(rows, idx_t), mine(cols, idx_t), mine(vals, vt)
         n = rows.size
-        key = fused.block_keys(rows, cols, self.rcuts, self.ccuts, nb, P, q)
         perm_t = np.int32 if n < 2 ** 31 else np.int64
-        order, scratch = np.empty(n, perm_t), np.empty(n, perm_t)
-        edges = fused.bucket_order(key, nb * q, rows, self.m, scratch, order)
-        del key, scratch
-        rows = fused.permute(rows, order, np.empty(n, idx_t))
-        cols = fused.permute(cols, order, np.empty(n, idx_t))
-        vals = fused.permute(vals, order, np.empty(n, vals.dtype))
+        if P > 1:
+            order = np.empty(n, perm_t)
+            edges = fused.counting_order(fused.row_owner(rows, self.rcuts, P), P, order)
+            fused.permute_inplace(order, rows, cols, vals)
+            del order
+            counts = np.diff(edges)
+            vals = alltoallv_grouped(self.comm, vals, counts)      # each array freed once sent
+            rows = alltoallv_grouped(self.comm, rows, counts)
+            cols = alltoallv_grouped(self.comm, cols, counts)
+            n = rows.size
+        order = np.empty(n, perm_t)                     # by row (stable), then by block (stable)
+        fused.counting_order(rows, self.m, order)
+        fused.permute_inplace(order, rows, cols, vals)
+        key = fused.block_keys(rows, cols, self.rcuts, self.ccuts, nb, P, q)
+        edges = fused.counting_order(key, nb * q, order)
+        del key
+        fused.permute_inplace(order, rows, cols, vals)
         del order
         out: list[list[RatingBlock]] = []
         for s in range(nb):
