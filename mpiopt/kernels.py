@@ -40,23 +40,35 @@ def first_nonfinite(v: np.ndarray) -> int | None:
 # in the same order, so results are bit-identical to it and across rank counts). The numpy versions
 # stay the reference implementations (mpiopt.comm.sign_codec, mpiopt.prox); tests compare the two.
 # MPIOPT_JIT=0 selects the numpy paths (for comparisons, or where numba is unavailable).
+import importlib.util  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
-try:  # pragma: no cover - exercised by the environment
-    from numba import njit as _njit
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover
-    HAVE_NUMBA = False
+#: numba is installed (checked without importing it: numba is imported only when a kernel is needed)
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
-#: the compiled kernels are used (numba importable, little-endian words, MPIOPT_JIT not "0")
+#: the compiled kernels are used (numba installed, little-endian words, MPIOPT_JIT not "0")
 JIT = HAVE_NUMBA and sys.byteorder == "little" and os.environ.get("MPIOPT_JIT", "1") != "0"
 
+_KERNELS = ("_clip", "_message", "sign_message_pack", "vote_words", "apply_words", "prox_step_en")  # callees first
+_compiled = False
 
-def _jit(fn):
-    # error_model="numpy": float division as in numpy (no Python ZeroDivisionError branch)
-    return _njit(cache=True, nogil=True, error_model="numpy")(fn) if HAVE_NUMBA else fn
+
+def compile_kernels() -> None:
+    """Import numba and replace the kernels below by their compiled versions (once per process; the
+    machine code itself is compiled on first call or loaded from the on-disk cache). Until then they
+    are plain Python functions with the same results (slow), so processes that never run a kernel
+    never import numba."""
+    global _compiled
+    if _compiled or not HAVE_NUMBA:
+        return
+    from numba import njit
+    g = globals()
+    for name in _KERNELS:
+        # error_model="numpy": float division as in numpy (no Python ZeroDivisionError branch)
+        g[name] = njit(cache=True, nogil=True, error_model="numpy")(g[name])
+    _compiled = True
 
 
 # message kinds of sign_message_pack
@@ -68,7 +80,6 @@ _NO_F = np.zeros(0)
 _NO_W = np.zeros(0, dtype=np.uint64)
 
 
-@_jit
 def _clip(u, lo, hi):
     # numpy's clip: min(max(u, lo), hi), NaN propagated
     if u != u:
@@ -77,7 +88,6 @@ def _clip(u, lo, hi):
     return c if c < hi else hi
 
 
-@_jit
 def _message(kind, xi, gi, t, a, has_l1, l1, dd, has_l2, l2):
     if kind == 0:
         tg = gi * t
@@ -104,7 +114,6 @@ def _message(kind, xi, gi, t, a, has_l1, l1, dd, has_l2, l2):
     return m
 
 
-@_jit
 def sign_message_pack(kind, x, g, t, a, has_l1, l1, dd, has_l2, l2, ef, has_ef, ternary, neg, nz, bad):
     """One pass: m_i = message(x_i, g_i) (with error feedback p_i = m_i + e_i, stored back into e),
     finiteness check, sign bits packed into uint64 words (numpy packbits order, 1 = negative; ternary:
@@ -159,7 +168,6 @@ def sign_message_pack(kind, x, g, t, a, has_l1, l1, dd, has_l2, l2, ef, has_ef, 
     return -1
 
 
-@_jit
 def vote_words(neg_rows, nz_rows, ternary, tie, rand, out_neg, out_nz):
     """Majority vote on packed words (bit-sliced counters per word, as :func:`sign_codec.vote`):
     P rows of W words -> decision planes (out_neg, out_nz). tie: 0 zero, 1 plus, 2 shared_random."""
@@ -222,7 +230,6 @@ def vote_words(neg_rows, nz_rows, ternary, tie, rand, out_neg, out_nz):
             out_nz[w] = ones
 
 
-@_jit
 def apply_words(x, neg, nz, has_nz, gamma, ef, has_ef, prox, a, has_l1, dd, has_l2):
     """x -= gamma * v from the packed decision (v = -1 where neg, 0 where nz is 0, else +1), as the
     step table does; with error feedback also e -= gamma * v; with ``prox`` then x <- prox(x) of the
@@ -252,7 +259,6 @@ def apply_words(x, neg, nz, has_nz, gamma, ef, has_ef, prox, a, has_l1, dd, has_
                 ef[i] = ef[i] - d
 
 
-@_jit
 def prox_step_en(x, d, t, a, has_l1, dd, has_l2):
     """x <- prox_{t r}(x - t d) for the elastic net in one pass (``d`` float32 or float64), the float
     operations of :func:`mpiopt.prox.prox_step`: w = d*t (float64), v = x - w, soft threshold, / dd."""

@@ -8,6 +8,7 @@ from mpiopt.comm.sign_codec import StepTable, n_words, pack_bits, sign_planes, t
 from mpiopt.prox import ElasticNet, L1, Zero, gradient_mapping, prox_step
 
 pytestmark = pytest.mark.skipif(not K.HAVE_NUMBA, reason="numba not installed")
+K.compile_kernels()
 
 LENGTHS = (1, 7, 8, 63, 64, 65, 127, 1000, 4099)
 
@@ -199,3 +200,12 @@ def test_prox_step_kernel_equals_blocked_numpy_prox_step(reg, wire):
         got = x.copy()
         prox_step(reg, got, d, t, np.empty(1 << 15))         # the dispatching entry point
         assert np.array_equal(bits(got), bits(want))
+
+
+def test_numba_is_imported_only_when_a_kernel_is_needed():
+    import subprocess
+    import sys
+    code = ("import sys, mpiopt.prox, mpiopt.comm.signs, mpiopt.solvers.signprox; "
+            "assert 'numba' not in sys.modules; from mpiopt import kernels as K; K.compile_kernels(); "
+            "assert 'numba' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -82,6 +82,7 @@ class SignAggregator:
         #: compiled kernels: fused message/check/pack, vote on words, one-pass apply (see mpiopt.kernels)
         self.jit = K.JIT and method != "int8_allreduce"
         if self.jit:
+            K.compile_kernels()
             vw = self.chunk if method == "twophase" else W
             self._vote_out = (np.empty(vw, dtype=np.uint64), np.empty(vw, dtype=np.uint64))
             self._bad = np.zeros(1)
