@@ -7,6 +7,7 @@ import numpy as np
 from mpiopt import register_problem
 from mpiopt.options import Option
 from mpiopt.problems import CompositeProblem
+from mpiopt.problems.reference import elastic_net_optimum
 from mpiopt.prox import ElasticNet
 
 
@@ -27,3 +28,8 @@ class MyQuadratic(CompositeProblem):
         A, b = (self.A, self.b) if idx is None else (self.A[idx], self.b[idx])
         r = A @ x - b
         return 0.5 * float(r @ r), A.T @ r
+
+    def compute_reference(self):
+        """Optional, collective: the optimum F*, so results report F(x) - F* (here by L-BFGS-B)."""
+        self.reference_objective, self.reference_x = elastic_net_optimum(
+            self.comm, self.local_loss_grad, self.n_vars, self.n_samples, self.opts["l1"], 0.0)

@@ -67,7 +67,7 @@ class TorchModelProblem(Problem):
         self.X_train, self.y_train = np.ascontiguousarray(Xtr), np.ascontiguousarray(ytr, dtype=np.int64)
         self.X_test, self.y_test = np.ascontiguousarray(Xte), np.ascontiguousarray(yte, dtype=np.int64)
         self.in_shape = tuple(int(s) for s in self.X_train.shape[1:])
-        if self.opts["model"] == "resnet18" and self.in_shape[1:] != (32, 32):
+        if self.opts.get("model") == "resnet18" and self.in_shape[1:] != (32, 32):
             raise InputError(f"problem.model=resnet18 needs 32x32 images; {self.name} has "
                              f"{self.in_shape[1]}x{self.in_shape[2]}")
         import torch
@@ -111,8 +111,8 @@ class TorchModelProblem(Problem):
                            seed=self.opts["seed"])
 
     def describe(self) -> str:
-        return (f"{self.name}: {self.n_train} train / {self.n_test} test images {self.in_shape}, "
-                f"model {self.opts['model']}")
+        model = self.opts.get("model") or f"{type(self).__name__}.build_model"
+        return f"{self.name}: {self.n_train} train / {self.n_test} test images {self.in_shape}, model {model}"
 
 
 @register_problem("digits")

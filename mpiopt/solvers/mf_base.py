@@ -201,8 +201,9 @@ class MFSolver(Solver):
         ev = self.last_eval if stop.status != R.CONVERGED or self.best_epoch < 0 else self.mf.evaluate(self.mf.x)
         extra: dict[str, Any] = {"epochs": self.nit, "rmse": ev.get("rmse"), "step_time": self.step_time,
                                  "eval_time": self.eval_time, "bytes_sent": self.comm.stats.bytes_sent}
+        quality = self.ctx.history.quality("test_rmse", larger_is_better=False)   # best epoch (rank 0)
         if "test_rmse" in ev:
-            extra["test_rmse"] = ev["test_rmse"]
+            extra["test_rmse"] = quality["test_rmse"] = ev["test_rmse"]        # of the factors returned
         solution = None
         if full is not None:
             W, H = self.mf.split_global(full)
@@ -217,7 +218,7 @@ class MFSolver(Solver):
                 if ids is not None:
                     solution[name] = np.asarray(ids)
         return R.make_result(full, ev.get("objective"), self.nit, stop.status, stop.message, solution=solution,
-                             **extra)
+                             quality=quality, **extra)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self):
