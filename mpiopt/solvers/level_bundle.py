@@ -104,5 +104,7 @@ class LevelBundle(MasterOracleSolver):
         return bool(self.opts["batch"])
 
     def result_extras(self, master: LevelBundleMaster) -> dict[str, Any]:
-        """The resolved per-variant defaults (the config may say none)."""
-        return {"alpha": float(master.p.alpha), "qp_lazy": bool(master.p.qp_lazy)}
+        """The resolved per-variant defaults (the config may say none) and the certification counters."""
+        return {"alpha": float(master.p.alpha), "qp_lazy": bool(master.p.qp_lazy),
+                "certified_infeasible_qps": int(master.n_certified), "uncertified_infeasible_qps": int(master.n_uncertified),
+                "accuracy_tightened": int(master.accuracy.tightened), "cycle_waits": int(master.n_cycle_waits)}
