@@ -89,10 +89,16 @@ def test_real_runs_table_csv_markdown_and_plots(tmp_path):
         assert r["solver"] == "prox_sgd" and r["problem"] == "logistic" and r["ranks"] == "2"
         assert int(r["iterations"]) == 60 and r["status"] == "max_iter"
         assert float(r["objective"]) == pytest.approx(res["fun"], rel=1e-12)
-        assert float(r["final_gap"]) == pytest.approx(res.history["gap"][-1], rel=1e-12)
+        # the history's "gap" of a proximal solver is F - F*: named gap_to_fstar (issue 15: one name, one meaning)
+        assert float(r["final_gap_to_fstar"]) == pytest.approx(res.history["gap"][-1], rel=1e-12)
+        assert float(r["gap_to_fstar"]) == pytest.approx(res["fun"] - res["reference_objective"], rel=1e-9)
+        assert float(r["mb_algorithm_rank0"]) == pytest.approx(res["bytes_algorithm_rank0"] / 1e6)
     md = (out / "summary.md").read_text().splitlines()
     assert md[0].startswith("| label | solver | problem | ranks | status") and len(md) == 4
-    for metric in ("gap", "objective", "nnz"):
+    # by default only the proximal family's key plots (issue 15: focused default; nnz on request)
+    assert sorted(p.name for p in out.iterdir()) == ["gap_to_fstar.pdf", "gap_to_fstar.png", "objective.pdf",
+                                                     "objective.png", "summary.csv", "summary.md"]
+    for metric in ("gap_to_fstar", "objective"):
         assert (out / f"{metric}.pdf").read_bytes()[:4] == b"%PDF"
         img = png_pixels(out / f"{metric}.png")
         assert img.shape[:2] == (round(3.6 * DPI), round(4.2 * 3 * DPI))  # three panels: iteration, time, bytes
@@ -134,8 +140,8 @@ def test_axes_hold_the_history(tmp_path):
 
 def test_no_bytes_column_gives_two_panels_and_other_metrics(tmp_path):
     fake_result(tmp_path / "a.h5", bytes_per_it=None, extra_cols={"test_rmse": lambda it: 1.0 + 0.1 / (1 + it)})
-    rows, figs, notes = report([str(tmp_path / "a.h5")], str(tmp_path / "r"), formats=("png",))
-    assert {f.metric for f in figs} == {"gap", "objective", "test_rmse"}
+    rows, figs, notes = report([str(tmp_path / "a.h5")], str(tmp_path / "r"), formats=("png",), metrics="all")
+    assert {f.metric for f in figs} == {"gap_to_fstar", "objective", "test_rmse"}  # issue 15: quantity names
     rmse = next(f for f in figs if f.metric == "test_rmse")
     assert [p["x"] for p in rmse.panels] == ["iteration", "time"] and rmse.panels[0]["ylabel"] == "held-out RMSE"
     img = png_pixels(tmp_path / "r" / "test_rmse.png")
@@ -255,3 +261,239 @@ def test_mean_over_seeds_draws_one_line_with_a_band(tmp_path):
     assert main([str(tmp_path), "--mean-over-seeds", "--metrics", "objective", "--formats", "png",
                  "--out-dir", str(tmp_path / "r"), "-q"]) == 0
     assert png_pixels(tmp_path / "r" / "objective.png")[..., :3].std() > 0.05
+
+
+# -- issue 15: one meaning per name, each family's quality figure, focused default plots ----------------------
+def write_result(path: Path, solver: str, hist: dict, attrs: dict | None = None, problem: str = "p",
+                 solver_cfg: dict | None = None, problem_cfg: dict | None = None, ranks: int = 2) -> Path:
+    """A finished result file with the given history columns and final attributes."""
+    cfg = {"solver": solver_cfg or {}, "problem": problem_cfg or {}, "run": {"seed": 0, "out": str(path)}}
+    w = ResultWriter(str(path), {"format": FORMAT, "format_version": FORMAT_VERSION, "solver": solver,
+                                 "problem": problem, "config": cfg, "n_ranks": ranks, "seed": 0, "status": "running",
+                                 **{k: v for k, v in (attrs or {}).items() if k == "reference_objective"}})
+    n = len(hist["iteration"])
+    for i in range(n):
+        w.append({k: float(v[i]) for k, v in hist.items()})
+    w.close({"status": "max_iter", "nit": int(hist["iteration"][-1]), "wall_time": 1.0,
+             **{k: v for k, v in (attrs or {}).items() if k != "reference_objective"}}, {"x": np.zeros(2)})
+    return path
+
+
+def bundle_history(n: int = 40, renamed: bool = False) -> dict:
+    """A level_bundle-like history: certified gap f_up - f_low (large) apart from F - F* (small)."""
+    it = np.arange(n)
+    f_up = 10.0 + 5.0 * 0.8 ** it
+    f_low = 10.0 - 20.0 * 0.9 ** it
+    h = {"iteration": it, "time": 0.1 * it, "objective": f_up, "lower_bound": f_low, "upper_bound": f_up,
+         "level": 0.5 * (f_up + f_low), "n_cuts": 1.0 + it}
+    if renamed:
+        h.update(certified_gap=f_up - f_low, rel_certified_gap=(f_up - f_low) / f_up, gap_to_fstar=f_up - 10.0)
+    else:
+        h.update(gap=f_up - f_low, rel_gap=(f_up - f_low) / f_up, error=f_up - 10.0)
+    return h
+
+
+@pytest.mark.parametrize("renamed", [False, True])
+def test_bundle_certified_gap_and_gap_to_fstar_are_separate(tmp_path, renamed):
+    h = bundle_history(renamed=renamed)
+    write_result(tmp_path / "lb.h5", "level_bundle", h, {"fun": float(h["objective"][-1]), "reference_objective": 10.0})
+    rows, figs, _ = report([str(tmp_path / "lb.h5")], str(tmp_path / "r"), formats=("png",))
+    row = rows[0]
+    assert row["gap_to_fstar"] == pytest.approx(5.0 * 0.8 ** 39)             # F - F*
+    assert row["certified_gap"] == pytest.approx(5.0 * 0.8 ** 39 + 20.0 * 0.9 ** 39)  # f_up - f_low, not mixed
+    assert row["final_certified_gap"] == pytest.approx(row["certified_gap"])
+    assert row["final_gap_to_fstar"] == pytest.approx(row["gap_to_fstar"])
+    assert "gap" not in row and "final_gap" not in row and "final_error" not in row
+    assert [(f.metric, f.panels[0]["ylabel"]) for f in figs] == [
+        ("certified_gap", "certified gap f_up - f_low"), ("gap_to_fstar", "F(x) - F*")]
+    assert all(p["log"] for f in figs for p in f.panels)
+    assert sorted(p.name for p in (tmp_path / "r").glob("*.png")) == ["certified_gap.png", "gap_to_fstar.png"]
+    # the old history name "gap" asked for by name: drawn as what it means in this history
+    figs = plot_runs([Run(load_result(str(tmp_path / "lb.h5")), "lb")], str(tmp_path / "q"),
+                     metrics=["gap" if not renamed else "certified_gap"], formats=("png",))
+    assert figs[0].quantity == "certified_gap" and figs[0].panels[0]["ylabel"] == "certified gap f_up - f_low"
+    # --metrics all: relative certified gap labelled as such, never as (F - F*)/|F*|
+    figs = plot_runs([Run(load_result(str(tmp_path / "lb.h5")), "lb")], str(tmp_path / "a"), metrics="all",
+                     formats=("png",))
+    labels = {f.quantity: f.panels[0]["ylabel"] for f in figs}
+    assert labels["rel_certified_gap"].startswith("relative certified gap") and "rel_gap_to_fstar" not in labels
+
+
+def test_projected_subgradient_table_shows_f_minus_fstar_not_the_certified_gap(tmp_path):
+    """The issue's case: 12.5 (certified gap) was shown in the table's gap column for F - F* = 8e-3."""
+    it = np.arange(50)
+    h = {"iteration": it, "time": 0.1 * it, "objective": 34.02 + 0.008 + 1.0 / (1 + it), "lower_bound": 21.5 + 0 * it,
+         "upper_bound": 34.028 + 1.0 / (1 + it)}
+    h["gap"] = h["upper_bound"] - h["lower_bound"]
+    h["error"] = h["objective"] - 34.02
+    write_result(tmp_path / "ps.h5", "projected_subgradient", h, {"fun": 34.028, "reference_objective": 34.02})
+    from mpiopt.report import main
+    assert main([str(tmp_path / "ps.h5"), "--no-plots", "--out-dir", str(tmp_path / "r")]) == 0
+    row = next(csv.DictReader((tmp_path / "r" / "summary.csv").open()))
+    assert float(row["gap_to_fstar"]) == pytest.approx(0.008) and float(row["certified_gap"]) > 12
+    md = (tmp_path / "r" / "summary.md").read_text().splitlines()[0]
+    assert "| gap_to_fstar |" in md and "| certified_gap |" in md and "| gap |" not in md
+
+
+def test_a_history_name_meaning_two_things_is_refused(tmp_path):
+    h = bundle_history()
+    write_result(tmp_path / "lb.h5", "level_bundle", h, {"fun": 11.0, "reference_objective": 10.0})
+    fake_result(tmp_path / "px.h5")
+    from mpiopt.report import main
+    out = tmp_path / "r"
+    assert main([str(tmp_path / "lb.h5"), str(tmp_path / "px.h5"), "--metrics", "gap", "--out-dir", str(out)]) == 2
+    assert main([str(tmp_path / "lb.h5"), str(tmp_path / "px.h5"), "--metrics", "gap_to_fstar", "--formats", "png",
+                 "--out-dir", str(out), "-q"]) == 0
+    assert (out / "gap_to_fstar.png").exists()
+
+
+def signprox_history(n: int = 30) -> dict:
+    it = np.arange(n)
+    obj = 1.0 + 1.0 / (1 + it)
+    pol = 1.0 + 0.5 / (1 + it)
+    return {"iteration": it, "time": 0.01 * it, "bytes_sent": 100.0 * it, "objective": obj, "gap": obj - 1.0,
+            "objective_polished": pol, "gap_polished": pol - 1.0, "step": 0.1 / np.sqrt(1 + it),
+            "nnz": 50.0 - it, "nnz_polished": 20.0 + 0 * it}
+
+
+def test_signprox_table_pairs_polished_with_polished(tmp_path):
+    h = signprox_history()
+    write_result(tmp_path / "sp.h5", "signprox", h, {"fun": float(h["objective_polished"][-1]),
+                                                     "reference_objective": 1.0, "bytes_algorithm_rank0": 2900,
+                                                     "bytes_diagnostics_rank0": 5000, "bytes_sent_rank0": 7900})
+    rows, figs, _ = report([str(tmp_path / "sp.h5")], str(tmp_path / "r"), formats=("png",))
+    r = rows[0]
+    assert r["objective"] == pytest.approx(h["objective_polished"][-1])
+    assert r["gap_to_fstar"] == pytest.approx(h["gap_polished"][-1])          # the same (polished) x
+    assert r["objective_raw"] == pytest.approx(h["objective"][-1])
+    assert r["gap_to_fstar_raw"] == pytest.approx(h["gap"][-1])
+    assert r["final_gap_to_fstar_polished"] == pytest.approx(h["gap_polished"][-1])
+    # bytes: the algorithm's own traffic apart from evaluations/checks
+    assert r["mb_algorithm_rank0"] == pytest.approx(2900e-6) and r["mb_diagnostics_rank0"] == pytest.approx(5000e-6)
+    assert r["mb_sent_rank0"] == pytest.approx(7900e-6)
+    # key plots of the proximal family; the polished x dashed in the same figure; no step plot by default
+    assert [f.metric for f in figs] == ["gap_to_fstar", "objective"]
+    gap = figs[0]
+    assert [p["x"] for p in gap.panels] == ["iteration", "time", "bytes_sent"]
+    assert gap.panels[0]["points"] == [30] and gap.panels[0]["companion_points"] == [30]
+    assert gap.legend == [r["label"], "dashed: polished x"]
+
+
+def test_old_files_bytes_from_history(tmp_path):
+    """Files without the algorithm/diagnostics split: the history's bytes_sent is the algorithm's count."""
+    fake_result(tmp_path / "a.h5", bytes_per_it=100.0, n=11)
+    rows, _, _ = report([str(tmp_path / "a.h5")], str(tmp_path / "r"), plots=False)
+    assert rows[0]["mb_algorithm_rank0"] == pytest.approx(1000e-6)
+    assert math.isnan(rows[0]["mb_diagnostics_rank0"]) and rows[0]["mb_sent_rank0"] == pytest.approx(1100e-6)
+
+
+def mf_history(n: int = 8) -> dict:
+    ep = np.arange(n)
+    return {"iteration": ep, "time": 1.0 + 0.5 * ep, "epoch": ep.astype(float), "objective": 5.0 / (1 + ep),
+            "rmse": 1.0 / (1 + 0.1 * ep), "test_rmse": 1.0 + 0.01 * (ep - 4) ** 2, "sigma": 1e-3 + 0 * ep,
+            "pairs": np.minimum(ep, 3).astype(float), "step_time": 0.5 + 0 * ep}
+
+
+def test_mf_quality_figures_and_epoch_axis(tmp_path):
+    h = mf_history()
+    write_result(tmp_path / "old.h5", "hamsi", h, {"fun": float(h["objective"][-1])}, problem="synthetic_mf")
+    write_result(tmp_path / "new.h5", "mf_gd", h, {"fun": float(h["objective"][-1]), "test_rmse": 1.0,
+                                                   "best_test_rmse": 1.0, "best_epoch": 4}, problem="synthetic_mf")
+    rows, figs, _ = report([str(tmp_path / "old.h5"), str(tmp_path / "new.h5")], str(tmp_path / "r"))
+    old, new = rows
+    # older files: from the history (final = last epoch; best with its epoch)
+    assert old["test_rmse"] == pytest.approx(h["test_rmse"][-1])
+    assert old["best_test_rmse"] == pytest.approx(1.0) and old["best_epoch"] == 4
+    # newer files: the solver's quality attributes
+    assert new["test_rmse"] == 1.0 and new["best_test_rmse"] == 1.0 and new["best_epoch"] == 4
+    assert math.isnan(old["gap_to_fstar"]) and math.isnan(old["certified_gap"])
+    # MF key plots against epochs; no epoch-vs-iteration, sigma or step_time figure
+    assert [f.metric for f in figs] == ["test_rmse", "rmse"]
+    assert [p["xlabel"] for p in figs[0].panels] == ["epoch", "wall time [s]"]
+    assert figs[0].panels[0]["ylabel"] == "held-out RMSE" and figs[1].panels[0]["ylabel"] == "training RMSE"
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
+        "rmse.pdf", "rmse.png", "summary.csv", "summary.md", "test_rmse.pdf", "test_rmse.png"]
+    assert (tmp_path / "r" / "test_rmse.pdf").read_bytes()[:4] == b"%PDF"
+    # --metrics all: every quantity that changes; constants (sigma, step_time) and progress columns never
+    runs = [Run(load_result(str(tmp_path / "old.h5")), "old")]
+    got = [f.metric for f in plot_runs(runs, str(tmp_path / "a"), metrics="all", formats=("png",))]
+    assert set(got) == {"test_rmse", "rmse", "objective", "pairs"}
+    # asked for by name, a constant is drawn
+    assert [f.metric for f in plot_runs(runs, str(tmp_path / "b"), metrics=["sigma"], formats=("png",))] == ["sigma"]
+    with pytest.raises(Exception, match="--metrics: epoch not in any history"):
+        plot_runs(runs, str(tmp_path / "c"), metrics=["epoch"], formats=("png",))
+
+
+def test_torch_accuracy_against_epochs(tmp_path):
+    it = np.arange(0, 2000, 100)
+    epoch = it * 64 / 1797.0                      # samples / N: fractional epochs
+    acc = 0.9 - 0.5 * np.exp(-it / 400.0)
+    h = {"iteration": it, "time": 0.05 * it, "epoch": epoch, "objective": 1.0 - acc, "test_loss": 1.1 - acc,
+         "test_accuracy": acc, "train_accuracy": acc + 0.01, "updates_per_s": 100.0 + 0 * it}
+    write_result(tmp_path / "t.h5", "async_subgradient", h, {"fun": float(h["objective"][-1]),
+                                                             "test_accuracy": float(acc[-1])}, problem="digits")
+    from matplotlib.figure import Figure
+    drawn = {}
+    orig = Figure.savefig
+
+    def grab(self, *a, **k):
+        drawn.setdefault("y", self.axes[0].get_lines()[0].get_ydata())
+        drawn.setdefault("x", self.axes[0].get_lines()[0].get_xdata())
+        return orig(self, *a, **k)
+    Figure.savefig = grab
+    try:
+        rows, figs, _ = report([str(tmp_path / "t.h5")], str(tmp_path / "r"), formats=("png",))
+    finally:
+        Figure.savefig = orig
+    assert rows[0]["test_accuracy"] == pytest.approx(acc[-1]) and rows[0]["best_test_accuracy"] == pytest.approx(acc[-1])
+    assert rows[0]["best_epoch"] == pytest.approx(epoch[-1])
+    assert [f.metric for f in figs] == ["test_accuracy", "test_loss"]
+    p0 = figs[0].panels[0]
+    assert p0["x"] == "epoch" and p0["xlabel"] == "epoch" and p0["ylabel"] == "test accuracy [%]"
+    assert np.allclose(drawn["x"], epoch) and np.allclose(drawn["y"], 100 * acc)   # in percent
+
+
+def test_titles_and_legends(tmp_path):
+    fake_result(tmp_path / "a.h5", step0=0.5)
+    fake_result(tmp_path / "b.h5", step0=0.1)
+    fake_result(tmp_path / "c.h5", solver="signprox")
+    one = report([str(tmp_path / "a.h5")], str(tmp_path / "r1"), formats=("png",))[1]
+    assert one[0].title == "F(x) - F*: prox_sgd (lasso, 2 ranks)" and one[0].legend == []   # one run: no legend
+    rows, figs, _ = report([str(tmp_path / f"{c}.h5") for c in "abc"], str(tmp_path / "r3"), formats=("png",))
+    for f in figs:
+        assert "run(s)" not in f.title and f.title.endswith("on lasso, 2 ranks")
+        assert f.legend == ["prox_sgd (step0=0.5)", "prox_sgd (step0=0.1)", "signprox"]
+    # the legend sits below the panels, outside every axes
+    import matplotlib.image  # noqa: F401  (matplotlib present)
+    from matplotlib.figure import Figure
+    boxes = {}
+    orig = Figure.savefig
+
+    def grab(self, *a, **k):
+        self.canvas.draw()
+        r = self.canvas.get_renderer()
+        boxes["legend"] = self.legends[0].get_window_extent(r)
+        boxes["axes"] = [ax.get_tightbbox(r) for ax in self.axes]
+        return orig(self, *a, **k)
+    Figure.savefig = grab
+    try:
+        plot_runs([Run(load_result(str(tmp_path / f"{c}.h5")), lab) for c, lab in zip("abc", "ABC")],
+                  str(tmp_path / "p"), metrics=["gap_to_fstar"], formats=("png",))
+    finally:
+        Figure.savefig = orig
+    assert all(boxes["legend"].y1 <= ax.y0 + 1 for ax in boxes["axes"])
+
+
+def test_default_report_cli_is_focused(tmp_path):
+    for c, step0 in zip("abc", (0.5, 0.1, 0.2)):
+        fake_result(tmp_path / f"{c}.h5", step0=step0, n=200, extra_cols={"nnz": lambda it: 100 - it % 7})
+    cp = report_cli(*(tmp_path / f"{c}.h5" for c in "abc"), "--out-dir", tmp_path / "r")
+    assert cp.returncode == 0, cp.stderr
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
+        "gap_to_fstar.pdf", "gap_to_fstar.png", "objective.pdf", "objective.png", "summary.csv", "summary.md"]
+    assert "gap_to_fstar" in cp.stdout and "mb_algorithm_rank0: MB sent by rank 0 for the algorithm" in cp.stdout
+    cp = report_cli(*(tmp_path / f"{c}.h5" for c in "abc"), "--out-dir", tmp_path / "all", "--metrics", "all",
+                    "--formats", "png")
+    assert cp.returncode == 0, cp.stderr
+    assert sorted(p.name for p in (tmp_path / "all").glob("*.png")) == [
+        "gap_to_fstar.png", "nnz.png", "objective.png"]
