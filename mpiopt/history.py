@@ -98,7 +98,7 @@ class History:
 
     def quality(self, name: str, larger_is_better: bool, at: str = "epoch") -> dict[str, float]:
         """Final and best value of column ``name`` with the ``at`` value of the best row (rank 0; empty
-        elsewhere or when the column was never recorded): ``{name, best_<name>, best_<name>_<at>}``."""
+        elsewhere or when the column was never recorded): ``{name, best_<name>, best_<at>}``."""
         col = np.asarray(self.columns.get(name, []), dtype=np.float64)
         ok = np.flatnonzero(np.isfinite(col))
         if ok.size == 0:
@@ -108,7 +108,7 @@ class History:
         out = {name: float(col[ok[-1]]), f"best_{name}": float(col[i])}
         where = self.columns.get(at) or self.columns.get("iteration")
         if where is not None:
-            out[f"best_{name}_{at if at in self.columns else 'iteration'}"] = float(where[i])
+            out[f"best_{at if at in self.columns else 'iteration'}"] = float(where[i])
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:

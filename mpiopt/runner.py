@@ -106,6 +106,7 @@ class Run:
         self.writer, self.resume, self.say, self.quiet = writer, resume, say, quiet
         self.wall_time = 0.0
         self.bytes_total = [0, 0]
+        self.setup_time = 0.0       # seconds of the build: checks, problem set-up, reference optimum
 
     def execute(self, callback: Callable | None = None) -> R.OptimizeResult:
         """Collective: solve, write the final result file (rank 0), print the summary (rank 0).
@@ -135,6 +136,8 @@ class Run:
                      "bytes_sent_rank0": int(comm.stats.bytes_sent),
                      "bytes_algorithm_rank0": mine[0], "bytes_diagnostics_rank0": mine[1],
                      "bytes_algorithm_total": self.bytes_total[0], "bytes_diagnostics_total": self.bytes_total[1],
+                     "setup_time": self.setup_time,
+                     **{k: float(res[k]) for k in ("fun_raw",) if res.get(k) is not None},
                      **{k: v for k, v in (res.get("quality") or {}).items() if v is not None}}
             if ctx.checkpoints.last_path:
                 final["last_checkpoint"] = ctx.checkpoints.last_path
@@ -245,6 +248,7 @@ def _build_run(spec: RunSpec, comm: Any, *, verbose: bool, quiet: bool, write_re
     from .io.checkpoint import CheckpointManager, clean_stale_temporaries
     from .io.results import FORMAT, FORMAT_VERSION, ResultWriter
 
+    t_build = time.perf_counter()
     comm = comm or world()
     rank = comm.rank
     say: Callable[[str], None] = ((lambda msg: print(msg, flush=True)) if (rank == 0 and not quiet)
@@ -323,4 +327,6 @@ def _build_run(spec: RunSpec, comm: Any, *, verbose: bool, quiet: bool, write_re
     if resume is not None:
         collective_check(comm, lambda: solver.load_state_dict(resume.state))
         say(f"resumed from {resume.path} at iteration {resume.iteration}")
-    return Run(spec, comm, problem, solver, ctx, writer, resume, say, quiet)
+    run_obj = Run(spec, comm, problem, solver, ctx, writer, resume, say, quiet)
+    run_obj.setup_time = time.perf_counter() - t_build
+    return run_obj
