@@ -38,6 +38,7 @@ def owners_of(m: int, workers: int) -> list[np.ndarray]:
 class MasterOracleSolver(Solver):
     """Base of the master/oracle methods; subclasses implement :meth:`make_master`."""
 
+    progress_in_iterations = False      # True: the progress bar counts to max_iter
     problem_kind = OracleProblem
     default_problem = "polyhedral"
     min_ranks = 1
@@ -79,7 +80,10 @@ class MasterOracleSolver(Solver):
     def solve(self, callback=None) -> R.OptimizeResult:
         self._callback = callback
         comm, ctx = self.comm, self.ctx
-        ctx.history.setup(int(self.opts["max_iter"]), default_every=1, unit=self.progress_unit)
+        # a method that stops on its gap shows progress as the gap (the bar's values), not as a share of
+        # an iteration cap it rarely reaches
+        total = int(self.opts["max_iter"]) if self.progress_in_iterations else None
+        ctx.history.setup(total, default_every=1, unit=self.progress_unit)
         if comm.rank == 0:
             ctx.history.declare_series("oracle_calls", (self.problem.m,), np.int64)
         self.bounds = SeqlockRecord(comm, BOUNDS_FIELDS, host=0)

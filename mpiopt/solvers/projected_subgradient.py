@@ -18,6 +18,7 @@ from .master_oracle import MasterOracleSolver
 
 @register_solver("projected_subgradient")
 class ProjectedSubgradient(MasterOracleSolver):
+    progress_in_iterations = True       # runs to its iteration budget in practice
     summary = "projected subgradient method on a sum of convex oracles (baseline of level_bundle; Polyak or diminishing steps)"
     demo_settings = {"solver.max_iter": 500, "problem.n": 30, "problem.m": 6, "problem.delay_mean": 0.005,
                      "problem.delay_spread": 3.0, "problem.delay_noise": 1.0}   # level_bundle's demo problem
