@@ -169,20 +169,6 @@ class SignAggregator:
         the next call): exactly the step :meth:`apply` subtracts."""
         return self.table.deltas(self.neg, self.nz, gamma)
 
-    def own_deltas(self, gamma: float) -> np.ndarray:
-        """gamma * (this rank's own coded signs), e.g. for error feedback; call after :meth:`encode`."""
-        if self.method == "int8_allreduce":
-            return self.codes.astype(self.table.dtype) * self.table.dtype.type(gamma)
-        return self.table.deltas(self.send[0], self.send[1] if self.planes == 2 else None, gamma).copy()
-
-    def own_nonzeros(self) -> int:
-        """Number of nonzero codes in this rank's message (n for 1-bit)."""
-        if self.encoding == "1bit":
-            return self.n
-        if self.method == "int8_allreduce":
-            return int(np.count_nonzero(self.codes))
-        return int(np.unpackbits(self.send[1].view(np.uint8)).sum())
-
     # vote ----------------------------------------------------------------------------------
     def _rand(self, t: int, start: int, count: int) -> np.ndarray | None:
         if self.tie != "shared_random":
