@@ -27,6 +27,8 @@ import numpy as np
 
 from .. import result as R
 from .accuracy import OnDemandAccuracy
+from .coordination import Coordination, Coordinations
+from .master_state import load_master_state, master_state
 from .model import CutModel, UpperModel
 from .protocol import Answer, Master, Request, Trace
 from .qp import FAILED, INFEASIBLE, OPTIMAL, LevelQP, ModelLP, QPResult, aggregate_bound, box_min_linear
@@ -72,15 +74,6 @@ class Params:
     cycle_wait: bool = False         # a new cycle on gap decrease only once every worker answered a point of this one
 
 
-@dataclass
-class Coordination:
-    """A coordination point z and the components' upper values there (f_up = sum fu once all are seen)."""
-    id: int
-    z: np.ndarray
-    seen: np.ndarray
-    fu: np.ndarray
-
-
 class LevelBundleMaster(Master):
     """Master state: bundles, bounds f_low <= f* <= f_up, level, centre, cycles, oracle bookkeeping."""
 
@@ -106,7 +99,6 @@ class LevelBundleMaster(Master):
         self.qp = LevelQP(self.lower, self.upper, self.m, params.qp_solver, params.eps_prox,
                           time_limit=params.time_limit)
         self.lp = ModelLP(self.lower, self.upper, self.m, time_limit=params.time_limit)
-        self.coord_every = params.coord_every or 2 * self.m
         x1 = 0.5 * (self.lower + self.upper) if x0 is None else np.clip(x0, self.lower, self.upper)
         # bounds and centre
         self.f_low, self.f_up = -math.inf, math.inf
@@ -155,10 +147,7 @@ class LevelBundleMaster(Master):
         self.answered_k = np.full(self.W, -1, dtype=np.int64)  # a(j): iteration of worker j's latest answered point
         self.cycle_k = 0                                       # iteration of the last critical iteration
         self.n_cycle_waits = 0
-        # coordination (A-SC)
-        self.coords: list[Coordination] = []   # in flight, oldest first
-        self.n_coords = 0
-        self.since_coord = 0
+        self.coordination = Coordinations(self.n, self.m, self.owners, params)
         self.init_outcome()
         self.trace = Trace()
 
@@ -213,9 +202,8 @@ class LevelBundleMaster(Master):
             if self.p.variant == "upper_model":
                 self._upper_model_bound(points)
             else:
-                for c in [c for c in self.coords if c.seen.all()]:
+                for c in self.coordination.pop_complete():
                     self._improve_upper(c.z, float(c.fu.sum()))
-                    self.coords.remove(c)
                     coord_done = True
             self.since_step += len(answers)
             if self.p.qp_lazy:
@@ -230,7 +218,8 @@ class LevelBundleMaster(Master):
                 self.since_step = 0
                 self._step()
             if self.p.variant == "coordination" and not self.done:
-                self._maybe_start_coordination()
+                self.coordination.maybe_start(self.x_next, self.idle, self.latest_fu, self.f_up, self.gap,
+                                              self._laggard_answered)
 
     def dispatch(self) -> list[Request]:
         """Points for the idle workers (sync: all at once when a new x+ is ready)."""
@@ -251,11 +240,16 @@ class LevelBundleMaster(Master):
         return out
 
     def _coordination_for(self, w: int) -> Coordination | None:
-        """The oldest coordination in flight that worker ``w`` has not answered yet."""
-        for c in self.coords:
-            if not c.seen[self.owners[w]].all():
-                return c
-        return None
+        return self.coordination.for_worker(w)
+
+    @property
+    def coords(self) -> list[Coordination]:
+        """The coordinations in flight, oldest first."""
+        return self.coordination.active
+
+    @property
+    def n_coords(self) -> int:
+        return self.coordination.started
 
     # -- internals ------------------------------------------------------------------------------
     def _send(self, w: int, x: np.ndarray, coord_id: int) -> Request:
@@ -282,7 +276,6 @@ class LevelBundleMaster(Master):
         self.model.add(comps, G, fl, z)
         self.evals[comps] += 1
         self.answers += 1
-        self.since_coord += 1
         self.latest_fu[comps] = fu
         self.accuracy.record(comps, fl, fu, float(self.sent_eta[a.worker]))
         if self.umodel is not None:
@@ -292,11 +285,7 @@ class LevelBundleMaster(Master):
             self.round_fu[comps] = fu
             self.round_g[comps] = G
             self.round_seen[comps] = True
-        if cid >= 0:
-            for c in self.coords:
-                if c.id == cid:
-                    c.fu[comps] = fu
-                    c.seen[comps] = True
+        self.coordination.record(cid, comps, fu)
         return z
 
     def _finish_first_round(self) -> None:
@@ -444,82 +433,10 @@ class LevelBundleMaster(Master):
         self.n_cycle_waits += 1
         return False
 
-    def _maybe_start_coordination(self) -> None:
-        p = self.p
-        if len(self.coords) >= max(1, p.coord_max):
-            return
-        if p.coord_rule == "idle":
-            # start one as soon as an idle oracle has no coordination point left to evaluate
-            due = any(self._coordination_for(int(w)) is None for w in np.flatnonzero(self.idle))
-        else:
-            if self.coords:
-                return
-            promising = (p.coord_promising and np.isfinite(self.latest_fu).all()
-                         and self.latest_fu.sum() <= self.f_up - p.alpha * self.gap / 2)
-            due = self.since_coord >= self.coord_every or promising
-            if due and p.coord_laggard and not self._laggard_answered and self.since_coord < 4 * self.coord_every:
-                return                       # wait until the oracle with the oldest point in flight is free
-        if due:
-            self.n_coords += 1
-            c = Coordination(self.n_coords, self.x_next.copy(), np.zeros(self.m, dtype=bool), np.zeros(self.m))
-            self.coords.append(c)
-            self.since_coord = 0
-
-    # -- checkpoint -----------------------------------------------------------------------------
-    SCALARS = ("f_low", "f_up", "gap_ref", "lev", "lev_prev", "last_infeasible", "k", "steps", "cycle",
-               "n_infeasible", "n_midcycle_compressions", "n_lp_checks", "n_lp", "n_certified", "n_uncertified", "cycle_k",
-               "n_cycle_waits", "answers", "qp_seconds", "lp_seconds", "phase", "pending",
-               "n_coords", "since_coord", "since_step")
-    ARRAYS = ("x1", "x_best", "xc", "x_next", "evals", "latest_fu", "latest_eta", "answered_k")
-
+    # -- checkpoint (mpiopt.bundle.master_state) ---------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue (taken while no request is in flight)."""
-        if not self.idle.all():
-            raise RuntimeError("master state_dict needs every worker idle")
-        st: dict[str, Any] = {k: getattr(self, k) for k in self.SCALARS}
-        st["last_infeasible"] = int(self.last_infeasible)
-        st["pending"] = int(self.pending)
-        st.update({k: np.array(getattr(self, k)) for k in self.ARRAYS})
-        st["lam"] = np.array([]) if self.lam is None else self.lam.copy()
-        st["has_lam"] = int(self.lam is not None)
-        st["coord_ids"] = np.array([c.id for c in self.coords], dtype=np.int64)
-        st["coord_z"] = np.array([c.z for c in self.coords], dtype=np.float64).reshape(-1)
-        st["coord_seen"] = np.array([c.seen for c in self.coords], dtype=np.int64).reshape(-1)
-        st["coord_fu"] = np.array([c.fu for c in self.coords], dtype=np.float64).reshape(-1)
-        st["model"] = self.model.state_dict()
-        st.update(self.accuracy.state_dict())
-        if self.umodel is not None:
-            st["umodel"] = self.umodel.state_dict()
-        st["trace"] = np.asarray(self.trace.rows, dtype=np.float64).reshape(-1, len(self.trace.names))
-        return st
+        return master_state(self)
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
-        for k in self.SCALARS:
-            if k not in st:                  # a counter added after the checkpoint was written
-                continue
-            v = st[k]
-            cur = getattr(self, k)
-            setattr(self, k, type(cur)(v) if not isinstance(cur, str) else str(v))
-        self.last_infeasible = bool(int(st["last_infeasible"]))
-        self.pending = bool(int(st["pending"]))
-        for k in self.ARRAYS:
-            if k in st:                      # (answered_k: added later)
-                getattr(self, k)[...] = np.asarray(st[k]).reshape(getattr(self, k).shape)
-        self.lam = np.asarray(st["lam"], dtype=np.float64).copy() if int(st["has_lam"]) else None
-        ids = np.asarray(st.get("coord_ids", []), dtype=np.int64).reshape(-1)
-        Z = np.asarray(st.get("coord_z", []), dtype=np.float64).reshape(ids.size, self.n)
-        seen = np.asarray(st.get("coord_seen", []), dtype=np.int64).reshape(ids.size, self.m)
-        fu = np.asarray(st.get("coord_fu", []), dtype=np.float64).reshape(ids.size, self.m)
-        self.coords = [Coordination(int(i), Z[j].copy(), seen[j].astype(bool), fu[j].copy())
-                       for j, i in enumerate(ids)]
-        self.model.load_state_dict(st["model"])
-        self.accuracy.load_state_dict(st)
-        if self.umodel is not None and "umodel" in st:
-            self.umodel.load_state_dict(st["umodel"])
-        self.trace.rows = [tuple(r) for r in np.asarray(st["trace"]).reshape(-1, len(self.trace.names))]
-        self.idle[:] = True
-        self.sent_k[:] = -1
-        self.sent.clear()
-        self.held = []
-        if self.phase == "run" and self.p.variant == "sync" and not self.pending:
-            self.pending = True
+        load_master_state(self, st)

@@ -1,0 +1,63 @@
+"""Checkpoint state of :class:`~mpiopt.bundle.master.LevelBundleMaster` (everything needed to continue
+a run; plain scalars and arrays, so a result file or checkpoint can hold it)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .master import LevelBundleMaster
+
+SCALARS = ("f_low", "f_up", "gap_ref", "lev", "lev_prev", "last_infeasible", "k", "steps", "cycle",
+           "n_infeasible", "n_midcycle_compressions", "n_lp_checks", "n_lp", "n_certified", "n_uncertified", "cycle_k",
+           "n_cycle_waits", "answers", "qp_seconds", "lp_seconds", "phase", "pending",
+           "since_step")
+ARRAYS = ("x1", "x_best", "xc", "x_next", "evals", "latest_fu", "latest_eta", "answered_k")
+
+
+def master_state(M: "LevelBundleMaster") -> dict[str, Any]:
+    """Everything needed to continue ``M`` (taken while no request is in flight)."""
+    if not M.idle.all():
+        raise RuntimeError("master state_dict needs every worker idle")
+    st: dict[str, Any] = {k: getattr(M, k) for k in SCALARS}
+    st["last_infeasible"] = int(M.last_infeasible)
+    st["pending"] = int(M.pending)
+    st.update({k: np.array(getattr(M, k)) for k in ARRAYS})
+    st["lam"] = np.array([]) if M.lam is None else M.lam.copy()
+    st["has_lam"] = int(M.lam is not None)
+    st.update(M.coordination.state_dict())
+    st["model"] = M.model.state_dict()
+    st.update(M.accuracy.state_dict())
+    if M.umodel is not None:
+        st["umodel"] = M.umodel.state_dict()
+    st["trace"] = np.asarray(M.trace.rows, dtype=np.float64).reshape(-1, len(M.trace.names))
+    return st
+
+
+def load_master_state(M: "LevelBundleMaster", st: dict[str, Any]) -> None:
+    """Restore ``M`` from :func:`master_state` (every worker idle afterwards)."""
+    for k in SCALARS:
+        if k not in st:                  # a counter added after the checkpoint was written
+            continue
+        v = st[k]
+        cur = getattr(M, k)
+        setattr(M, k, type(cur)(v) if not isinstance(cur, str) else str(v))
+    M.last_infeasible = bool(int(st["last_infeasible"]))
+    M.pending = bool(int(st["pending"]))
+    for k in ARRAYS:
+        if k in st:                      # (answered_k: added later)
+            getattr(M, k)[...] = np.asarray(st[k]).reshape(getattr(M, k).shape)
+    M.lam = np.asarray(st["lam"], dtype=np.float64).copy() if int(st["has_lam"]) else None
+    M.coordination.load_state_dict(st)
+    M.model.load_state_dict(st["model"])
+    M.accuracy.load_state_dict(st)
+    if M.umodel is not None and "umodel" in st:
+        M.umodel.load_state_dict(st["umodel"])
+    M.trace.rows = [tuple(r) for r in np.asarray(st["trace"]).reshape(-1, len(M.trace.names))]
+    M.idle[:] = True
+    M.sent_k[:] = -1
+    M.sent.clear()
+    M.held = []
+    if M.phase == "run" and M.p.variant == "sync" and not M.pending:
+        M.pending = True
