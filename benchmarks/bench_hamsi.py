@@ -1,6 +1,9 @@
 """HAMSI against mf_gd and dsgd on one problem at 1, 2 and 4 ranks.
 
     python benchmarks/bench_hamsi.py [--quick] [--ml PATH] [--ranks 1,2,4] [--epochs E] [--k K]
+                                     [--reference-binary PATH [--reference-args ARGS]]
+    python benchmarks/bench_hamsi.py --scale 1e7,3e7 [--ranks 2] [--k 10] [--epochs 2]
+    python benchmarks/bench_hamsi.py --sweep
 
 Launches ``mpirun -n P python -m mpiopt.run SOLVER ...`` itself (do not run it under mpirun).
 Data: synthetic_mf with 1e6 ratings and k=50 (--quick: 2e5 ratings, k=20), and MovieLens when
@@ -152,7 +155,7 @@ def scale_worker(n_ratings: int, k: int, epochs: int, solver: str = "hamsi") -> 
     fused.warm_up()
     base = rss_now()
     comm.Barrier()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     vals = [("problem.n_ratings", n_ratings, "b"), ("problem.latent_dim", k, "b"), ("problem.test_fraction", 0.0, "b"),
             ("run.progress", "none", "b"), ("solver.max_epochs", epochs, "b"), ("solver.patience", 0, "b")]
     run = build_run(resolve_spec(solver, "synthetic_mf", vals, default_out=False), comm, quiet=True,
@@ -160,18 +163,20 @@ def scale_worker(n_ratings: int, k: int, epochs: int, solver: str = "hamsi") -> 
     t_build = time.perf_counter() - t0
     sv = run.solver
     sv.values()                                  # the epoch-0 evaluation (recorded before the first epoch)
+    c_setup = time.process_time() - c0
     comm.Barrier()
     t_setup = time.perf_counter() - t0
-    times = []
+    times, cpus = [], []
     for _ in range(epochs):
         comm.Barrier()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         sv.step()
         sv.nit += 1
         times.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
     local = sum(b.nnz for row in sv.mf.blocks for b in row)
-    rows = comm.gather_obj((peak, base, local, sv.step_time, sv.eval_time))
+    rows = comm.gather_obj((peak, base, local, sv.step_time, sv.eval_time, c_setup, float(np.median(cpus))))
     if comm.rank == 0:
         P = comm.size
         worst = max(rows, key=lambda r: r[0])
@@ -179,7 +184,53 @@ def scale_worker(n_ratings: int, k: int, epochs: int, solver: str = "hamsi") -> 
               f"epoch_med={np.median(times):.3f}s step_time={worst[3] / max(epochs, 1):.3f}s "
               f"eval={worst[4] / max(epochs + 1, 1):.3f}s peak_rank={worst[0] / 1e9:.3f}GB "
               f"base={worst[1] / 1e9:.3f}GB per_rating={worst[0] / max(worst[2], 1):.1f}B "
-              f"per_rating_net={(worst[0] - worst[1]) / max(worst[2], 1):.1f}B local={worst[2]}", flush=True)
+              f"per_rating_net={(worst[0] - worst[1]) / max(worst[2], 1):.1f}B local={worst[2]} "
+              f"cpu_setup_max={max(r[5] for r in rows):.2f}s cpu_epoch_med={max(r[6] for r in rows):.3f}s", flush=True)
+        bw = copy_bandwidth()
+        bound = worst[2] * 16 / bw          # this rank's ratings (16 bytes each) read once
+        ep = worst[3] / max(epochs, 1)
+        print(f"BOUND copy bandwidth {bw / 1e9:.2f} GB/s; ratings once per epoch {bound * 1e3:.1f} ms per rank; "
+              f"step time per epoch {ep:.3f} s = {ep / bound:.1f}x, CPU per epoch (with evaluation) "
+              f"{max(r[6] for r in rows):.3f} s = {max(r[6] for r in rows) / bound:.1f}x", flush=True)
+        print(f"UPTIME {os.getloadavg()}", flush=True)
+
+
+def reference_ratio(binary: str, args: str, epochs: int, k: int, tmp: str) -> None:
+    """Whole-process time of the C++ ``hamsi-mf`` reference against ``hamsi`` with the ``hamsi-mf``
+    preset on the same generated MovieLens-100k-like file (items as rows, 1 rank / 1 thread).
+    ``args`` is the reference's command line with {data} {k} {epochs} {threads} placeholders."""
+    from mpiopt.comm import world
+    from mpiopt.data.movielens import read_ratings, write_movielens_like, write_reference
+    d = os.path.join(tmp, "ref")
+    os.makedirs(d, exist_ok=True)
+    write_movielens_like(os.path.join(d, "u.data"))
+    u, i, v = read_ratings(os.path.join(d, "u.data"), world())
+    data = os.path.join(d, "ml.txt")
+    write_reference(data, i - 1, u - 1, v, int(i.max()), int(u.max()))        # items x users
+    import resource
+
+    def cpu() -> float:
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return ru.ru_utime + ru.ru_stime
+    cmd = [binary, *args.format(data=data, k=k, epochs=epochs, threads=1).split()]
+    t, c = time.perf_counter(), cpu()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    t_ref, c_ref = time.perf_counter() - t, cpu() - c
+    ours = [sys.executable, "-m", "mpiopt.run", "hamsi", "--problem", "movielens", "--set", f"problem.path={data}",
+            "problem.split=none", f"problem.latent_dim={k}", "solver.preset=hamsi-mf", f"solver.max_epochs={epochs}",
+            "solver.init=mt19937", "run.progress=none", "--seed", "1453", "--out", os.path.join(d, "ours.h5"), "-q"]
+    t, c = time.perf_counter(), cpu()
+    q = subprocess.run(ours, capture_output=True, text=True, timeout=3600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    t_ours, c_ours = time.perf_counter() - t, cpu() - c
+    from mpiopt.io import load_result
+    r = load_result(os.path.join(d, "ours.h5"))
+    print(f"\n== C++ reference vs hamsi (preset hamsi-mf), {v.size} ratings, k={k}, {epochs} epochs, 1 rank ==")
+    print(f"  reference: {t_ref:.2f} s whole process (exit {p.returncode}); mpiopt: {t_ours:.2f} s whole process "
+          f"(exit {q.returncode}), solver {r.attrs.get('run_time', math.nan):.2f} s, "
+          f"step time {r.history['step_time'][-1]:.2f} s")
+    print(f"  CPU seconds (user + sys): reference {c_ref:.2f}, mpiopt {c_ours:.2f} (less sensitive to a loaded machine)")
+    print(f"  ratio mpiopt / reference: whole process {t_ours / max(t_ref, 1e-9):.2f} (CPU {c_ours / max(c_ref, 1e-9):.2f}), "
+          f"step time / reference whole process {r.history['step_time'][-1] / max(t_ref, 1e-9):.2f}")
 
 
 def sweep(tmp: str, seeds: tuple[int, ...] = (0, 1)) -> None:
@@ -235,6 +286,10 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="only the defaults sweep on generated MovieLens-like data")
     ap.add_argument("--scale", help="only the scale runs: comma-separated rating counts (e.g. 1e7,3e7) on "
                     "--ranks (default 2) with k=--k (default 10), --epochs (default 2) epochs")
+    ap.add_argument("--reference-binary", help="the C++ hamsi-mf binary (built outside this repository): "
+                    "adds the whole-process time ratio on the same file")
+    ap.add_argument("--reference-args", default="{data} {k} {threads} {epochs}",
+                    help="the reference's command line after the binary ({data} {k} {epochs} {threads} filled in)")
     ap.add_argument("--worker", nargs=3, metavar=("N", "K", "E"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -252,6 +307,10 @@ def main() -> None:
     if a.sweep:
         with tempfile.TemporaryDirectory() as tmp:
             sweep(tmp)
+        return
+    if a.reference_binary:
+        with tempfile.TemporaryDirectory() as tmp:
+            reference_ratio(a.reference_binary, a.reference_args, a.epochs or 200, a.k or 10, tmp)
         return
     ranks = [int(r) for r in a.ranks.split(",")]
     N = int(a.ratings or (2e5 if a.quick else 1e6))

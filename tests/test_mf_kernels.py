@@ -156,3 +156,23 @@ def test_biased_gradient_matches_finite_differences():
     want = (0.5 * r @ r + 0.15 * (rc @ (W[:, :2] ** 2).sum(1) + cc @ (H[:, :2] ** 2).sum(1))
             + 0.1 * (rc @ W[:, 2] ** 2 + cc @ H[:, 2] ** 2)) / p.nnz
     assert f == pytest.approx(want, rel=1e-12)
+
+
+def test_result_has_biases_and_predictions_use_them(tmp_path):
+    from mpiopt.api import minimize
+    from mpiopt.mf.model import predict
+    opts = {"problem.n_ratings": 3000, "problem.latent_dim": 2, "solver.max_epochs": 3, "problem.test_fraction": 0.2}
+    res, p = minimize("hamsi", "synthetic_mf", opts, return_problem=True)
+    sol = res.solution
+    assert sol["W"].shape == (p.m, 2) and sol["row_bias"].shape == (p.m,) and sol["col_bias"].shape == (p.n,)
+    assert np.abs(sol["row_bias"]).max() > 0
+    i, j = np.array([0, 3]), np.array([1, 2])
+    want = sol["offset"][0] + (sol["W"][i] * sol["H"][j]).sum(1) + sol["row_bias"][i] + sol["col_bias"][j]
+    np.testing.assert_allclose(predict(sol, i, j), want, rtol=1e-15)
+    # the reference-code preset has no biases
+    pre = minimize("hamsi", "synthetic_mf", {**opts, "solver.preset": "hamsi-mf"})
+    assert "row_bias" not in pre.solution
+    # mf_gd and dsgd fit biases too
+    for solver in ("mf_gd", "dsgd"):
+        r = minimize(solver, "synthetic_mf", opts)
+        assert np.abs(r.solution["col_bias"]).max() > 0, solver

@@ -169,14 +169,36 @@ def permute_inplace(order, a, b, c):
             cur = nxt
 
 
+@njit(cache=True, nogil=True)
+def axpy(a, x, y):
+    """y += a * x without a temporary (the product rounded, then added: as numpy's two passes)."""
+    for i in range(y.size):
+        y[i] += x[i] * a
+
+
 def warm_up() -> None:
     """Compile (or load from the cache) every kernel signature the solvers use."""
     i = np.zeros(1, np.int32)
+    cuts = np.zeros(2, np.int64)
+    A = np.zeros((1, 2))
+    e = np.zeros(0)
     for vt in (np.float64, np.float32):
         v = np.zeros(1, vt)
-        A = np.zeros((1, 2))
-        e = np.zeros(0)
         loss_grad(i, i, v, A, A, 1, 1.0, e, e, e, e, A.copy(), A.copy(), e, False)
         loss(i, i, v, A, A, 1, 1.0, e, e, e, e, e, False)
         sq_errors(i, i, v, A, A, 1, 0.0, 1.0)
+        permute_inplace(np.zeros(1, np.int32), i.copy(), i.copy(), v)
+    counting_order(i, 1, np.zeros(1, np.int32))
+    row_owner(i, cuts, 1)
+    block_keys(i, i, cuts, cuts, 1, 1, 1)
+    axpy(1.0, e, e)
 
+
+def compile_once(comm) -> None:
+    """Collective: rank 0 compiles the kernels (or loads them from the cache) before the other
+    ranks, which then load them from the cache instead of compiling them again."""
+    if comm.rank == 0:
+        warm_up()
+    comm.Barrier()
+    if comm.rank != 0:
+        warm_up()

@@ -15,6 +15,8 @@ from typing import Callable
 import numpy as np
 import scipy.linalg as sla
 
+from .fused import axpy
+
 # reduce(partials (q, L)) -> (L,) global sums, identical bits on every rank
 Reducer = Callable[[np.ndarray], np.ndarray]
 
@@ -126,13 +128,10 @@ class CompactLBFGS:
         p[m:] *= self.sigma
         w = self.N @ p
         out = np.multiply(g, self.sigma, out=out)
-        tmp = np.empty_like(out)
         for c, a in enumerate(sl):     # 2M axpys: elementwise, same bits at any rank count
-            np.multiply(self.S[a], w[c], out=tmp)
-            out += tmp
+            axpy(w[c], self.S[a], out)
         for c, a in enumerate(sl):
-            np.multiply(self.Y[a], self.sigma * w[m + c], out=tmp)
-            out += tmp
+            axpy(self.sigma * w[m + c], self.Y[a], out)
         return out
 
     def dense(self) -> np.ndarray:

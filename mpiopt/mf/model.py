@@ -36,6 +36,7 @@ class DistMF:
         so that they are held once."""
         P, r = comm.size, comm.rank
         assert nb % P == 0, "nb must be a multiple of the rank count"
+        fused.compile_once(comm)
         self.comm, self.P, self.rank, self.nb, self.q, self.k = comm, P, r, nb, nb // P, int(k)
         self.bias = bool(bias)
         self.w = self.k + (1 if self.bias else 0)     # stored columns per factor row
@@ -302,3 +303,15 @@ class DistMF:
     def describe(self) -> str:
         return (f"{self.m} x {self.n}, {self.nnz} ratings ({self.nnz_test} held out), "
                 f"{self.nb}x{self.nb} blocks, k={self.k}" + (" + biases" if self.bias else ""))
+
+
+def predict(solution: dict, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Predicted ratings of (rows[t], cols[t]) (0-based, in the factored orientation) from a result's
+    ``solution`` (``W``, ``H``, ``offset`` and, with biases, ``row_bias``/``col_bias``):
+    ``offset + W[i] . H[j] + row_bias[i] + col_bias[j]``."""
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    W, H = np.asarray(solution["W"]), np.asarray(solution["H"])
+    out = np.einsum("ij,ij->i", W[rows], H[cols]) + float(np.asarray(solution.get("offset", [0.0])).ravel()[0])
+    if "row_bias" in solution:
+        out += np.asarray(solution["row_bias"])[rows] + np.asarray(solution["col_bias"])[cols]
+    return out

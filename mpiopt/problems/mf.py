@@ -25,7 +25,7 @@ from ..registry import register_problem
 from .base import Problem
 
 GEN_CHUNK = 1 << 18     # generated ratings per generator (rank-count independent data)
-BIAS_L2 = 0.01          # default bias L2 (chosen by a sweep on generated MovieLens-like data, docs/hamsi.md)
+BIAS_L2 = 0.1           # default bias L2 (chosen by a sweep on generated MovieLens-like data, docs/hamsi.md)
 
 
 def hash_uniform(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
@@ -46,7 +46,7 @@ class MFProblem(Problem):
     kind_name = "matrix factorization"
     options = (
         Option("latent_dim", 10, "rank k of the factorization", int, low=1),
-        Option("l2", 0.05, "L2 weight lam, attached to ratings (keeps partial separability)", float, low=0.0),
+        Option("l2", 0.1, "L2 weight lam, attached to ratings (keeps partial separability)", float, low=0.0),
         Option("reg", "rating", "L2 form: rating (lam/2 (|a_i|^2+|b_j|^2) per rating, weighted-lambda) "
                "or uniform (lam/2 (|A|^2+|B|^2) in total)", str, choices=("rating", "uniform")),
         Option("transpose", False, "factor columns x rows (items x users, as the reference code does)", bool),
@@ -216,13 +216,19 @@ class SyntheticMF(MFProblem):
         O.seed(0, "seed of the generated data"),
         *MFProblem.options,
     )
-    # measured peak resident memory per rating of a solver run (set-up temporaries included)
-    BYTES_PER_RATING = 120.0
+    # peak resident memory of a solver run, measured (docs/hamsi.md): the ratings stored once
+    # (16 bytes) plus set-up transients (two int32 arrays) and slack, per rating; plus the vectors
+    # over the factors (x, gradient, direction, safeguard copies, hamsi's 2M = 10 L-BFGS vectors)
+    BYTES_PER_RATING = 28.0
+    FACTOR_VECTORS = 18
 
     @classmethod
     def memory_estimate(cls, opts, n_ranks):
-        per_rank = cls.BYTES_PER_RATING * opts["n_ratings"] / max(1, n_ranks)
-        return per_rank, f"problem.n_ratings={opts['n_ratings']}"
+        N = int(opts["n_ratings"])
+        m, n = opts["n_rows"] or max(20, N // 50), opts["n_cols"] or max(10, N // 200)
+        factors = cls.FACTOR_VECTORS * 8.0 * (m + n) * (int(opts["latent_dim"]) + 1)
+        per_rank = (cls.BYTES_PER_RATING * N + factors) / max(1, n_ranks)
+        return per_rank, f"problem.n_ratings={N}"
 
     def _load(self):
         o, comm = self.opts, self.comm

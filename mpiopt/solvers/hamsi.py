@@ -74,7 +74,8 @@ class Hamsi(StratifiedMF):
         """A curvature pair over one cycle of C+1 steps (same stratum at both ends)."""
         C = self.C
         if e > 0 and (C == 1 or e % (C + 1) == C):
-            self.H.update(x - self.x_prev, g - self.g_prev)
+            # s and y overwrite x_prev and g_prev (set again below or at the next cycle's start)
+            self.H.update(np.subtract(x, self.x_prev, out=self.x_prev), np.subtract(g, self.g_prev, out=self.g_prev))
         if C == 1 or e % (C + 1) == 0:
             self.x_prev[...] = x
             self.g_prev[...] = g
