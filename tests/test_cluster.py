@@ -178,11 +178,13 @@ def test_deterministic_solver_bit_identical_across_nodes(cluster, shm_results, t
 
 
 # -- asynchronous solvers: no hang, no lost update, bounds bracket f* ------------------------------
-@pytest.mark.parametrize("method,layout", [("hw", (4, 1)), ("passm", (2, 2))])
-def test_async_subgradient_across_nodes_loses_no_update(cluster, tmp_path, method, layout):
+# hw's default writes are plain get-add-put (paper Hogwild: concurrent writes may be lost, and are counted);
+# with element-atomic writes and with passm's owned blocks none may be lost, also across nodes
+@pytest.mark.parametrize("method,layout,sets", [("hw", (4, 1), ["solver.hw_writes=atomic"]), ("passm", (2, 2), [])])
+def test_async_subgradient_across_nodes_loses_no_update(cluster, tmp_path, method, layout, sets):
     out = tmp_path / "a.h5"
     p, links = mpiopt_across(cluster, ["async_subgradient", "--set", f"solver.method={method}", "solver.max_epochs=1",
-                                       "run.progress=none", "--out", out, "-q"], *layout, tmp_path, timeout=150)
+                                       *sets, "run.progress=none", "--out", out, "-q"], *layout, tmp_path, timeout=150)
     assert p.returncode == 0, p.output
     with h5py.File(out, "r") as f:
         s = dict(f["summary"].attrs)
