@@ -7,10 +7,25 @@ The daemons run in the foreground under :class:`subprocess.Popen` (munged as the
 what was measured on these machines: linuxproc proctrack, no task plugin, cons_tres, no accounting,
 ``config_overrides`` so the node advertises more CPUs than it has, ``MinJobAge`` so finished jobs
 stay visible to ``scontrol``.
+
+With ``nodes=N`` the cluster has several compute nodes, each an emulated node of
+``mpiopt.testing.cluster`` (its own network, UTS, PID, IPC and mount namespaces; hostname = NodeName;
+address 198.18.0.k on a bridge). ``slurmctld`` runs in the switch namespace (hostname = the switch's
+name, address 198.18.0.254), one ``slurmd`` per node inside that node's namespaces, with spool, log and
+pid paths per node (``%n`` in ``slurm.conf``); munged runs once in the root namespace and every daemon
+reaches it through its socket file (a path-named Unix socket is not tied to a network namespace). The
+client commands (``sbatch``, ``scontrol``, ...) run in the switch namespace, the only place that reaches
+the controller; jobs see the same file system (shared storage). ``ip netns exec`` remounts ``/sys``, which
+hides ``/sys/fs/cgroup``, and Debian's slurmd 22.05 then refuses to start ("No filesystem mounted on
+/sys/fs/cgroup", then "can't stat /sys/fs/cgroup/systemd/", "Unable to initialize cgroup plugin",
+"slurmd initialization failed") although no cgroup plugin is configured: each node therefore mounts a
+tmpfs on ``/sys/fs/cgroup`` and the named ``systemd`` v1 hierarchy under it, inside its own mount
+namespace (gone with the node).
 """
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -77,12 +92,21 @@ class SlurmCluster:
     # first_job_id: large ids like a real cluster's. (Step 0 of some jobs, e.g. ids 3 and 1003, failed in
     # MPI_Init under srun --mpi=pmi2 with the PyPI MPICH: UCX "failed to unpack address"; the job
     # scripts launch such a run again, see MPIOPT_START_RETRIES.)
-    def __init__(self, cpus: int = 16, base: str | None = None, first_job_id: int = 1000):
+    def __init__(self, cpus: int = 16, base: str | None = None, first_job_id: int = 1000, nodes: int | None = None,
+                 memory: int = 64000, slurmd_timeout: int = 10):
+        """``nodes=None``: one node, this host. ``nodes=N``: N emulated nodes of ``cpus`` CPUs each.
+        ``memory``: RealMemory (MB) each node advertises (so the scripts' memory requests fit)."""
         self.first_job_id = first_job_id
         self.cpus = cpus
+        self.memory = memory
+        self.slurmd_timeout = slurmd_timeout
+        self.n_nodes = nodes
+        self.net = None                       # the emulated network (mpiopt.testing.cluster.Cluster)
         self.root = Path(tempfile.mkdtemp(prefix="mpiopt-slurm-", dir=base))
         self.root.chmod(0o755)
         self.node = socket.gethostname().split(".")[0]
+        self.nodes = [self.node]
+        self.client: list[str] = []            # prefix of the client commands (the controller's namespace)
         self.conf = self.root / "slurm.conf"
         self.munge_dir = self.root / "munge"
         self.socket = self.munge_dir / "munge.socket.2"
@@ -95,18 +119,80 @@ class SlurmCluster:
 
     # -- start / stop -------------------------------------------------------------------------
     def start(self, timeout: float = 60) -> None:
-        """Start munged, slurmctld and slurmd and wait until the node is idle."""
+        """Start munged, slurmctld and the slurmd(s) and wait until every node is idle."""
         try:
+            if self.n_nodes is not None:
+                from mpiopt.testing.cluster import Cluster
+                self.net = Cluster(nodes=self.n_nodes).start()
+                self.nodes = list(self.net.nodes)
+                self.client = ["ip", "netns", "exec", self.net.switch]
             self._start_munge(timeout)
             self._write_conf()
-            self._spawn("slurmctld", [_sbin("slurmctld"), "-D", "-f", str(self.conf)])
-            self._wait(lambda: _run(["scontrol", "ping"], 10, self.env, check=False).stdout.count("UP") > 0,
+            ctld = [_sbin("slurmctld"), "-D", "-f", str(self.conf)]
+            if self.net is not None:  # the controller's hostname must be its SlurmctldHost
+                ctld = [*self.client, "unshare", "--uts", "--fork", "--kill-child", "sh", "-c",
+                        f"hostname {self.net.switch} && exec {shlex.join(ctld)}"]
+            self._spawn("slurmctld", ctld)
+            self._wait(lambda: self._cmd(["scontrol", "ping"], check=False).stdout.count("UP") > 0,
                        timeout, "slurmctld to answer scontrol ping")
-            self._spawn("slurmd", [_sbin("slurmd"), "-D", "-f", str(self.conf), "-N", self.node])
-            self._wait(self._node_ready, timeout, f"node {self.node} to become idle")
+            for node in self.nodes:
+                self.start_node(node, wait=False)
+            self._wait(self._node_ready, timeout, f"nodes {', '.join(self.nodes)} to become idle")
         except BaseException:
             self.stop()
             raise
+
+    def _cmd(self, cmd: list[str], timeout: float = 30, check: bool = True, env: dict | None = None,
+             cwd=None) -> subprocess.CompletedProcess:
+        """A client command (sbatch, scontrol, ...) where it reaches the controller."""
+        p = subprocess.run([*self.client, *cmd], capture_output=True, text=True, timeout=timeout,
+                           env=env or self.env, cwd=cwd)
+        if check and p.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+        return p
+
+    # -- compute nodes ------------------------------------------------------------------------------
+    def start_node(self, node: str, wait: bool = True, timeout: float = 60) -> None:
+        """Start the slurmd of ``node`` (inside its emulated node when there are several)."""
+        slurmd = [_sbin("slurmd"), "-D", "-f", str(self.conf), "-N", node]
+        if self.net is None:
+            self._spawn("slurmd", slurmd)
+        else:
+            subprocess.run(["ip", "-n", node, "link", "set", "eth0", "up"], check=True)
+            boot = ("mount -t tmpfs cgroup_root /sys/fs/cgroup && mkdir /sys/fs/cgroup/systemd && "
+                    "mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd")
+            # sh stays PID 1 of the node: killing it ends every process of the node
+            self._spawn(f"slurmd:{node}", [
+                "ip", "netns", "exec", node, "unshare", "--ipc", "--pid", "--uts", "--fork", "--mount-proc",
+                "--kill-child", "sh", "-c", f"hostname {node} && {boot} && {shlex.join(slurmd)}"])
+        if wait:
+            self._wait(lambda: self.node_state(node).startswith(("idle", "mixed", "allocated")), timeout,
+                       f"node {node} to become idle")
+
+    def kill_node(self, node: str) -> None:
+        """A node failing as a whole: its link goes down (peers get no reset, as with a power loss), then
+        every process of the node (its slurmd, job steps and ranks) is killed with SIGKILL."""
+        if self.net is None:
+            raise RuntimeError("kill_node needs an emulated multi-node cluster (nodes=N)")
+        subprocess.run(["ip", "-n", node, "link", "set", "eth0", "down"], check=True)
+        for _ in range(50):
+            pids = [int(x) for x in subprocess.run(["ip", "netns", "pids", node], capture_output=True,
+                                                   text=True).stdout.split()]
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+        p = self.procs.pop(f"slurmd:{node}", None)
+        if p is not None:
+            p.wait(timeout=10)
+
+    def node_state(self, node: str) -> str:
+        out = self._cmd(["sinfo", "-h", "-n", node, "-N", "-o", "%T"], check=False).stdout.strip().lower()
+        return out.splitlines()[0] if out else ""
 
     def _start_munge(self, timeout: float) -> None:
         self.munge_dir.mkdir(mode=0o700)
@@ -140,10 +226,23 @@ class SlurmCluster:
             (self.root / d).mkdir()
         r = self.root
         self.ctld_port, self.slurmd_port = _free_port(), _free_port()
+        if self.net is None:
+            kind, ctld_host = "single-node", f"{self.node}(127.0.0.1)"
+            node_lines = (f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory} "
+                          "State=UNKNOWN")
+            per_node = ""
+        else:
+            from mpiopt.testing.cluster import SWITCH_ADDR
+            kind, ctld_host = f"{len(self.nodes)}-node", f"{self.net.switch}({SWITCH_ADDR})"
+            node_lines = "\n".join(f"NodeName={n} NodeAddr={a} CPUs={self.cpus} RealMemory={self.memory} "
+                                   "State=UNKNOWN" for n, a in zip(self.nodes, self.net.addrs))
+            per_node = "-%n"   # spool, pid and log file per node
+            for n in self.nodes:
+                (r / f"spool-{n}").mkdir()
         self.conf.write_text(f"""\
-# single-node test Slurm written by tests/slurm.py
+# {kind} test Slurm written by tests/slurm.py
 ClusterName=mpiopt-test
-SlurmctldHost={self.node}(127.0.0.1)
+SlurmctldHost={ctld_host}
 SlurmUser=root
 SlurmdUser=root
 SlurmctldPort={self.ctld_port}
@@ -152,11 +251,11 @@ AuthType=auth/munge
 AuthInfo=socket={self.socket}
 CredType=cred/munge
 StateSaveLocation={r}/ctld
-SlurmdSpoolDir={r}/spool
+SlurmdSpoolDir={r}/spool{per_node}
 SlurmctldPidFile={r}/slurmctld.pid
-SlurmdPidFile={r}/slurmd.pid
+SlurmdPidFile={r}/slurmd{per_node}.pid
 SlurmctldLogFile={r}/log/slurmctld.log
-SlurmdLogFile={r}/log/slurmd.log
+SlurmdLogFile={r}/log/slurmd{per_node}.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -174,9 +273,10 @@ MpiDefault=none
 JobRequeue=1
 FirstJobId={self.first_job_id}
 SlurmctldTimeout=30
-SlurmdTimeout=60
+SlurmdTimeout={self.slurmd_timeout if self.net is not None else 60}
+MessageTimeout=5
 InactiveLimit=0
-NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=1000 State=UNKNOWN
+{node_lines}
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 """)
 
@@ -202,12 +302,14 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
         raise TimeoutError(f"timed out after {timeout}s waiting for {what}\n{self.diagnostics()}")
 
     def _node_ready(self) -> bool:
-        out = _run(["sinfo", "-h", "-N", "-o", "%T"], 10, self.env, check=False).stdout.strip().lower()
-        return out.startswith("idle") or out.startswith("mixed") or out.startswith("allocated")
+        out = self._cmd(["sinfo", "-h", "-N", "-o", "%T"], check=False).stdout.strip().lower().split()
+        return len(out) == len(self.nodes) and all(s.startswith(("idle", "mixed", "allocated")) for s in out)
 
     def stop(self, timeout: float = 15) -> None:
-        """End the daemons this object started, by pid (TERM, then KILL), slurmd first."""
-        for name in ("slurmd", "slurmctld", "munged"):
+        """End the daemons this object started, by pid (TERM, then KILL), slurmd first; then the
+        emulated nodes (the harness kills what still runs in them and deletes their namespaces)."""
+        slurmds = [n for n in self.procs if n.startswith("slurmd")]
+        for name in (*slurmds, "slurmctld", "munged"):
             p = self.procs.get(name)
             if p is None or p.poll() is not None:
                 continue
@@ -221,6 +323,8 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
                 pass
         # job processes left behind by slurmd (a job killed mid-run): they carry our SLURM_CONF path
         self._kill_leftover_jobs()
+        if self.net is not None:
+            self.net.stop()
 
     def _kill_leftover_jobs(self) -> None:
         mine = str(self.conf).encode()
@@ -245,21 +349,20 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
                cwd: str | os.PathLike | None = None) -> int:
         """Submit ``script`` (extra sbatch ``args`` before it); returns the job id."""
         e = dict(self.env, **(env or {}))
-        p = subprocess.run(["sbatch", "--parsable", *args, str(script)], capture_output=True, text=True,
-                           timeout=30, env=e, cwd=cwd)
+        p = self._cmd(["sbatch", "--parsable", *args, str(script)], check=False, env=e, cwd=cwd)
         if p.returncode != 0:
             raise RuntimeError(f"sbatch {script} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
         return int(p.stdout.strip().split(";")[0].split("_")[0])
 
     def scontrol(self, *args: str, check: bool = True) -> str:
-        return _run(["scontrol", *args], 30, self.env, check=check).stdout
+        return self._cmd(["scontrol", *args], check=check).stdout
 
     def scancel(self, *args: str) -> None:
-        _run(["scancel", *args], 30, self.env)
+        self._cmd(["scancel", *args])
 
     def jobs(self, job_id: int) -> list[dict[str, str]]:
         """``scontrol show job`` records of a job (several for an array), as dicts."""
-        out = _run(["scontrol", "-o", "show", "job", str(job_id)], 30, self.env, check=False).stdout
+        out = self._cmd(["scontrol", "-o", "show", "job", str(job_id)], check=False).stdout
         recs = []
         for line in out.splitlines():
             rec: dict[str, str] = {}
@@ -311,4 +414,5 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
         return "\n".join(out)
 
     def diagnostics(self) -> str:
-        return "\n".join(f"--- {n} ---\n{self.log_tail(n)}" for n in ("munged", "slurmctld", "slurmd"))
+        names = ["munged", "slurmctld", *(["slurmd"] if self.net is None else [f"slurmd-{n}" for n in self.nodes])]
+        return "\n".join(f"--- {n} ---\n{self.log_tail(n)}" for n in names)

@@ -43,7 +43,10 @@ def test_checked_in_scripts_are_what_the_generator_writes():
         for key in ("job-name", "ntasks", "time", "output", "requeue", "signal", "open-mode"):
             assert key in sb, (name, key)
         assert sb["signal"].startswith("B:USR1@") and sb["open-mode"] == "append"
-        assert "--resume latest" in text and "srun --mpi=pmi2" in text and "mpirun -n" in text
+        assert "--resume latest" in text and "mpirun -n" in text
+        # the srun MPI plugin is a setting (pmi2 by default), no longer hard-coded
+        assert 'srun --mpi="$SRUN_MPI"' in text and "SRUN_MPI=${MPIOPT_SRUN_MPI:-pmi2}" in text
+        assert sb["mem-per-cpu"] == "2G" and "# module load" in text and "bin/activate" in text
     sweep = sbatch_lines((JOBS / "sweep.sbatch").read_text())
     assert sweep["array"] == "0-17" and sweep["ntasks"] == "8"  # 2 solvers x 3 seeds x ranks 2,4,8
     assert sweep["output"] == "%x-%A_%a.out"
@@ -164,3 +167,66 @@ def test_run_that_fails_to_start_is_launched_again(tmp_path):
     assert load_result(str(tmp_path / "res" / "prox_sgd-lasso-n1-r.h5"))["status"] == "max_iter"
     p = run_script(JOBS / "prox_sgd.sbatch", tmp_path, dict(env, MPIOPT_VARIANT="1 prox_sgd lasso --set solver.x=1"))
     assert p.returncode == 2 and "failed before it started" not in p.stderr
+
+
+def test_generator_environment_memory_plugin_and_quoted_arguments(tmp_path):
+    out = tmp_path / "job.sbatch"
+    assert jobs_main(["prox_sgd", "--problem", "lasso", "--ranks", "4", "--srun-mpi", "pmix", "--mem", "8G",
+                      "--ntasks-per-node", "2", "--module", "python/3.11", "--module", "openmpi/4.1",
+                      "--venv", "/opt/my venv", "--setup", "export UCX_TLS=tcp,self",
+                      "--variant", "--set 'problem.path=/data/my file.svm'", "-o", str(out)]) == 0
+    text = out.read_text()
+    sb = sbatch_lines(text)
+    assert sb["mem"] == "8G" and "mem-per-cpu" not in sb and sb["ntasks-per-node"] == "2"
+    assert "SRUN_MPI=${MPIOPT_SRUN_MPI:-pmix}" in text
+    assert "module load python/3.11\nmodule load openmpi/4.1\nsource '/opt/my venv/bin/activate'\n" in text
+    assert "export UCX_TLS=tcp,self" in text
+    assert text.index("module load") < text.index("set -uo pipefail")
+    assert subprocess.run(["bash", "-n", str(out)], capture_output=True).returncode == 0
+    assert jobs_main(["prox_sgd", "--mem-per-cpu", "lots"]) == 2
+    assert jobs_main(["prox_sgd", "--mem-per-cpu", "none", "-o", str(out)]) == 0
+    assert "mem" not in " ".join(sbatch_lines(out.read_text()))
+
+
+def test_arguments_with_spaces_reach_the_run(tmp_path):
+    """A value with spaces (a data path) goes through the variant line and the script intact."""
+    data = tmp_path / "my data" / "tiny file.svm"
+    data.parent.mkdir()
+    rng = np.random.default_rng(0)
+    data.write_text("".join(f"{1 if rng.random() < 0.5 else -1} 1:{rng.random():.3f} 3:{rng.random():.3f}\n"
+                            for _ in range(60)))
+    script = tmp_path / "job.sbatch"
+    assert jobs_main(["prox_sgd", "--problem", "logistic", "--ranks", "2", "--set", f"problem.path={data}",
+                      "solver.max_iter=5", "run.progress=none", "-o", str(script)]) == 0
+    assert f"'problem.path={data}'" in script.read_text()
+    env = {"MPIOPT_LAUNCHER": "mpirun", "MPIOPT_PYTHON": sys.executable, "MPIOPT_TAG": "sp",
+           "MPIOPT_RESULTS": str(tmp_path / "res dir"), "MPIOPT_SCRATCH": str(tmp_path / "scr")}
+    p = run_script(script, tmp_path, env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = load_result(str(tmp_path / "res dir" / "prox_sgd-logistic-n2-sp.h5"))
+    assert res.config["problem"]["path"] == str(data) and res["nit"] == 5
+    assert re.search(r"rank:host 0:\S+ 1:\S+", p.stdout), p.stdout   # the placement line
+    p = run_script(script, tmp_path, dict(env, MPIOPT_EXTRA_ARGS="--set 'problem.path=/x"))
+    assert p.returncode == 2 and "unbalanced quotes" in p.stderr
+
+
+def test_sweep_submit_mode_asks_each_rank_count_for_its_own_size(tmp_path):
+    """``bash sweep.sbatch --submit``: one sbatch per rank count, each with only its tasks and ranks,
+    all writing to the folder of the first array job (a stand-in sbatch records the calls)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "calls"
+    (fake / "sbatch").write_text(f"#!/bin/bash\nn=$(( $(cat {log} 2>/dev/null | wc -l) + 500 ))\n"
+                                 f"echo \"$* MPIOPT_SWEEP_ID=${{MPIOPT_SWEEP_ID:-}}\" >> {log}\necho \"$n;cluster\"\n")
+    (fake / "sbatch").chmod(0o755)
+    env = {"PATH": f"{fake}:{os.environ['PATH']}"}
+    p = subprocess.run(["bash", str(JOBS / "sweep.sbatch"), "--submit", "--partition=short"], env=mpi_env(env),
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stdout + p.stderr
+    calls = log.read_text().splitlines()
+    assert len(calls) == 3, calls
+    assert calls[0].startswith("--parsable --array=0,1,2,9,10,11 --ntasks=2 --export=ALL --partition=short ")
+    assert calls[1].startswith("--parsable --array=3,4,5,12,13,14 --ntasks=4 --export=ALL,MPIOPT_SWEEP_ID=500 ")
+    assert calls[2].startswith("--parsable --array=6,7,8,15,16,17 --ntasks=8 --export=ALL,MPIOPT_SWEEP_ID=500 ")
+    assert all(c.split()[-2].endswith("sweep.sbatch") for c in calls), calls
+    assert "mpiopt sweep 500: array job 501, tasks 3,4,5,12,13,14: 4 ranks each" in p.stdout
