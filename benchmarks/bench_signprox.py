@@ -43,7 +43,7 @@ TAG = "@@BENCH "
 # -- workers (run under mpirun) ----------------------------------------------------------------------
 def _emit(comm, record: dict) -> None:
     if comm.rank == 0:
-        print(TAG + json.dumps(record), flush=True)
+        print(TAG + json.dumps(record, default=float), flush=True)
 
 
 def _build(comm, solver: str, problem_values: dict, solver_values: dict, problem=None, history_every: int = 0,
@@ -359,13 +359,13 @@ def main() -> None:
                         r["load"] = load()
         out["comm"] = report_comm(recs)
     if "conv" in parts:
-        grids = {"prox_sgd": ("prox_sgd", [2.0, 4.0, 8.0, 16.0, 32.0], {}),
-                 "signprox": ("signprox", [0.025, 0.05, 0.1, 0.2], {}),
-                 "signprox_2phase": ("signprox", [0.05, 0.1, 0.2], {"aggregator": "twophase", "tie": "shared_random"}),
-                 "signprox_ternary": ("signprox", [0.05, 0.1, 0.2], {"encoding": "ternary"}),
-                 "signprox_ef": ("signprox", [0.025, 0.05, 0.1], {"error_feedback": True}),
-                 "signsgd_mv": ("signsgd_mv", [0.025, 0.05, 0.1, 0.2], {}),
-                 "sign_then_prox": ("sign_then_prox", [0.025, 0.05, 0.1], {})}
+        grids = {"prox_sgd": ("prox_sgd", [4.0, 8.0, 16.0, 32.0], {}),
+                 "signprox": ("signprox", [0.05, 0.1, 0.2], {}),
+                 "signprox_2phase": ("signprox", [0.1, 0.2], {"aggregator": "twophase", "tie": "shared_random"}),
+                 "signprox_ternary": ("signprox", [0.1, 0.2], {"encoding": "ternary"}),
+                 "signprox_ef": ("signprox", [0.05, 0.1], {"error_feedback": True}),
+                 "signsgd_mv": ("signsgd_mv", [0.05, 0.1, 0.2], {}),
+                 "sign_then_prox": ("sign_then_prox", [0.025, 0.05], {})}
         plan = {k: [name, steps, extra, [0]] for k, (name, steps, extra) in grids.items()}
         sel = [r for r in launch(4, ["conv", str(T), "20000", "1000", json.dumps(plan)], timeout=3600)
                if r["kind"] == "conv"]
