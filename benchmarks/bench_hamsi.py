@@ -180,7 +180,7 @@ def scale_worker(n_ratings: int, k: int, epochs: int, solver: str = "hamsi") -> 
     if comm.rank == 0:
         P = comm.size
         worst = max(rows, key=lambda r: r[0])
-        print(f"RESULT n={n_ratings} P={P} k={k} build={t_build:.2f}s setup={t_setup:.2f}s "
+        print(f"RESULT {solver} n={n_ratings} P={P} k={k} build={t_build:.2f}s setup={t_setup:.2f}s "
               f"epoch_med={np.median(times):.3f}s step_time={worst[3] / max(epochs, 1):.3f}s "
               f"eval={worst[4] / max(epochs + 1, 1):.3f}s peak_rank={worst[0] / 1e9:.3f}GB "
               f"base={worst[1] / 1e9:.3f}GB per_rating={worst[0] / max(worst[2], 1):.1f}B "
@@ -290,16 +290,17 @@ def main() -> None:
                     "adds the whole-process time ratio on the same file")
     ap.add_argument("--reference-args", default="{data} {k} {threads} {epochs}",
                     help="the reference's command line after the binary ({data} {k} {epochs} {threads} filled in)")
-    ap.add_argument("--worker", nargs=3, metavar=("N", "K", "E"), help=argparse.SUPPRESS)
+    ap.add_argument("--scale-solver", default="hamsi", choices=SOLVERS, help="solver of the scale runs")
+    ap.add_argument("--worker", nargs=4, metavar=("N", "K", "E", "SOLVER"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        scale_worker(int(float(a.worker[0])), int(a.worker[1]), int(a.worker[2]))
+        scale_worker(int(float(a.worker[0])), int(a.worker[1]), int(a.worker[2]), a.worker[3])
         return
     if a.scale:
         for N in a.scale.split(","):
             P = a.ranks if a.ranks != "1,2,4" else "2"
             cmd = ["mpirun", "-n", P, sys.executable, os.path.abspath(__file__), "--worker", N,
-                   str(a.k or 10), str(a.epochs or 2)]
+                   str(a.k or 10), str(a.epochs or 2), a.scale_solver]
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout,
                                env=dict(os.environ, OMP_NUM_THREADS="1"))
             print((p.stdout + p.stderr).strip()[-2000:], flush=True)
