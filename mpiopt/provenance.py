@@ -18,7 +18,7 @@ def versions() -> dict[str, str]:
     from mpi4py import MPI
     return {"mpiopt": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
             "scipy": scipy.__version__, "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version,
-            "mpi4py": mpi4py.__version__, "mpi_library": MPI.Get_library_version().strip().splitlines()[0]}
+            "mpi4py": mpi4py.__version__, "mpi_library": MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0]}
 
 
 def git_commit() -> str | None:

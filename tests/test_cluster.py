@@ -205,7 +205,7 @@ def test_level_bundle_across_nodes_brackets_fstar(cluster, tmp_path, variant):
     fstar = a["reference_objective"]
     assert a["status"] == "converged", a["message"]
     assert np.all(h["lower_bound"] <= fstar + 1e-7) and h["upper_bound"][-1] >= fstar - 1e-7
-    assert h["gap"][-1] <= 1e-6 * abs(h["upper_bound"][-1]) + 1e-12
+    assert h["certified_gap"][-1] <= 1e-6 * abs(h["upper_bound"][-1]) + 1e-12
     # every oracle answer sent from another node reached the master: none lost on the way
     assert x["oracle_calls"].sum() == h["oracle_calls"][-1] and x["oracle_calls"].min() >= 1
     assert min(links.up[:4]) > 10_000

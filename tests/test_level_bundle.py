@@ -27,7 +27,7 @@ def test_cli_variants_bracket_fstar(tmp_path, variant):
     assert attrs["status"] == "converged" and "stop rule: gap" in attrs["message"]
     assert np.all(h["lower_bound"] <= fstar + 1e-7) and h["upper_bound"][-1] >= fstar - 1e-7
     assert np.all(np.diff(h["lower_bound"]) >= 0) and np.all(np.diff(h["upper_bound"]) <= 0)
-    assert h["gap"][-1] <= 1e-6 * abs(h["upper_bound"][-1]) + 1e-12
+    assert h["certified_gap"][-1] <= 1e-6 * abs(h["upper_bound"][-1]) + 1e-12
     assert calls.sum() == h["oracle_calls"][-1] and calls.min() >= 1
     assert 0 < h["master_busy"][-1] < 1
     if variant == "sync":

@@ -56,7 +56,7 @@ def digest(path: Path) -> dict[str, str]:
     with h5py.File(path, "r") as f:
         for name in sorted(f["solution"]):
             out[f"solution/{name}"] = hashlib.sha256(np.ascontiguousarray(f["solution"][name][()]).tobytes()).hexdigest()
-        for name in ("objective", "gap", "rmse", "f_up", "f_low", "upper_bound", "lower_bound"):
+        for name in ("objective", "gap", "certified_gap", "rmse", "f_up", "f_low", "upper_bound", "lower_bound"):
             if "history" in f and name in f["history"]:
                 vals = np.asarray(f["history"][name][()], dtype=np.float64)
                 out[f"history/{name}"] = hashlib.sha256(vals.tobytes()).hexdigest()

@@ -111,11 +111,12 @@ class MasterOracleSolver(Solver):
         M = self.master
         wall = max(time.perf_counter() - self.wall0, 1e-9)
         fstar = self.problem.reference_objective
-        vals = dict(objective=M.f_up, lower_bound=M.f_low, upper_bound=M.f_up, gap=M.gap, rel_gap=M.rel_gap(),
-                    level=M.lev, qps=M.k, cycle=M.cycle, oracle_calls=float(M.evals.sum()),
-                    master_busy=self.busy / wall, n_cuts=float(M.n_cuts))
+        # certified_gap = f_up - f_low (the bracket of f*); gap_to_fstar = F(x_best) - F* (needs the reference)
+        vals = dict(objective=M.f_up, lower_bound=M.f_low, upper_bound=M.f_up, certified_gap=M.gap,
+                    rel_certified_gap=M.rel_gap(), level=M.lev, qps=M.k, cycle=M.cycle,
+                    oracle_calls=float(M.evals.sum()), master_busy=self.busy / wall, n_cuts=float(M.n_cuts))
         if fstar is not None:
-            vals["error"] = M.f_up - fstar
+            vals["gap_to_fstar"] = M.f_up - fstar
         return vals
 
     def record(self) -> None:
