@@ -327,3 +327,26 @@ def test_sgn0_rule_of_signprox_zero_mapping_coordinates(tmp_path, encoding):
         else:   # after an odd number of steps at -gamma, after an even number back at 0
             assert (tail == (-gam if T % 2 else 0.0)).all(), (T, tail)
         assert (res.x[20:] == 0).all()
+
+
+def test_error_feedback_with_the_mean_l1_step_keeps_what_that_step_left_out():
+    """ef_step=mean_l1: x moves by s * v with s = ||p||_1 / n (one rank, 1-bit), and e = p - s * v."""
+    from mpiopt.runner import build_run, resolve_spec
+    values = {"problem.n_samples": 300, "problem.n_features": 70, "problem.density": 0.2, "problem.l1": 0.01,
+              "problem.reference": "no", "run.seed": 2, "solver.max_iter": 10, "solver.error_feedback": True,
+              "solver.ef_step": "mean_l1", "solver.step0": 0.05, "solver.mapping_norm": False}
+    run = build_run(resolve_spec("signprox", "logistic", [(k, v, "test") for k, v in values.items()],
+                                 default_out=False), quiet=True)
+    s = run.solver
+    grads = []
+    original = s.local_gradient
+    s.local_gradient = lambda: grads.append(original().copy()) or s.g
+    for t in range(5):
+        x0, e0, gam = s.x.copy(), s.ef.copy(), s.gamma(t)
+        s.step()
+        s.nit += 1
+        p = s.message(x0, grads[-1], gam, np.empty_like(x0), np.empty_like(x0)) + e0
+        step = np.abs(p).sum() / p.size
+        v = s.agg.values().astype(np.float64)
+        assert np.allclose(s.x, x0 - step * v, rtol=0, atol=1e-15)
+        assert np.allclose(s.ef, p - step * v, rtol=0, atol=1e-15)

@@ -54,8 +54,11 @@ def sign_options(polish: str = "band") -> tuple[Option, ...]:
                choices=("auto", *AGGREGATORS)),
         Option("tie", "zero", "vote ties: zero (no move), plus (+1), shared_random (counter-based random sign)",
                str, choices=TIE_RULES),
-        Option("error_feedback", False, "add the compression error of the last message to the next one "
-               "(memory per rank, kept in checkpoints)", bool),
+        Option("error_feedback", False, "send the signs of p = message + memory and keep in the memory what "
+               "the applied step left out, p - step * vote (memory per rank, kept in checkpoints)", bool),
+        Option("ef_step", "gamma", "with error_feedback, the size of the applied step: gamma (every coordinate "
+               "moves gamma) or mean_l1 (the mean over ranks of ||p||_1 / (nonzero codes), the scaled sign "
+               "of EF-signSGD; one scalar Allgather per iteration)", str, choices=("gamma", "mean_l1")),
         Option("polish", polish, "final polish: none, prox (x <- prox_{gamma_T r}(x)) or band "
                "(zero |x_i| <= gamma_T)", str, choices=("none", "prox", "band")),
         Option("mapping_norm", True, "record ||G(x)||_1 of the full-batch uncompressed mapping at history rows",
@@ -166,6 +169,15 @@ class SignVoteSolver(Solver):
             m += self.ef
         agg.encode(m)
 
+    def applied_step(self, gam: float) -> float:
+        """The step size applied to the vote: gamma, or with ``ef_step=mean_l1`` the mean over ranks of
+        ||p_p||_1 / k_p (k_p: nonzero codes), summed in rank order so that every rank gets the same bits."""
+        if self.ef is None or self.opts["ef_step"] == "gamma":
+            return gam
+        p = self.ef if self.kernel is not None else self.m          # this rank's message p = m + e
+        k = self.n if self.opts["encoding"] == "1bit" else max(1, int(np.count_nonzero(p)))
+        return float(self.comm.sum_ordered(np.array([np.abs(p).sum() / k]), tag="sign_scale")[0]) / self.comm.size
+
     def update(self, gam: float) -> None:
         """x -= gamma * v; with error feedback (EF-SGD, Karimireddy et al. 2019) the memory keeps what
         the applied step left out of this rank's message p, e <- p - gamma * v (averaged over the
@@ -184,7 +196,7 @@ class SignVoteSolver(Solver):
         g = self.local_gradient()              # g_p
         self.encode(g, gam)                    # e_p = packed sign code of m_p (+ memory)
         self.agg.aggregate(self.nit)           # v = vote(e_1..e_P), the same on every rank
-        self.update(gam)                       # x -= gam * v (memory e_p = p_p - gam * v)
+        self.update(self.applied_step(gam))    # x -= gam * v (memory e_p = p_p - gam * v)
         if (self.ctx.debug and (self.nit + 1) % self.opts["check_every"] == 0
                 and not replicas_identical(self.comm, self.x)):
             raise RuntimeError(f"replicas differ at iteration {self.nit + 1}")
