@@ -148,15 +148,22 @@ def sign_message_pack(kind, x, g, t, a, has_l1, l1, dd, has_l2, l2, ef, has_ef, 
                 p = buf[j] + ef[lo + j]
                 ef[lo + j] = p
                 buf[j] = p
-        wn = np.uint64(0)
-        wz = np.uint64(0)
         acc = 0.0                      # stays 0 unless some p is NaN or inf (p * 0 is NaN then)
         for j in range(k):
-            p = buf[j]
-            acc += p * 0.0
-            sh = np.uint64(j ^ 7)
-            wn |= np.uint64(p < 0.0) << sh
-            wz |= np.uint64(p != 0.0) << sh
+            acc += buf[j] * 0.0
+        for j in range(k, 64):         # padding of the last word: codes 0
+            buf[j] = 0.0
+        wn = np.uint64(0)
+        wz = np.uint64(0)
+        for q in range(8):             # byte q of the word: elements 8q..8q+7, the first in the top bit
+            bn = 0
+            bz = 0
+            for r in range(8):
+                p = buf[8 * q + r]
+                bn |= (p < 0.0) << (7 - r)
+                bz |= (p != 0.0) << (7 - r)
+            wn |= np.uint64(bn) << np.uint64(8 * q)
+            wz |= np.uint64(bz) << np.uint64(8 * q)
         if acc != 0.0:                 # NaN: report the first non-finite element of this word
             for j in range(k):
                 if not math.isfinite(buf[j]):
@@ -233,30 +240,30 @@ def vote_words(neg_rows, nz_rows, ternary, tie, rand, out_neg, out_nz):
 def apply_words(x, neg, nz, has_nz, gamma, ef, has_ef, prox, a, has_l1, dd, has_l2):
     """x -= gamma * v from the packed decision (v = -1 where neg, 0 where nz is 0, else +1), as the
     step table does; with error feedback also e -= gamma * v; with ``prox`` then x <- prox(x) of the
-    elastic net (v - clip(v, -a, a) if l1, / dd if l2), all in one pass."""
+    elastic net (v - clip(v, -a, a) if l1, / dd if l2), all in one pass (byte by byte: constant
+    shifts, no branches in the common case)."""
     n = x.size
+    nb = neg.view(np.uint8)
+    zb = nz.view(np.uint8) if has_nz else nb
     zero = gamma - gamma
-    for w in range((n + 63) // 64):
-        lo = w * 64
-        hi = min(n, lo + 64)
-        wn = neg[w]
-        wz = nz[w] if has_nz else np.uint64(0xFFFFFFFFFFFFFFFF)
-        for i in range(lo, hi):
-            s = np.uint64((i - lo) ^ 7)
-            d = gamma
-            if (wn >> s) & np.uint64(1):
-                d = -gamma
-            if not ((wz >> s) & np.uint64(1)):
-                d = zero
-            y = x[i] - d
+    na = -a
+    for b in range((n + 7) // 8):
+        lo = 8 * b
+        k = min(8, n - lo)
+        byte = nb[b]
+        zbyte = zb[b] if has_nz else np.uint8(255)
+        for j in range(k):
+            d = -gamma if (byte >> (7 - j)) & 1 else gamma
+            d = d if (zbyte >> (7 - j)) & 1 else zero
+            y = x[lo + j] - d
             if prox:
                 if has_l1:
-                    y = y - _clip(y, -a, a)
+                    y = y - _clip(y, na, a)
                 if has_l2:
                     y = y / dd
-            x[i] = y
+            x[lo + j] = y
             if has_ef:
-                ef[i] = ef[i] - d
+                ef[lo + j] = ef[lo + j] - d
 
 
 def prox_step_en(x, d, t, a, has_l1, dd, has_l2):
