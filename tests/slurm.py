@@ -314,7 +314,9 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
             if p is None or p.poll() is not None:
                 continue
             try:
-                p.send_signal(signal.SIGTERM)
+                # a daemon inside an emulated node runs under unshare --fork, which ignores SIGTERM;
+                # SIGKILL to it kills its child (--kill-child), the node's PID 1, so the whole node
+                p.send_signal(signal.SIGKILL if self.net is not None else signal.SIGTERM)
                 p.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 p.kill()

@@ -153,89 +153,96 @@ def test_sweep_array_one_job_per_rank_count(slurm, tmp_path):
                             f"signprox-lasso-n2-{sweep}_2.h5"]), names
 
 
-def slow_job(slurm, tmp_path, max_iter: int):
-    args = (f"--plugin {FAULTY} --set solver.max_iter={max_iter} problem.slow=0.002 "
-            "run.progress=none run.history_every=100")
+MAX_ITER = 2400
+SLOW_ARGS = (f"--plugin {FAULTY} --set solver.max_iter={MAX_ITER} problem.slow=0.002 "
+             "run.progress=none run.history_every=100")
+
+
+def slow_job(slurm, tmp_path: Path, *place: str):
+    """A 2-node prox_sgd run of about 5 s of work, checkpointing every 300 iterations."""
+    tmp_path.mkdir(exist_ok=True)
     job = slurm.sbatch(ROOT / "jobs" / "prox_sgd.sbatch", "--nodes=2", "--ntasks-per-node=1", "--ntasks=2",
-                       env=job_env(tmp_path, MPIOPT_VARIANT=f"2 prox_sgd faulty {args}",
+                       *place,
+                       env=job_env(tmp_path, MPIOPT_VARIANT=f"2 prox_sgd faulty {SLOW_ARGS}",
                                    MPIOPT_CHECKPOINT_EVERY="300"), cwd=tmp_path)
-    return job, args, tmp_path / "scratch" / f"mpiopt-{job}" / "checkpoints"
+    return job, tmp_path / "scratch" / f"mpiopt-{job}" / "checkpoints"
 
 
 def latest_iteration(ckdir: Path) -> int:
     return max([int(p.stem.split("-")[1]) for p in ckdir.glob("ckpt-*.h5")] or [0])
 
 
-def assert_bit_identical(tmp_path: Path, job: int, args: str, max_iter: int) -> None:
+def assert_bit_identical(tmp_path: Path, job: int, ref: Path) -> None:
     res = load_result(str(tmp_path / "results" / f"prox_sgd-faulty-n2-{job}.h5"))
-    assert res["status"] == "max_iter" and res["nit"] == max_iter and "ckpt-" in res["resumed_from"]
-    ref = tmp_path / "ref.h5"   # the same 2 ranks in one node's shared memory, never interrupted
-    p = run_mpi(["prox_sgd", "--problem", "faulty", *args.split(), "--out", str(ref), "-q"], n=2, timeout=120)
-    assert p.returncode == 0, p.output
+    assert res["status"] == "max_iter" and res["nit"] == MAX_ITER and "ckpt-" in res["resumed_from"]
     expect = load_result(str(ref))
     assert np.array_equal(res.solution["x"], expect.solution["x"])
     assert np.array_equal(res.history["iteration"], expect.history["iteration"])
     assert np.array_equal(res.history["objective"], expect.history["objective"])
 
 
-def test_time_limit_warning_and_preemption_resume_across_nodes(slurm, tmp_path):
-    """A 2-node job stopped by the time-limit warning (USR1 to the batch shell, as --signal=B:USR1@N
-    sends it; here through scancel) and then preempted with ``scontrol requeue`` resumes from its
-    checkpoints each time and ends bit-identical to an uninterrupted run."""
-    max_iter = 3000
-    job, args, ckdir = slow_job(slurm, tmp_path, max_iter)
-    slurm.wait_for(lambda: latest_iteration(ckdir) > 0 or slurm.state(job) not in ("PENDING", "RUNNING"), 120,
-                   "a first checkpoint")
-    assert slurm.state(job) == "RUNNING", job_output(tmp_path)
-    slurm.scancel("--signal=USR1", "--batch", str(job))
-    slurm.start_requeued_now(job, restarts=1)
-    it1 = latest_iteration(ckdir)
-    assert 0 < it1 < max_iter
-    slurm.wait_for(lambda: "restart 1" in job_output(tmp_path), 90, "the first restart")
-    slurm.wait_for(lambda: latest_iteration(ckdir) > it1 or slurm.state(job) != "RUNNING", 120,
-                   "a checkpoint after the resume")
-    slurm.scontrol("requeue", str(job))
-    slurm.start_requeued_now(job, restarts=2)
-    recs = slurm.wait(job, timeout=240)
-    assert_completed(recs, tmp_path)
-    assert int(recs[0]["Restarts"]) == 2
-    log = job_output(tmp_path)
-    assert "SIGUSR1" in log and "requeueing job" in log and log.count("resumed from") == 2, log
-    assert_across_nodes(slurm, recs[0], tmp_path, 2)
-    assert_bit_identical(tmp_path, job, args, max_iter)
+def test_interrupted_jobs_resume_across_nodes(slurm, tmp_path):
+    """Two 2-node jobs at once, on disjoint nodes, each ending bit-identical to an uninterrupted run:
 
+    A. stopped by the time-limit warning (USR1 to the batch shell, as ``--signal=B:USR1@N`` sends it;
+       here through ``scancel --signal=USR1 --batch``): checkpoint, exit 143, the script requeues the
+       job; then preempted with ``scontrol requeue`` (SIGTERM from Slurm): checkpoint, requeued by Slurm.
+    B. one of its nodes fails as a whole (link down; its slurmd, step daemon and rank killed): Slurm
+       marks the node DOWN, ends the run with NODE_FAIL and requeues the job (no hang); the requeued
+       job starts on the nodes left and resumes from its checkpoint."""
+    # A on the first two nodes; B on two nodes of its own (exclusive: none of A's), and it must be free to
+    # restart on any nodes left (a --nodelist naming the failed node would keep it pending for ever)
+    a, ck_a = slow_job(slurm, tmp_path / "a", f"--nodelist={','.join(slurm.nodes[:2])}")
+    slurm.wait_for(lambda: slurm.state(a) == "RUNNING", 60, "job A to start")
+    b, ck_b = slow_job(slurm, tmp_path / "b", "--exclusive")
+    for job, ck, d in ((a, ck_a, tmp_path / "a"), (b, ck_b, tmp_path / "b")):
+        slurm.wait_for(lambda: latest_iteration(ck) > 0 or slurm.state(job) not in ("PENDING", "RUNNING"), 120,
+                       f"a first checkpoint of job {job}")
+        assert slurm.state(job) == "RUNNING", job_output(d)
 
-def test_node_killed_mid_job_requeued_and_resumed(slurm, tmp_path):
-    """A node of a running 2-node job fails as a whole (link down, its slurmd, step daemon and rank
-    killed): Slurm marks it DOWN, ends the job's run with NODE_FAIL and requeues it (no hang); the
-    requeued job starts on the nodes left, resumes from its checkpoint and ends bit-identical."""
-    max_iter = 3000
-    job, args, ckdir = slow_job(slurm, tmp_path, max_iter)
-    slurm.wait_for(lambda: latest_iteration(ckdir) > 0 or slurm.state(job) not in ("PENDING", "RUNNING"), 120,
-                   "a first checkpoint")
-    rec = slurm.jobs(job)[0]
-    assert rec["JobState"] == "RUNNING", job_output(tmp_path)
-    first_nodes = expand(slurm, rec["NodeList"])
-    victim = first_nodes[1]                       # not the node running the batch script
+    # A: time-limit warning; at the same moment B's second node (not the batch script's) fails
+    slurm.scancel("--signal=USR1", "--batch", str(a))
+    victim = expand(slurm, slurm.jobs(b)[0]["NodeList"])[1]
     t0 = time.monotonic()
     slurm.kill_node(victim)
+    slurm.start_requeued_now(a, restarts=1)
+    it1 = latest_iteration(ck_a)
+    assert 0 < it1 < MAX_ITER
+    # A: preempted after a checkpoint of its second start
+    slurm.wait_for(lambda: "restart 1" in job_output(tmp_path / "a"), 90, "the first restart of job A")
+    slurm.wait_for(lambda: latest_iteration(ck_a) > it1 or slurm.state(a) != "RUNNING", 120,
+                   "a checkpoint of job A after its resume")
+    slurm.scontrol("requeue", str(a))
+    slurm.start_requeued_now(a, restarts=2)
 
-    def ended() -> bool:
-        r = slurm.jobs(job)[0]
+    def b_ended() -> bool:
+        r = slurm.jobs(b)[0]
         return r["JobState"] != "RUNNING" or int(r.get("Restarts", 0)) >= 1
-    slurm.wait_for(ended, 120, "the job to end after its node failed")
-    took = time.monotonic() - t0
-    rec = slurm.jobs(job)[0]
-    print(f"node {victim} killed: job {rec['JobState']} after {took:.1f} s, restarts {rec.get('Restarts')}, "
-          f"node state {slurm.node_state(victim)}")
-    if rec["JobState"] == "FAILED":   # MPI noticed the lost peer before Slurm noticed the lost node
-        slurm.scontrol("requeue", str(job))
-    slurm.start_requeued_now(job, restarts=1, timeout=120)
-    recs = slurm.wait(job, timeout=240)
-    assert_completed(recs, tmp_path)
-    assert victim not in expand(slurm, recs[0]["NodeList"])
+    slurm.wait_for(b_ended, 120, "job B to end after its node failed")
+    rec = slurm.jobs(b)[0]
+    print(f"node {victim} killed: job {rec['JobState']} {time.monotonic() - t0:.1f} s later, "
+          f"restarts {rec.get('Restarts')}, node {slurm.node_state(victim)}")
+    assert int(rec.get("Restarts", 0)) == 1, rec       # requeued by Slurm (NODE_FAIL), not FAILED
     assert slurm.node_state(victim).startswith("down"), slurm.node_state(victim)
-    assert "resumed from" in job_output(tmp_path)
-    assert_bit_identical(tmp_path, job, args, max_iter)
+    slurm.start_requeued_now(b, restarts=1, timeout=120)
+
+    ref = tmp_path / "ref.h5"   # the same 2 ranks in one node's shared memory, never interrupted
+    p = run_mpi(["prox_sgd", "--problem", "faulty", *SLOW_ARGS.split(), "--out", str(ref), "-q"], n=2, timeout=180)
+    assert p.returncode == 0, p.output
+    recs_b = slurm.wait(b, timeout=240)
+    assert_completed(recs_b, tmp_path / "b")
+    assert victim not in expand(slurm, recs_b[0]["NodeList"])
+    assert "resumed from" in job_output(tmp_path / "b")
+    assert_across_nodes(slurm, recs_b[0], tmp_path / "b", 2)
+    assert_bit_identical(tmp_path / "b", b, ref)
+
+    recs_a = slurm.wait(a, timeout=240)
+    assert_completed(recs_a, tmp_path / "a")
+    assert int(recs_a[0]["Restarts"]) == 2
+    log = job_output(tmp_path / "a")
+    assert "SIGUSR1" in log and "requeueing job" in log and log.count("resumed from") == 2, log
+    assert_across_nodes(slurm, recs_a[0], tmp_path / "a", 2)
+    assert_bit_identical(tmp_path / "a", a, ref)
+
     slurm.start_node(victim)                      # back in service (ReturnToService=2)
     assert slurm.node_state(victim).startswith("idle")
