@@ -400,7 +400,7 @@ def spec_from_args(ns: argparse.Namespace, argv: Sequence[str]) -> tuple[JobSpec
     if ns.warn < 1:
         raise InputError(f"--warn {ns.warn}: must be >= 1 second")
     from .options import Every
-    Every.parse(ns.checkpoint_every, "--checkpoint-every")
+    Every.parse(ns.checkpoint_every, "--checkpoint-every (run.checkpoint_every)")
     _check_time(ns.time)
     mem_per_cpu = _check_mem(ns.mem_per_cpu, "--mem-per-cpu")
     mem = _check_mem(ns.mem, "--mem")
