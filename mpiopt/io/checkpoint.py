@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from ..errors import CheckpointError, OutputError
+from ..procs import pid_alive
 from .tree import decode_attr, read_tree, write_tree
 
 CKPT_FORMAT = "mpiopt-checkpoint"
@@ -58,23 +59,13 @@ def clean_stale_temporaries(folder: str) -> list[str]:
         path = os.path.join(folder, name)
         try:
             old = now - os.path.getmtime(path) > STALE_SECONDS
-            dead = m.group("host") == here and not _alive(int(m.group("pid")))
+            dead = m.group("host") == here and not pid_alive(int(m.group("pid")))
             if old or dead:
                 os.unlink(path)
                 removed.append(name)
         except OSError:
             pass
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def content_digest(f: h5py.File) -> str:

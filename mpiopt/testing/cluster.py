@@ -44,6 +44,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ..procs import pid_alive
+
 SUBNET = "198.18.0"                 # RFC 2544 benchmarking range; only ever inside our own namespaces
 SWITCH_ADDR = f"{SUBNET}.254"
 PREFIX = "mpoc"
@@ -468,18 +470,6 @@ def _states() -> list[dict]:
     return out
 
 
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _teardown_state(st: dict) -> list[str]:
     names = [ns for ns in st.get("namespaces", []) if _ID_RE.match(ns.rsplit("-", 1)[0])]
     return teardown(names, st.get("workdir"), st["state_file"])
@@ -538,13 +528,13 @@ def main(argv: list[str] | None = None) -> int:
         for st in _states():
             owner = st.get("owner")
             print(f"{st['id']}  nodes={st.get('nodes')}  rate={st.get('rate') or 'unshaped'}  "
-                  f"owner={'kept' if owner is None else owner}{'' if _alive(owner) else ' (gone)'}")
+                  f"owner={'kept' if owner is None else owner}{'' if pid_alive(owner) else ' (gone)'}")
         return 0
     if a.cmd in ("down", "cleanup"):
         rc = 0
         for st in _states():
             if (a.cmd == "down" and st["id"] == a.id) or (
-                    a.cmd == "cleanup" and (a.all or not _alive(st.get("owner")))):
+                    a.cmd == "cleanup" and (a.all or not pid_alive(st.get("owner")))):
                 problems = _teardown_state(st)
                 print(f"{st['id']}: {'; '.join(problems) or 'removed'}")
                 rc |= bool(problems)
