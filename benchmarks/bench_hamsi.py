@@ -272,6 +272,29 @@ def sweep(tmp: str, seeds: tuple[int, ...] = (0, 1)) -> None:
         print(f"  {str(st):60s} {rm:9.4f} {ep:7.1f} {tt:6.1f}", flush=True)
 
 
+def step_forms(N: int, k: int, E: int, blocks: int, seeds: list[int], settings: list[str]) -> None:
+    """solver.step_form=reference against paper (one rank, solver.blocks strata, api.minimize):
+    held-out RMSE (best and final) and step time per epoch (evaluation excluded), per seed."""
+    from mpiopt.api import minimize
+    base = {"problem.n_ratings": N, "problem.latent_dim": k, "solver.max_epochs": E, "solver.blocks": blocks,
+            "solver.patience": 0, "solver.tol": 0, "run.progress": "none"}
+    print(f"synthetic_mf n_ratings={N} k={k}, {E} epochs, solver.blocks={blocks}, 1 rank, load "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    print("| setting | seed | best test RMSE (epoch) | final test RMSE | step s/epoch |\n|---|---|---|---|---|")
+    for st in settings:
+        extra = dict(kv.split("=", 1) for kv in st.split(",") if kv)
+        rows = []
+        for seed in seeds:
+            r = minimize("hamsi", "synthetic_mf", {**base, **extra, "run.seed": seed})
+            h = np.asarray(r.history["test_rmse"])
+            rows.append((float(h.min()), int(h.argmin()), float(h[-1]), r.step_time / max(r.nit, 1)))
+            print(f"| {st or 'step_form=reference'} | {seed} | {rows[-1][0]:.4f} ({rows[-1][1]}) | {rows[-1][2]:.4f} "
+                  f"| {rows[-1][3]:.3f} |", flush=True)
+        b, f, t = (np.mean([r[i] for r in rows]) for i in (0, 2, 3))
+        print(f"| {st or 'step_form=reference'} | mean | {b:.4f} | {f:.4f} | {t:.3f} |", flush=True)
+    print(f"load {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2e5 ratings, k=20, 12 epochs")
@@ -291,10 +314,21 @@ def main() -> None:
     ap.add_argument("--reference-args", default="{data} {k} {threads} {epochs}",
                     help="the reference's command line after the binary ({data} {k} {epochs} {threads} filled in)")
     ap.add_argument("--scale-solver", default="hamsi", choices=SOLVERS, help="solver of the scale runs")
+    ap.add_argument("--step-forms", nargs="*", metavar="SETTINGS",
+                    help="only solver.step_form=reference against paper on synthetic_mf at 1 rank (--ratings, "
+                    "--k, --epochs, --blocks, --seeds); each SETTINGS is a comma-separated list of solver "
+                    "options (default: the two step forms with their defaults)")
+    ap.add_argument("--blocks", type=int, default=4, help="--step-forms: solver.blocks")
+    ap.add_argument("--seeds", default="0,1,2", help="--step-forms: run.seed values")
     ap.add_argument("--worker", nargs=4, metavar=("N", "K", "E", "SOLVER"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         scale_worker(int(float(a.worker[0])), int(a.worker[1]), int(a.worker[2]), a.worker[3])
+        return
+    if a.step_forms is not None:
+        settings = a.step_forms or ["solver.step_form=reference", "solver.step_form=paper"]
+        step_forms(int(a.ratings or 1e5), a.k or 10, a.epochs or 30, a.blocks,
+                   [int(s) for s in a.seeds.split(",")], settings)
         return
     if a.scale:
         for N in a.scale.split(","):

@@ -8,6 +8,10 @@ spartensor/hamsi-mf).
         every C+1 steps: pair (x - x_prev, g - g_prev) over one cycle, same stratum at both ends
         x <- x - g / beta_GD(e)          while fewer than M pairs were accepted (warm-up)
         x <- x - H g / beta(e)           otherwise; H compact L-BFGS, H g = one 2M-number reduction
+                                         (solver.step_form=reference, the default: the reference code)
+        x <- x - (B + beta(e) I)^-1 g    with solver.step_form=paper (the paper's step): B = H^-1 with
+                                         its eigenvalues clipped to [curv_min, curv_max], so the step
+                                         is at most |g| / beta(e)
         beta(e) = (eta (e+1))^gamma,  beta_GD(e) = (eta_GD (e+1))^gamma
 
 One solver step is one epoch (C inner steps). The ``hamsi-mf`` preset follows the reference
@@ -22,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..mf.lbfgs import CompactLBFGS
 from ..options import Option
 from ..registry import register_solver
@@ -50,11 +55,25 @@ class Hamsi(StratifiedMF):
                choices=("scaled", "reference")),
         SAFEGUARD,
         WARMUP_GROWTH,
+        Option("step_form", "reference", "reference: x - H g / beta (H the inverse-Hessian model, as the "
+               "reference code; nothing bounds the step); paper: x - (B + beta I)^-1 g with B the Hessian "
+               "model, its eigenvalues clipped to [curv_min, curv_max] (the step is at most |g|/beta)",
+               str, choices=("reference", "paper")),
+        Option("eta_paper", 0.0, "step_form=paper: eta of beta = scale (eta (e+1))^gamma (0: use solver.eta)",
+               float, low=0.0),
+        Option("beta_scale", 0.0, "step_form=paper: scale of beta in curvature units (0: 1/sigma of the model "
+               "when it is first used, then fixed)", float, low=0.0),
+        Option("curv_min", 0.0, "step_form=paper: smallest eigenvalue kept in the Hessian model", float, low=0.0),
+        Option("curv_max", 1e4, "step_form=paper: largest eigenvalue kept in the Hessian model", float,
+               low=0.0, low_open=True),
     )
 
     @classmethod
     def check_config(cls, cfg, n_ranks):
         super().check_config(cfg, n_ranks)
+        so = cfg["solver"]
+        if so.get("curv_min", 0.0) > so.get("curv_max", 1e4):
+            raise InputError(f"solver.curv_min={so['curv_min']} must be <= solver.curv_max={so['curv_max']}")
         if cfg["solver"].get("preset") == "hamsi-mf":
             cfg["problem"]["l2"] = 0.0
             cfg["problem"]["center"] = False
@@ -67,7 +86,10 @@ class Hamsi(StratifiedMF):
         o, mf = self.opts, self.mf
         self.x_prev = np.zeros(mf.n_local)
         self.g_prev = np.zeros(mf.n_local)
-        self.H = CompactLBFGS(mf.n_local, o["memory"], o["sigma0"], o["tau"], mf.seg, mf.reduce, o["curvature"])
+        self.paper = o["step_form"] == "paper"
+        self.H = CompactLBFGS(mf.n_local, o["memory"], o["sigma0"], o["tau"], mf.seg, mf.reduce, o["curvature"],
+                              track_ss=self.paper)
+        self.beta_scale = 0.0          # step_form=paper: fixed when the model is first used
 
     # -- the L-BFGS model in the stratified step -----------------------------------------------
     def observe(self, e: int, x: np.ndarray, g: np.ndarray) -> None:
@@ -81,8 +103,15 @@ class Hamsi(StratifiedMF):
             self.g_prev[...] = g
 
     def direction(self, g: np.ndarray, d: np.ndarray, e: int) -> None:
-        """d = H g / beta(e) once M pairs are stored, else the warm-up gradient step."""
-        if self.H.ready:
+        """d = H g / beta(e) (or (B + beta(e) I)^-1 g) once M pairs are stored, else the warm-up
+        gradient step."""
+        o = self.opts
+        if self.H.ready and self.paper:
+            if not self.beta_scale:
+                self.beta_scale = o["beta_scale"] or 1.0 / self.H.sigma
+            b = self.beta_scale * beta(o["eta_paper"] or o["eta"], o["gamma"], e)
+            self.H.apply_shifted(g, b, o["curv_min"], o["curv_max"], out=d)
+        elif self.H.ready:
             self.H.apply(g, out=d)
             d *= 1.0 / beta(self.opts["eta"], self.opts["gamma"], e)
         else:
@@ -109,6 +138,8 @@ class Hamsi(StratifiedMF):
         Y = [mf.gather(H.Y[a]) for a in range(H.M)]
         if self.comm.rank == 0:
             st.update(x_prev=xp, g_prev=gp, S=np.stack(S), Y=np.stack(Y), lbfgs=H.small_state())
+            if self.paper:
+                st["beta_scale"] = self.beta_scale
         return st
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
@@ -121,3 +152,5 @@ class Hamsi(StratifiedMF):
             H.S[a] = mf.scatter(S[a])
             H.Y[a] = mf.scatter(Y[a])
         H.load_small_state(state["lbfgs"])
+        if self.paper:
+            self.beta_scale = float(state.get("beta_scale", 0.0))
