@@ -279,6 +279,32 @@ def test_movielens_official_split_files(tmp_path):
         minimize("hamsi", "movielens", {"problem.path": str(tmp_path), "problem.split": "u2"})
 
 
+def test_run_banner_names_the_files_read_and_preset_trains_on_the_whole_file(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = [f"{u}\t{i}\t{rng.integers(1, 6)}\t0" for u, i in zip(rng.integers(1, 30, 400), rng.integers(1, 20, 400))]
+    _write(tmp_path / "u.data", lines)
+    _write(tmp_path / "u1.base", lines[:320])
+    _write(tmp_path / "u1.test", lines[320:])
+    _, prob = minimize("hamsi", "movielens", {"problem.path": str(tmp_path / "u.data"), "problem.split": "u1",
+                                              "solver.max_epochs": 1, "problem.latent_dim": 2}, return_problem=True)
+    text = prob.describe()
+    assert "u1.base" in text and "u1.test" in text and "u.data itself not read" in text
+    _, prob = minimize("hamsi", "movielens", {"problem.path": str(tmp_path / "u.data"), "solver.max_epochs": 1,
+                                              "problem.latent_dim": 2}, return_problem=True)
+    assert "random split: 0.2 held out" in prob.describe()
+    # the preset follows the reference: the whole file is trained on (no 80 % split)
+    _, prob = minimize("hamsi", "movielens", {"problem.path": str(tmp_path / "u.data"), "solver.max_epochs": 1,
+                                              "problem.latent_dim": 2, "solver.preset": "hamsi-mf"},
+                       return_problem=True)
+    assert prob.nnz == 400 and prob.nnz_test == 0 and "no held-out set" in prob.describe()
+
+
+def test_mf_gd_help_has_its_own_texts():
+    from mpiopt import registry
+    opts = {o.name: o.help for o in registry.get_solver("mf_gd").options}
+    assert "pairs" not in opts["eta_gd"] and "L-BFGS" not in opts["warmup_growth"]
+
+
 def test_reference_init_emulates_cpp_mt19937_normal_distribution():
     from mpiopt.mf.init import reference_normals
     # std::mt19937 g(1453); std::normal_distribution<double> n(0, 1); printf("%.17g", n(g)) (libstdc++)

@@ -104,7 +104,8 @@ class MFProblem(Problem):
     def describe(self) -> str:
         return (f"{self.name}: {self.m} x {self.n}, {self.nnz} training ratings, {self.nnz_test} held out, "
                 f"k={self.opts['latent_dim']}, l2={self.opts['l2']} ({self.opts['reg']})"
-                + (f", centred on {self.offset:.4g}" if self.offset else ""))
+                + (f", centred on {self.offset:.4g}" if self.offset else "")
+                + (f"; {self.data_note}" if getattr(self, "data_note", "") else ""))
 
 
 def _empty():
@@ -164,6 +165,17 @@ class MovieLens(MFProblem):
         if test_file and not os.path.isfile(test_file):
             raise InputError(f"problem.test_path {test_file}: not found")
         self.source = train_file
+        given = os.path.basename(os.path.normpath(o["path"]))
+        if test_file and not o["test_path"]:
+            self.data_note = (f"problem.split={split}: training {train_file}, held out {test_file}"
+                              + (f" (problem.path {given} itself not read)" if os.path.isfile(o["path"]) else ""))
+        elif test_file:
+            self.data_note = f"training {train_file}, held out {test_file} (problem.test_path)"
+        elif split == "random" and o["test_fraction"] > 0:
+            self.data_note = (f"ratings {train_file}, random split: {o['test_fraction']:g} held out "
+                              f"(problem.seed={o['seed']})")
+        else:
+            self.data_note = f"ratings {train_file}, no held-out set"
         u, i, v = read_ratings(train_file, comm)
         if test_file:
             tu, ti, tv = read_ratings(test_file, comm)
@@ -185,6 +197,10 @@ class MovieLens(MFProblem):
         """The reference code's text format: indices kept as given (empty rows included)."""
         o, comm = self.opts, self.comm
         self.source = o["path"]
+        self.data_note = (f"ratings {o['path']} (reference format), " + (
+            f"held out {o['test_path']}" if o["test_path"] else
+            f"random split: {o['test_fraction']:g} held out (problem.seed={o['seed']})"
+            if o["split"] == "random" and o["test_fraction"] > 0 else "no held-out set"))
         r, c, v, m, n = read_reference(o["path"], comm)
         if o["test_path"]:
             tr, tc, tv, tm, tn = read_reference(o["test_path"], comm)

@@ -39,8 +39,9 @@ class Hamsi(StratifiedMF):
     demo_settings = {"problem.n_ratings": 100000, "problem.latent_dim": 10, "solver.max_epochs": 30}
     options = (
         Option("preset", "none", "hamsi-mf: follow the reference code exactly (no L2, no centring, no "
-               "biases, N(0,1) init, no safeguard, no early stop); overrides problem.l2, problem.center, "
-               "problem.bias, init_scale, safeguard, patience, tol, curvature",
+               "biases, N(0,1) init, no safeguard, no early stop, no held-out split); overrides problem.l2, "
+               "problem.center, problem.bias, problem.split (none, where the problem has it), init_scale, "
+               "safeguard, patience, tol, curvature, warmup_growth, step_form",
                str, choices=("none", "hamsi-mf")),
         *common_options(max_epochs=50),
         Option("memory", 5, "L-BFGS memory M (curvature pairs)", int, low=1),
@@ -78,8 +79,10 @@ class Hamsi(StratifiedMF):
             cfg["problem"]["l2"] = 0.0
             cfg["problem"]["center"] = False
             cfg["problem"]["bias"] = False
+            if "split" in cfg["problem"]:
+                cfg["problem"]["split"] = "none"      # the reference trains on the whole file
             cfg["solver"].update(init_scale=1.0, safeguard=False, patience=0, tol=0.0, curvature="reference",
-                                 warmup_growth=False)
+                                 warmup_growth=False, step_form="reference")
 
     def __init__(self, problem, options, ctx):
         super().__init__(problem, options, ctx)

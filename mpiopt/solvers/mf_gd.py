@@ -18,7 +18,7 @@ from .. import result as R
 from ..options import Option
 from ..registry import register_solver
 from .base import Stop
-from .mf_base import ETA_GD, GAMMA, SAFEGUARD, WARMUP_GROWTH, StratifiedMF, common_options
+from .mf_base import GAMMA, SAFEGUARD, StratifiedMF, common_options
 
 ARMIJO_TRIALS = 60
 
@@ -33,9 +33,11 @@ class MFGD(StratifiedMF):
                choices=("full", "strata")),
         *common_options(max_epochs=50),
         GAMMA,
-        ETA_GD,
+        Option("eta_gd", 0.001, "strata mode: step 1/(eta_gd (e+1))^gamma at inner step e", float,
+               low=0.0, low_open=True),
         SAFEGUARD,
-        WARMUP_GROWTH,
+        Option("warmup_growth", True, "strata mode, with the safeguard: let the step multiplier double after "
+               "each accepted step (finds the scale of the 1/nnz-normalized gradient)", bool),
         Option("step0", 1.0, "full mode: first trial step (scaled by nnz / max row or column count)",
                float, low=0.0, low_open=True),
         Option("armijo", 1e-4, "full mode: sufficient-decrease constant c in f(x - t g) <= f(x) - c t |g|^2",
