@@ -1,5 +1,5 @@
-"""``mf_gd``: parallel gradient descent for matrix factorization on the HAMSI block grid (the
-paper's baseline).
+"""``mf_gd``: parallel gradient descent for matrix factorization on the HAMSI block grid (a
+stand-in for the paper's unspecified gradient-descent comparison, not its code).
 
     mode=full:   x <- x - t grad f(x), t by Armijo backtracking on f (one data pass per gradient,
                  one per trial; every reduction summed in block order)
