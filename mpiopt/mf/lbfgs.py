@@ -227,6 +227,10 @@ class CompactLBFGS:
         self.SY = np.array(st["SY"], dtype=np.float64).reshape(self.M, self.M)
         self.YY = np.array(st["YY"], dtype=np.float64).reshape(self.M, self.M)
         if self.track_ss:
+            if "SS" not in st:
+                from ..errors import CheckpointError
+                raise CheckpointError("checkpoint was written with solver.step_form=reference; resume it with the "
+                                      "same step form (the paper form needs S'S, which that run did not keep)")
             self.SS = np.array(st["SS"], dtype=np.float64).reshape(self.M, self.M)
         self.N = None
         if self.ready:
