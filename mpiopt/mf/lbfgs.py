@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 import scipy.linalg as sla
 
+from ..errors import CheckpointError
 from .fused import axpy
 
 # reduce(partials (q, L)) -> (L,) global sums, identical bits on every rank
@@ -228,7 +229,6 @@ class CompactLBFGS:
         self.YY = np.array(st["YY"], dtype=np.float64).reshape(self.M, self.M)
         if self.track_ss:
             if "SS" not in st:
-                from ..errors import CheckpointError
                 raise CheckpointError("checkpoint was written with solver.step_form=reference; resume it with the "
                                       "same step form (the paper form needs S'S, which that run did not keep)")
             self.SS = np.array(st["SS"], dtype=np.float64).reshape(self.M, self.M)
