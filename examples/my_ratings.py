@@ -1,7 +1,8 @@
 """Your own matrix-factorization data as a plug-in: ratings from any source, split into training and
 held-out sets, factored by hamsi, mf_gd or dsgd.
 
-    mpirun -n 2 python -m mpiopt.run hamsi --problem my_ratings --plugin examples/my_ratings.py
+    mpirun -n 2 python -m mpiopt.run hamsi --problem my_ratings --plugin examples/my_ratings.py \
+        --set solver.max_epochs=30 solver.patience=0
 
 (For MovieLens files, or any file of ``user item rating`` lines, the built-in ``movielens`` problem
 reads it directly: ``--problem movielens --set problem.path=ratings.csv``.)
