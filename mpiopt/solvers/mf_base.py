@@ -52,7 +52,8 @@ def common_options(max_epochs: int = 50, init_scale: float = 0.1, patience: int 
         Option("target_rmse", 0.0, "stop when the training RMSE is <= this (0: off)", float, low=0.0),
         Option("target_test_rmse", 0.0, "stop when the held-out RMSE is <= this (0: off)", float, low=0.0),
         Option("patience", patience, "stop after this many epochs without a better held-out RMSE and "
-               "return the best factors (0: off)", int, low=0),
+               "return the best factors; counted once the held-out RMSE has beaten the initial factors' (0: off)",
+               int, low=0),
         Option("tol", tol, "stop when the objective changed less than tol (relative) over 5 epochs (0: off)",
                float, low=0.0),
     )
@@ -181,7 +182,9 @@ class MFSolver(Solver):
                 if ev["test_rmse"] < self.best_score:
                     self.best_score, self.best_epoch, self.bad_epochs = ev["test_rmse"], epoch, 0
                     self.best_x = self.mf.x.copy()
-                else:
+                elif self.best_epoch > 0:
+                    # counted only once the held-out RMSE has beaten the initial factors': it rises for a
+                    # few epochs while the factors leave the start (measured: about 10 epochs on the demos)
                     self.bad_epochs += 1
                     if self.bad_epochs >= o["patience"]:
                         self.restore_best = True         # finish() returns the best factors
