@@ -52,7 +52,7 @@ def common_options(max_epochs: int = 50, init_scale: float = 0.1, patience: int 
         Option("target_rmse", 0.0, "stop when the training RMSE is <= this (0: off)", float, low=0.0),
         Option("target_test_rmse", 0.0, "stop when the held-out RMSE is <= this (0: off)", float, low=0.0),
         Option("patience", patience, "stop after this many epochs without a better held-out RMSE and "
-               "return the best factors; counted once the held-out RMSE has beaten the initial factors' (0: off)",
+               "return the best factors; counted once the held-out RMSE has beaten the first epoch's (0: off)",
                int, low=0),
         Option("tol", tol, "stop when the objective changed less than tol (relative) over 5 epochs (0: off)",
                float, low=0.0),
@@ -110,6 +110,7 @@ class MFSolver(Solver):
         self.best_score = math.inf
         self.best_epoch = -1
         self.bad_epochs = 0
+        self.first_score = math.inf      # held-out RMSE after the first epoch: patience counts once it is beaten
         self.restore_best = False
         self.objectives: list[float] = []
         self.last_eval: dict[str, float] = {}
@@ -179,12 +180,14 @@ class MFSolver(Solver):
                 return Stop(R.CONVERGED, f"held-out RMSE {ev['test_rmse']:.6g} <= target_test_rmse "
                                          f"{o['target_test_rmse']}")
             if o["patience"]:
+                if self.first_score == math.inf:
+                    self.first_score = ev["test_rmse"]
                 if ev["test_rmse"] < self.best_score:
                     self.best_score, self.best_epoch, self.bad_epochs = ev["test_rmse"], epoch, 0
                     self.best_x = self.mf.x.copy()
-                elif self.best_epoch > 0:
-                    # counted only once the held-out RMSE has beaten the initial factors': it rises for a
-                    # few epochs while the factors leave the start (measured: about 10 epochs on the demos)
+                elif self.best_score < self.first_score:
+                    # counted only once the held-out RMSE has beaten the first epoch's: it rises for a few
+                    # epochs while the factors leave the start (measured: about 10 epochs on the demos)
                     self.bad_epochs += 1
                     if self.bad_epochs >= o["patience"]:
                         self.restore_best = True         # finish() returns the best factors
@@ -233,6 +236,7 @@ class MFSolver(Solver):
             return None
         st = {"x": x, "epoch": self.nit, "step_time": self.step_time, "eval_time": self.eval_time,
               "best_score": self.best_score, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+              "first_score": self.first_score,
               "objectives": np.asarray(self.objectives, dtype=np.float64), "n_ranks": self.comm.size,
               "blocks": self.mf.nb, "last_eval": dict(self.last_eval)}
         if has_best:
@@ -251,6 +255,7 @@ class MFSolver(Solver):
         self.best_score = float(state["best_score"])
         self.best_epoch = int(state["best_epoch"])
         self.bad_epochs = int(state["bad_epochs"])
+        self.first_score = float(state.get("first_score", math.inf))
         self.objectives = [float(v) for v in np.asarray(state["objectives"]).ravel()]
         self.last_eval = {k: float(v) for k, v in dict(state.get("last_eval", {})).items()}
         self.eval_epoch = self.nit if self.last_eval else -1
