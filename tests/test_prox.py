@@ -134,7 +134,6 @@ def _tv_dual_reference(v2d, lam):
     shape = v2d.shape
     n = v2d.size
     idx = np.arange(n).reshape(shape)
-    rows = []
     if len(shape) == 1:
         pairs = list(zip(idx[:-1], idx[1:]))
     else:

@@ -38,7 +38,7 @@ class Polyhedral(OracleProblem):
 
     def setup(self) -> None:
         o = self.opts
-        n, m, rows = o["n"], o["m"], o["rows"]
+        n, m = o["n"], o["m"]
         self.data = [self._block(i) for i in range(m)]
         L = [float(np.linalg.norm(C, axis=1).sum() + np.linalg.norm(c)) for C, _, c in self.data]
         self.init_box(n, m, -1.0, 1.0, L)
