@@ -67,6 +67,10 @@ class RunContext:
         """Seconds since the run started (continuing across resumes)."""
         return self.time_offset + (time.perf_counter() - self.t0)
 
+    def start_clock(self) -> None:
+        """Start the run's clock now: set-up (data, reference optimum, kernel compilation) is not run time."""
+        self.t0 = time.perf_counter()
+
     @property
     def start_iteration(self) -> int:
         return self.resume.iteration if self.resume is not None else 0

@@ -327,6 +327,7 @@ def _build_run(spec: RunSpec, comm: Any, *, verbose: bool, quiet: bool, write_re
     if resume is not None:
         collective_check(comm, lambda: solver.load_state_dict(resume.state))
         say(f"resumed from {resume.path} at iteration {resume.iteration}")
+    ctx.start_clock()       # history times and wall_time count from here; set-up is setup_time
     run_obj = Run(spec, comm, problem, solver, ctx, writer, resume, say, quiet)
     run_obj.setup_time = time.perf_counter() - t_build
     return run_obj
