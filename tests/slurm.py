@@ -418,3 +418,30 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
     def diagnostics(self) -> str:
         names = ["munged", "slurmctld", *(["slurmd"] if self.net is None else [f"slurmd-{n}" for n in self.nodes])]
         return "\n".join(f"--- {n} ---\n{self.log_tail(n)}" for n in names)
+
+
+def running_cluster(why_root: str, extra_check=None, start_timeout: float = 60, **kwargs):
+    """Generator for a module fixture: a started :class:`SlurmCluster` (``kwargs``), stopped and
+    cleaned up afterwards. Missing root, a failed ``extra_check()`` (a reason or None) or no way to
+    install Slurm skip the tests with the reason, except under CI (``CI`` set), where they fail."""
+    import pytest
+    in_ci = bool(os.environ.get("CI"))
+
+    def need(reason: str | None) -> None:
+        if reason:
+            pytest.fail(f"CI: {reason}") if in_ci else pytest.skip(reason)
+    if os.geteuid() != 0:
+        need(why_root)
+    if extra_check is not None:
+        need(extra_check())
+    try:
+        ensure_installed(timeout=240)
+    except SlurmUnavailable as exc:
+        need(str(exc))
+    cluster = SlurmCluster(**kwargs)
+    cluster.start(timeout=start_timeout)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        cluster.cleanup()

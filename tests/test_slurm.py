@@ -24,24 +24,9 @@ SMALL = "--set solver.max_iter=300 problem.n_samples=2000 problem.n_features=20 
 def slurm():
     # CI runs as root on a machine that reaches Debian's packages: there the Slurm tests must run, and
     # any reason they cannot is a failure. Only a developer's non-root or offline machine skips them.
-    in_ci = bool(os.environ.get("CI"))
-    if os.geteuid() != 0:
-        reason = "the Slurm tests install and start slurmctld/slurmd/munge, which needs root"
-        pytest.fail(f"CI: {reason}") if in_ci else pytest.skip(reason)
     import slurm as S
-    try:
-        S.ensure_installed(timeout=240)
-    except S.SlurmUnavailable as exc:
-        if in_ci:
-            raise
-        pytest.skip(str(exc))
-    cluster = S.SlurmCluster(cpus=16)
-    cluster.start(timeout=60)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        cluster.cleanup()
+    yield from S.running_cluster("the Slurm tests install and start slurmctld/slurmd/munge, which needs root",
+                                 cpus=16)
 
 
 def job_env(tmp: Path, **extra: str) -> dict:

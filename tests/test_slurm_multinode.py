@@ -21,34 +21,16 @@ from mpiopt.io import load_result
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(420)]
 
-IN_CI = bool(os.environ.get("CI"))
 SMALL = "--set solver.max_iter=200 problem.n_samples=2000 problem.n_features=20 run.progress=none"
 FAULTY = ROOT / "tests" / "plugins" / "faulty.py"
 
 
-def _need(reason: str | None, exc: type = None) -> None:
-    if reason:
-        pytest.fail(f"CI: {reason}") if IN_CI else pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def slurm():
-    if os.geteuid() != 0:
-        _need("the multi-node Slurm tests install Slurm and create network namespaces, which needs root")
-    from mpiopt.testing.cluster import unavailable_reason
-    _need(unavailable_reason())
     import slurm as S
-    try:
-        S.ensure_installed(timeout=240)
-    except S.SlurmUnavailable as exc:
-        _need(str(exc))
-    cluster = S.SlurmCluster(cpus=2, nodes=4)
-    cluster.start(timeout=90)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        cluster.cleanup()
+    from mpiopt.testing.cluster import unavailable_reason
+    yield from S.running_cluster("the multi-node Slurm tests install Slurm and create network namespaces, "
+                                 "which needs root", unavailable_reason, start_timeout=90, cpus=2, nodes=4)
 
 
 def job_env(tmp: Path, **extra: str) -> dict:
