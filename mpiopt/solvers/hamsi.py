@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..mf.lbfgs import CompactLBFGS
 from ..options import Option
 from ..registry import register_solver
 from .mf_base import ETA_GD, GAMMA, SAFEGUARD, WARMUP_GROWTH, StratifiedMF, beta, common_options
@@ -90,6 +89,7 @@ class Hamsi(StratifiedMF):
         self.x_prev = np.zeros(mf.n_local)
         self.g_prev = np.zeros(mf.n_local)
         self.paper = o["step_form"] == "paper"
+        from ..mf.lbfgs import CompactLBFGS    # here, not at the top: it imports numba (the registry loads this module)
         self.H = CompactLBFGS(mf.n_local, o["memory"], o["sigma0"], o["tau"], mf.seg, mf.reduce, o["curvature"],
                               track_ss=self.paper)
         self.beta_scale = 0.0          # step_form=paper: fixed when the model is first used

@@ -22,7 +22,6 @@ from .. import result as R
 from ..errors import CheckpointError, InputError
 from ..mf.cuts import stratum_at
 from ..mf.init import read_factors, reference_normals
-from ..mf.model import DistMF
 from ..options import Option
 from ..problems.mf import MFProblem
 from .base import Solver, Stop
@@ -93,6 +92,7 @@ class MFSolver(Solver):
         self.k = int(problem.opts["latent_dim"])
         self.lam = float(problem.opts["l2"]) if self.uses_l2 else 0.0
         po = problem.opts
+        from ..mf.model import DistMF      # here, not at the top: it imports numba (the registry loads this module)
         self.mf = DistMF(self.comm, problem, nb, self.k, self.lam, po["reg"], bias=po["bias"],
                          bias_l2=float(po["bias_l2"]) if self.uses_l2 else 0.0, take=True)
         self.seed = ctx.seed
