@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from .. import result as R
 from .accuracy import OnDemandAccuracy
+from .bookkeeping import OracleBook, SyncRound, step_due
 from .coordination import Coordination, Coordinations
+from .lower_bounds import LevelProblem
 from .master_state import load_master_state, master_state
 from .model import CutModel, UpperModel
 from .protocol import Answer, Master, Request, Trace
-from .qp import FAILED, INFEASIBLE, OPTIMAL, LevelQP, ModelLP, QPResult, aggregate_bound, box_min_linear
-
-SETTLED = "settled"                  # an infeasible level QP whose bound the exact LP settled
 
 __all__ = ["VARIANTS", "Params", "Answer", "Request", "Trace", "Coordination", "LevelBundleMaster"]
 
@@ -73,6 +72,13 @@ class Params:
     time_limit: float | None = None  # seconds per QP / LP solve (None: the process-wide HiGHS setting)
     cycle_wait: bool = False         # a new cycle on gap decrease only once every worker answered a point of this one
 
+    def resolved(self) -> "Params":
+        """These parameters with the per-variant defaults filled in (ValueError: unknown variant)."""
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}")
+        return replace(self, alpha=ALPHA_DEFAULT[self.variant] if self.alpha is None else self.alpha,
+                       qp_lazy=QP_LAZY_DEFAULT[self.variant] if self.qp_lazy is None else self.qp_lazy)
+
 
 class LevelBundleMaster(Master):
     """Master state: bundles, bounds f_low <= f* <= f_up, level, centre, cycles, oracle bookkeeping."""
@@ -80,13 +86,7 @@ class LevelBundleMaster(Master):
     def __init__(self, n: int, m: int, lower: np.ndarray, upper: np.ndarray, lipschitz: np.ndarray | None,
                  owners: Sequence[Sequence[int]], params: Params, x0: np.ndarray | None = None,
                  exact: bool = True, floors: Sequence[float] | None = None):
-        if params.variant not in VARIANTS:
-            raise ValueError(f"unknown variant {params.variant!r}")
-        if params.alpha is None:
-            params = replace(params, alpha=ALPHA_DEFAULT[params.variant])
-        if params.qp_lazy is None:
-            params = replace(params, qp_lazy=QP_LAZY_DEFAULT[params.variant])
-        self.p = params
+        self.p = params = params.resolved()
         self.n, self.m = int(n), int(m)
         self.lower = np.asarray(lower, dtype=np.float64)
         self.upper = np.asarray(upper, dtype=np.float64)
@@ -96,9 +96,8 @@ class LevelBundleMaster(Master):
         self.model = CutModel(self.n, self.m, capacity=self.m * (params.max_cuts + 2))
         self.umodel = (UpperModel(self.n, self.m, lipschitz, params.upper_points)
                        if params.variant == "upper_model" else None)
-        self.qp = LevelQP(self.lower, self.upper, self.m, params.qp_solver, params.eps_prox,
-                          time_limit=params.time_limit)
-        self.lp = ModelLP(self.lower, self.upper, self.m, time_limit=params.time_limit)
+        self.level = LevelProblem(self.lower, self.upper, self.m, params)
+        self.qp, self.bounds = self.level.qp, self.level.bounds
         x1 = 0.5 * (self.lower + self.upper) if x0 is None else np.clip(x0, self.lower, self.upper)
         # bounds and centre
         self.f_low, self.f_up = -math.inf, math.inf
@@ -117,34 +116,19 @@ class LevelBundleMaster(Master):
         self.cycle = 0                  # critical iterations
         self.n_infeasible = 0
         self.n_midcycle_compressions = 0
-        self.n_lp_checks = 0
-        self.n_lp = 0                   # exact LPs solved
-        self.n_certified = 0            # infeasible QPs confirmed by the exact LP
-        self.n_uncertified = 0          # infeasible QPs accepted on two QP solvers' word (the LP failed)
         self.evals = np.zeros(self.m, dtype=np.int64)
         self.answers = 0
         self.qp_seconds = 0.0
-        self.lp_seconds = 0.0
         # oracle bookkeeping
         self.phase = "new"              # new -> init (first round) -> run -> done
-        self.idle = np.ones(self.W, dtype=bool)
-        self.sent_k = np.full(self.W, -1, dtype=np.int64)      # iteration of the last point sent
-        self.sent_seq = np.zeros(self.W, dtype=np.int64)       # send order (oldest point in flight)
-        self.n_sent = 0
-        self._laggard_answered = False
+        self.book = OracleBook(self.W)
+        self.idle = self.book.idle      # (the same array)
         self.since_step = 0
-        self.sent: dict[int, tuple[int, int, np.ndarray]] = {}
         self.pending = False            # x_next not yet sent (sync)
-        self.held: list[Answer] = []    # answers of the synchronous round in progress
-        self.round_fl = np.zeros(self.m)
-        self.round_fu = np.zeros(self.m)
-        self.round_g = np.zeros((self.m, self.n))
-        self.round_seen = np.zeros(self.m, dtype=bool)
+        self.round = SyncRound(self.n, self.m, self.W)
         self.latest_fu = np.full(self.m, math.inf)
         self.accuracy = OnDemandAccuracy(self.m, params.kappa, params.alpha, floors)
         self.latest_eta = self.accuracy.eta                    # accuracy fu - fl of the latest answers
-        self.sent_eta = np.full(self.W, math.inf)              # accuracy requested with the point in flight
-        self.answered_k = np.full(self.W, -1, dtype=np.int64)  # a(j): iteration of worker j's latest answered point
         self.cycle_k = 0                                       # iteration of the last critical iteration
         self.n_cycle_waits = 0
         self.coordination = Coordinations(self.n, self.m, self.owners, params)
@@ -164,6 +148,11 @@ class LevelBundleMaster(Master):
     def n_cuts(self) -> int:
         return int(self.model.count)
 
+    n_lp = property(lambda self: self.bounds.n_lp, doc="exact LPs solved")
+    lp_seconds = property(lambda self: self.bounds.lp_seconds)
+    n_certified = property(lambda self: self.bounds.n_certified, doc="infeasible QPs confirmed by the exact LP")
+    n_uncertified = property(lambda self: self.bounds.n_uncertified, doc="infeasible QPs accepted without the LP")
+
     # -- driver interface -----------------------------------------------------------------------
     def start(self) -> list[Request]:
         """The first synchronous round: every oracle at x1."""
@@ -175,27 +164,22 @@ class LevelBundleMaster(Master):
         """Process a batch of answers (cuts, bounds) and take one step when the variant says so."""
         if self.done:
             for a in answers:
-                self.idle[a.worker] = True
-                self.sent.pop(a.worker, None)
+                self.book.drop(a.worker)
             return
-        busy_seq = self.sent_seq[~self.idle]
-        oldest = busy_seq.min() if busy_seq.size else -1
-        self._laggard_answered = any(self.sent_seq[a.worker] == oldest for a in answers)
+        self.book.note_batch(answers)
         if self.phase == "init" or self.p.variant == "sync":
-            # a synchronous round: its cuts enter the model in worker order once every worker has
-            # answered, so the run does not depend on the order in which the answers arrived
-            self.held.extend(answers)
-            if len(self.held) < self.W:
+            full = self.round.hold(answers)       # a synchronous round, absorbed in worker order
+            if full is None:
                 return
-            answers, self.held = sorted(self.held, key=lambda a: a.worker), []
+            answers = full
         points = [self._absorb(a) for a in answers]
         if self.phase == "init":
-            if self.round_seen.all():
+            if self.round.complete():
                 self._finish_first_round()
                 self._step()
         elif self.p.variant == "sync":
-            if self.round_seen.all():
-                self._improve_upper(self.x_next, float(self.round_fu.sum()))
+            if self.round.complete():
+                self._improve_upper(self.x_next, float(self.round.fu.sum()))
                 self._step()
         else:
             coord_done = False
@@ -206,20 +190,12 @@ class LevelBundleMaster(Master):
                     self._improve_upper(c.z, float(c.fu.sum()))
                     coord_done = True
             self.since_step += len(answers)
-            if self.p.qp_lazy:
-                # an oracle that has not evaluated the newest point yet gets it without a new QP
-                ready = coord_done or self.idle.all() or self.since_step >= self.W or (
-                    self.since_step >= self.p.min_batch and any(
-                        self.sent_k[w] == self.k and self._coordination_for(int(w)) is None
-                        for w in np.flatnonzero(self.idle)))
-            else:
-                ready = self.since_step >= min(self.p.min_batch, self.W) or coord_done or self.idle.all()
-            if ready and not (self.p.coord_blocking and self.coords):
+            if step_due(self.book, self.p, self.since_step, self.k, coord_done, self.coordination):
                 self.since_step = 0
                 self._step()
             if self.p.variant == "coordination" and not self.done:
                 self.coordination.maybe_start(self.x_next, self.idle, self.latest_fu, self.f_up, self.gap,
-                                              self._laggard_answered)
+                                              self.book.laggard_answered)
 
     def dispatch(self) -> list[Request]:
         """Points for the idle workers (sync: all at once when a new x+ is ready)."""
@@ -232,15 +208,12 @@ class LevelBundleMaster(Master):
             return []
         out = []
         for w in np.flatnonzero(self.idle):
-            c = self._coordination_for(int(w))
+            c = self.coordination.for_worker(int(w))
             if c is not None:
                 out.append(self._send(int(w), c.z, c.id))
-            elif not (self.p.coord_blocking and self.coords) and self.sent_k[w] != self.k:
+            elif not (self.p.coord_blocking and self.coords) and self.book.sent_k[w] != self.k:
                 out.append(self._send(int(w), self.x_next, -1))
         return out
-
-    def _coordination_for(self, w: int) -> Coordination | None:
-        return self.coordination.for_worker(w)
 
     @property
     def coords(self) -> list[Coordination]:
@@ -253,23 +226,15 @@ class LevelBundleMaster(Master):
 
     # -- internals ------------------------------------------------------------------------------
     def _send(self, w: int, x: np.ndarray, coord_id: int) -> Request:
-        self.idle[w] = False
-        self.sent_k[w] = self.k
-        self.n_sent += 1
-        self.sent_seq[w] = self.n_sent
-        self.sent[w] = (self.k, coord_id, x)
-        self.sent_eta[w] = self.eta_request()
-        return Request(w, self.k, coord_id, self.sent_eta[w], x)
+        return self.book.send(w, self.k, coord_id, self.eta_request(), x)
 
     def _send_all(self, x: np.ndarray, coord_id: int) -> list[Request]:
-        self.round_seen[:] = False
+        self.round.seen[:] = False
         return [self._send(w, x, coord_id) for w in range(self.W)]
 
     def _absorb(self, a: Answer) -> np.ndarray:
         """Cuts, upper-model points and per-round/coordination values from one answer; returns its point."""
-        it, cid, z = self.sent.pop(a.worker)
-        self.answered_k[a.worker] = it
-        self.idle[a.worker] = True
+        it, cid, z = self.book.take(a.worker)
         comps = np.asarray(a.comps, dtype=np.int64)
         fl, fu = np.asarray(a.fl, dtype=np.float64), np.asarray(a.fu, dtype=np.float64)
         G = np.asarray(a.G, dtype=np.float64).reshape(comps.size, self.n)
@@ -277,23 +242,18 @@ class LevelBundleMaster(Master):
         self.evals[comps] += 1
         self.answers += 1
         self.latest_fu[comps] = fu
-        self.accuracy.record(comps, fl, fu, float(self.sent_eta[a.worker]))
+        self.accuracy.record(comps, fl, fu, float(self.book.sent_eta[a.worker]))
         if self.umodel is not None:
             self.umodel.add(comps, fu, z)
         if self.phase == "init" or self.p.variant == "sync":
-            self.round_fl[comps] = fl
-            self.round_fu[comps] = fu
-            self.round_g[comps] = G
-            self.round_seen[comps] = True
+            self.round.record(comps, fl, fu, G)
         self.coordination.record(cid, comps, fu)
         return z
 
     def _finish_first_round(self) -> None:
         """f_up = f(x1); f_low = min_X of the aggregated linearisation at x1 (and the LP)."""
-        x1 = self.x1
-        self._improve_upper(x1, float(self.round_fu.sum()))
-        g1 = self.round_g.sum(axis=0)
-        self.f_low = float(self.round_fl.sum() - g1 @ x1) + box_min_linear(g1, self.lower, self.upper)
+        self._improve_upper(self.x1, float(self.round.fu.sum()))
+        self.f_low = self.round.lower_bound(self.x1, self.lower, self.upper)
         if self.p.lp_start:
             self._lp_bound()
         self.gap_ref = self.gap
@@ -311,43 +271,9 @@ class LevelBundleMaster(Master):
         j = int(np.argmin(vals))
         self._improve_upper(Y[j], float(vals[j]))
 
-    def _lp_value(self) -> float | None:
-        """min_X fv by the exact LP (a certified lower bound on it; None on LP failure)."""
-        import time
-        t = time.perf_counter()
-        v = self.lp.solve(self.model)
-        self.lp_seconds += time.perf_counter() - t
-        self.n_lp += 1
-        return v
-
-    def _lp_bound(self) -> float | None:
-        """f_low = max(f_low, min_X fv) with the exact LP; returns min_X fv (None on LP failure)."""
-        v = self._lp_value()
-        if v is not None and v > self.f_low:
-            self.f_low = min(v, self.f_up)
-        return v
-
-    def _certify_infeasible(self, res: QPResult, G: np.ndarray, e: np.ndarray, comp: np.ndarray) -> QPResult:
-        """An infeasible level QP claims lev < min_X fv: the exact LP checks the claim (then f_low = lev
-        is certified). When the LP finds min_X fv <= lev, the other QP solver decides; if it rejects
-        the level too, the LP value (itself a certified bound) settles it. When the LP fails, the
-        other QP solver's agreement is accepted and counted as uncertified."""
-        v = self._lp_value()
-        if v is not None and v > self.lev:
-            self.n_certified += 1
-            return res
-        alt = self.qp.solve_other(G, e, comp, self.xc, self.lev)
-        self.qp_seconds += alt.seconds
-        if alt.status == OPTIMAL:
-            return alt
-        if v is None:
-            self.n_uncertified += 1
-            return res if alt.status == INFEASIBLE else alt
-        if v > self.f_low:                   # the level is within the solvers' tolerances of min_X fv
-            self.f_low = min(v, self.f_up)
-            return QPResult(SETTLED, solver="lp")
-        return QPResult(FAILED, solver=f"{res.solver}+{alt.solver}",
-                        info={"level": self.lev, "lp_min": v, "reason": "infeasibility not confirmed by the LP"})
+    def _lp_bound(self) -> None:
+        """f_low = max(f_low, min_X fv) with the exact LP."""
+        self.f_low, _ = self.level.lp_bound(self.model, self.f_low, self.f_up)
 
     def _stop_test(self) -> bool:
         if self.gap <= self.tolerance():
@@ -380,44 +306,26 @@ class LevelBundleMaster(Master):
                 self.lev_prev = math.inf
                 self.last_infeasible = False
             elif self.lam is not None and self.model.counts().max() > p.cut_cap * p.max_cuts:
-                # drop inactive cuts of the last QP (x+ stays its projection; newer cuts are kept)
-                keep = np.ones(self.model.count)
-                keep[:self.lam.size] = self.lam
-                self.model.compress(keep, p.max_cuts)
+                self.model.drop_inactive(self.lam, p.max_cuts)   # x+ stays the projection; newer cuts kept
                 self.lam = None
                 self.n_midcycle_compressions += 1
             self.lev = min(self.lev_prev, self.f_up - p.alpha * self.gap)
             self.lev_prev = self.lev
-            G, e, comp = self.model.rows
-            res = self.qp.solve(G, e, comp, self.xc, self.lev)
-            self.qp_seconds += res.seconds
+            out = self.level.solve(self.model, self.xc, self.lev, self.f_low, self.f_up, p.certify_infeasible)
+            self.qp_seconds += out.seconds
             self.k += 1
-            if res.status == INFEASIBLE and p.certify_infeasible:
-                res = self._certify_infeasible(res, G, e, comp)
-            if res.status in (INFEASIBLE, SETTLED):
+            self.f_low = out.f_low
+            if out.kind == "infeasible":
                 self.n_infeasible += 1
-                if res.status == INFEASIBLE:
-                    self.f_low = max(self.f_low, min(self.lev, self.f_up))
                 self.last_infeasible = True
                 self.trace.add(self.k, self.cycle, self.f_low, self.f_up, self.lev, math.nan, critical, 1)
                 continue
-            if res.status == FAILED:
-                self.finish(R.FAILED, "qp_failed", f"level QP failed ({res.solver}: {res.info})")
+            if out.kind == "failed":
+                self.finish(R.FAILED, "qp_failed", out.message)
                 return
-            if self.model.value(res.x) > self.lev + 1e-9 * max(1.0, abs(self.lev)):
-                # the QP solver accepted the level within its tolerance: settle it with the exact LP
-                self.n_lp_checks += 1
-                v = self._lp_bound()
-                if v is not None and v > self.lev:
-                    self.n_infeasible += 1
-                    self.last_infeasible = True
-                    self.trace.add(self.k, self.cycle, self.f_low, self.f_up, self.lev, math.nan, critical, 1)
-                    continue
-            self.x_next = res.x
-            self.lam = res.lam
+            self.x_next = out.x
+            self.lam = out.lam
             self.pending = True
-            self.f_low = max(self.f_low, min(aggregate_bound(G, e, comp, res.lam, self.m, self.lower, self.upper),
-                                             self.f_up))
             if p.lp_every and self.k % p.lp_every == 0:
                 self._lp_bound()
             self.trace.add(self.k, self.cycle, self.f_low, self.f_up, self.lev,
@@ -428,15 +336,11 @@ class LevelBundleMaster(Master):
     def _everyone_answered_this_cycle(self) -> bool:
         """The paper's test min_j a(j) >= k_cycle (option ``cycle_wait``): every worker has answered a
         point of the current cycle (a(j): the iteration of worker j's latest answered point)."""
-        if not self.p.cycle_wait or self.answered_k.min() >= self.cycle_k:
+        if not self.p.cycle_wait or self.book.answered_k.min() >= self.cycle_k:
             return True
         self.n_cycle_waits += 1
         return False
 
-    # -- checkpoint (mpiopt.bundle.master_state) ---------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue (taken while no request is in flight)."""
-        return master_state(self)
-
-    def load_state_dict(self, st: dict[str, Any]) -> None:
-        load_master_state(self, st)
+    # -- checkpoint: everything needed to continue, taken while no request is in flight ------------
+    state_dict = master_state
+    load_state_dict = load_master_state

@@ -10,10 +10,12 @@ if TYPE_CHECKING:
     from .master import LevelBundleMaster
 
 SCALARS = ("f_low", "f_up", "gap_ref", "lev", "lev_prev", "last_infeasible", "k", "steps", "cycle",
-           "n_infeasible", "n_midcycle_compressions", "n_lp_checks", "n_lp", "n_certified", "n_uncertified", "cycle_k",
-           "n_cycle_waits", "answers", "qp_seconds", "lp_seconds", "phase", "pending",
+           "n_infeasible", "n_midcycle_compressions", "cycle_k",
+           "n_cycle_waits", "answers", "qp_seconds", "phase", "pending",
            "since_step")
-ARRAYS = ("x1", "x_best", "xc", "x_next", "evals", "latest_fu", "latest_eta", "answered_k")
+ARRAYS = ("x1", "x_best", "xc", "x_next", "evals", "latest_fu", "latest_eta")
+BOUNDS_SCALARS = ("n_lp_checks", "n_lp", "n_certified", "n_uncertified", "lp_seconds")   # M.bounds
+BOOK_ARRAYS = ("answered_k",)                                                           # M.book
 
 
 def master_state(M: "LevelBundleMaster") -> dict[str, Any]:
@@ -23,7 +25,9 @@ def master_state(M: "LevelBundleMaster") -> dict[str, Any]:
     st: dict[str, Any] = {k: getattr(M, k) for k in SCALARS}
     st["last_infeasible"] = int(M.last_infeasible)
     st["pending"] = int(M.pending)
+    st.update({k: getattr(M.bounds, k) for k in BOUNDS_SCALARS})
     st.update({k: np.array(getattr(M, k)) for k in ARRAYS})
+    st.update({k: np.array(getattr(M.book, k)) for k in BOOK_ARRAYS})
     st["lam"] = np.array([]) if M.lam is None else M.lam.copy()
     st["has_lam"] = int(M.lam is not None)
     st.update(M.coordination.state_dict())
@@ -37,17 +41,19 @@ def master_state(M: "LevelBundleMaster") -> dict[str, Any]:
 
 def load_master_state(M: "LevelBundleMaster", st: dict[str, Any]) -> None:
     """Restore ``M`` from :func:`master_state` (every worker idle afterwards)."""
-    for k in SCALARS:
-        if k not in st:                  # a counter added after the checkpoint was written
-            continue
-        v = st[k]
-        cur = getattr(M, k)
-        setattr(M, k, type(cur)(v) if not isinstance(cur, str) else str(v))
+    for obj, names in ((M, SCALARS), (M.bounds, BOUNDS_SCALARS)):
+        for k in names:
+            if k not in st:              # a counter added after the checkpoint was written
+                continue
+            v = st[k]
+            cur = getattr(obj, k)
+            setattr(obj, k, type(cur)(v) if not isinstance(cur, str) else str(v))
     M.last_infeasible = bool(int(st["last_infeasible"]))
     M.pending = bool(int(st["pending"]))
-    for k in ARRAYS:
-        if k in st:                      # (answered_k: added later)
-            getattr(M, k)[...] = np.asarray(st[k]).reshape(getattr(M, k).shape)
+    for obj, names in ((M, ARRAYS), (M.book, BOOK_ARRAYS)):
+        for k in names:
+            if k in st:                  # (answered_k: added later)
+                getattr(obj, k)[...] = np.asarray(st[k]).reshape(getattr(obj, k).shape)
     M.lam = np.asarray(st["lam"], dtype=np.float64).copy() if int(st["has_lam"]) else None
     M.coordination.load_state_dict(st)
     M.model.load_state_dict(st["model"])
@@ -55,9 +61,7 @@ def load_master_state(M: "LevelBundleMaster", st: dict[str, Any]) -> None:
     if M.umodel is not None and "umodel" in st:
         M.umodel.load_state_dict(st["umodel"])
     M.trace.rows = [tuple(r) for r in np.asarray(st["trace"]).reshape(-1, len(M.trace.names))]
-    M.idle[:] = True
-    M.sent_k[:] = -1
-    M.sent.clear()
-    M.held = []
+    M.book.reset()
+    M.round.held = []
     if M.phase == "run" and M.p.variant == "sync" and not M.pending:
         M.pending = True

@@ -107,6 +107,13 @@ class CutModel:
         mask[free] = rank_in_comp < budget[comp[free]]
         return self.keep(mask)
 
+    def drop_inactive(self, lam: np.ndarray, max_cuts: int) -> int:
+        """Between critical iterations: drop the cuts inactive in the last QP (multipliers ``lam`` of the
+        first ``lam.size`` cuts; newer cuts are kept) down to ``max_cuts`` per component."""
+        keep = np.ones(self.count)
+        keep[:lam.size] = lam
+        return self.compress(keep, max_cuts)
+
     # -- evaluation -------------------------------------------------------------------------
     def component_values(self, x: np.ndarray) -> np.ndarray:
         """max over each component's cuts at ``x`` (-inf for a component without cuts)."""
