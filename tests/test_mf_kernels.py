@@ -102,6 +102,26 @@ def test_compiled_kernels_bit_identical_to_kernel_order_numpy(k, bias):
 
 
 @pytest.mark.parametrize("bias", [0, 1])
+def test_gradient_kernel_rows_not_grouped(bias):
+    """The gradient kernel keeps a row's gradient in a local accumulator while the row's ratings run;
+    ratings whose rows come back later (not grouped by row) must give the same bits as adding rating
+    by rating in storage order."""
+    rng = np.random.default_rng(21 + bias)
+    k = 4
+    i = rng.integers(0, 9, 300)                   # unsorted: rows recur in separate runs
+    j = rng.integers(0, 7, 300)
+    blk = RatingBlock(i.astype(np.int32), j.astype(np.int32), rng.normal(0, 1.5, 300), 9, 7, k=k,
+                      sorted_rows=True)           # kept in the given order
+    assert np.any(np.diff(blk.i) < 0)
+    A, B = _factors(rng, blk, k, bias)
+    r, sse, gA, gB = _ordered(blk, A, B, k, 1 / 300)
+    _, s, cA, cB = blk.loss_grad(A, B, 1 / 300)
+    assert s == sse
+    np.testing.assert_array_equal(cA, gA)
+    np.testing.assert_array_equal(cB, gB)
+
+
+@pytest.mark.parametrize("bias", [0, 1])
 def test_empty_block_and_single_rating(bias):
     rng = np.random.default_rng(3)
     k = 3

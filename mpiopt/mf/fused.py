@@ -16,16 +16,6 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
-def _pred(A, B, i, j, k, w):
-    p = 0.0
-    for c in range(k):
-        p += A[i, c] * B[j, c]
-    if w > k:
-        p += A[i, k] + B[j, k]
-    return p
-
-
-@njit(cache=True, nogil=True)
 def _reg(A, B, k, reg_r, reg_c, regb_r, regb_c, gA, gB, grad):
     """0.5 sum_i reg_r[i] |a_i[:k]|^2 (+ bias terms) + same for B; adds the gradient if ``grad``."""
     w = A.shape[1]
@@ -60,23 +50,43 @@ def _reg(A, B, k, reg_r, reg_c, regb_r, regb_c, gA, gB, grad):
 @njit(cache=True, nogil=True)
 def loss_grad(ii, jj, v, A, B, k, inv_nnz, reg_r, reg_c, regb_r, regb_c, gA, gB, resid, use_resid):
     """(objective part, sse) of the block; its gradient into gA (rows x w) and gB (cols x w).
-    ``use_resid``: the residuals of these same factors are in ``resid`` (skips the predictions)."""
+    ``use_resid``: the residuals of these same factors are in ``resid`` (skips the predictions).
+    A row's gradient is accumulated in a local row while the row's ratings run (same sums, same
+    order as adding into gA rating by rating; ratings grouped by row make it one load/store per row)."""
     w = A.shape[1]
+    bias = w > k
     gA[:, :] = 0.0
     gB[:, :] = 0.0
+    acc = np.empty(w)
     sse = 0.0
-    for t in range(v.size):
+    n = v.size
+    t = 0
+    while t < n:
         i = ii[t]
-        j = jj[t]
-        r = resid[t] if use_resid else _pred(A, B, i, j, k, w) - v[t]
-        sse += r * r
-        r *= inv_nnz
-        for c in range(k):
-            gA[i, c] += r * B[j, c]
-            gB[j, c] += r * A[i, c]
-        if w > k:
-            gA[i, k] += r
-            gB[j, k] += r
+        for c in range(w):
+            acc[c] = gA[i, c]
+        while t < n and ii[t] == i:
+            j = jj[t]
+            if use_resid:
+                r = resid[t]
+            else:
+                p = 0.0
+                for c in range(k):
+                    p += A[i, c] * B[j, c]
+                if bias:
+                    p += A[i, k] + B[j, k]
+                r = p - v[t]
+            sse += r * r
+            r *= inv_nnz
+            for c in range(k):
+                acc[c] += r * B[j, c]
+                gB[j, c] += r * A[i, c]
+            if bias:
+                acc[k] += r
+                gB[j, k] += r
+            t += 1
+        for c in range(w):
+            gA[i, c] = acc[c]
     f = 0.5 * inv_nnz * sse
     f += _reg(A, B, k, reg_r, reg_c, regb_r, regb_c, gA, gB, True)
     return f, sse
@@ -86,9 +96,17 @@ def loss_grad(ii, jj, v, A, B, k, inv_nnz, reg_r, reg_c, regb_r, regb_c, gA, gB,
 def loss(ii, jj, v, A, B, k, inv_nnz, reg_r, reg_c, regb_r, regb_c, resid, keep):
     """(objective part, sse) of the block; the residuals into ``resid`` if ``keep``."""
     w = A.shape[1]
+    bias = w > k
     sse = 0.0
     for t in range(v.size):
-        r = _pred(A, B, ii[t], jj[t], k, w) - v[t]
+        i = ii[t]
+        j = jj[t]
+        p = 0.0
+        for c in range(k):
+            p += A[i, c] * B[j, c]
+        if bias:
+            p += A[i, k] + B[j, k]
+        r = p - v[t]
         if keep:
             resid[t] = r
         sse += r * r
@@ -101,10 +119,17 @@ def loss(ii, jj, v, A, B, k, inv_nnz, reg_r, reg_c, regb_r, regb_c, resid, keep)
 def sq_errors(ii, jj, v, A, B, k, lo, hi):
     """(sum of squared errors, same with predictions clipped to [lo, hi])."""
     w = A.shape[1]
+    bias = w > k
     sse = 0.0
     ssc = 0.0
     for t in range(v.size):
-        p = _pred(A, B, ii[t], jj[t], k, w)
+        i = ii[t]
+        j = jj[t]
+        p = 0.0
+        for c in range(k):
+            p += A[i, c] * B[j, c]
+        if bias:
+            p += A[i, k] + B[j, k]
         r = p - v[t]
         sse += r * r
         q = min(max(p, lo), hi) - v[t]
