@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import result as R
 from .accuracy import OnDemandAccuracy
+from .async_start import AsyncStart
 from .bookkeeping import OracleBook, SyncRound, step_due
 from .coordination import Coordination, Coordinations
 from .lower_bounds import LevelProblem
@@ -37,6 +38,7 @@ from .protocol import Answer, Master, Request, Trace
 __all__ = ["VARIANTS", "Params", "Answer", "Request", "Trace", "Coordination", "LevelBundleMaster"]
 
 VARIANTS = ("sync", "upper_model", "coordination")
+STARTS = ("sync", "async")
 # default level parameter per variant: coordination gets its upper bounds rarely, so it lowers the level further
 # and lets infeasible QPs raise f_low without waiting for a coordination (docs/level_bundle.md, "Benchmark")
 ALPHA_DEFAULT = {"sync": 0.5, "upper_model": 0.5, "coordination": 0.95}
@@ -71,11 +73,15 @@ class Params:
     certify_infeasible: bool = True  # check every infeasible level QP with the exact LP before f_low = lev
     time_limit: float | None = None  # seconds per QP / LP solve (None: the process-wide HiGHS setting)
     cycle_wait: bool = False         # a new cycle on gap decrease only once every worker answered a point of this one
+    start: str = "sync"              # sync: first round at x1 waited for; async: no waiting (mpiopt.bundle.async_start)
 
     def resolved(self) -> "Params":
         """These parameters with the per-variant defaults filled in (ValueError: unknown variant)."""
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}")
+        if self.start not in STARTS or (self.start == "async" and self.variant == "sync"):
+            raise ValueError(f"start={self.start!r} with variant={self.variant!r}: start is sync or async, "
+                             "and async needs an asynchronous variant (upper_model or coordination)")
         return replace(self, alpha=ALPHA_DEFAULT[self.variant] if self.alpha is None else self.alpha,
                        qp_lazy=QP_LAZY_DEFAULT[self.variant] if self.qp_lazy is None else self.qp_lazy)
 
@@ -99,15 +105,11 @@ class LevelBundleMaster(Master):
         self.level = LevelProblem(self.lower, self.upper, self.m, params)
         self.qp, self.bounds = self.level.qp, self.level.bounds
         x1 = 0.5 * (self.lower + self.upper) if x0 is None else np.clip(x0, self.lower, self.upper)
-        # bounds and centre
+        # bounds, level, centre
         self.f_low, self.f_up = -math.inf, math.inf
+        self.gap_ref = self.lev = self.lev_prev = math.inf
         self.x1 = x1.astype(np.float64)
-        self.x_best = self.x1.copy()
-        self.xc = self.x1.copy()
-        self.x_next = self.x1.copy()
-        self.gap_ref = math.inf
-        self.lev = math.inf
-        self.lev_prev = math.inf
+        self.x_best, self.xc, self.x_next = self.x1.copy(), self.x1.copy(), self.x1.copy()
         self.lam: np.ndarray | None = None
         self.last_infeasible = False
         # counters
@@ -132,6 +134,7 @@ class LevelBundleMaster(Master):
         self.cycle_k = 0                                       # iteration of the last critical iteration
         self.n_cycle_waits = 0
         self.coordination = Coordinations(self.n, self.m, self.owners, params)
+        self.early = AsyncStart(self.n, self.m, self.lower, self.upper, params) if params.start == "async" else None
         self.init_outcome()
         self.trace = Trace()
 
@@ -142,11 +145,10 @@ class LevelBundleMaster(Master):
     def eta_request(self) -> float:
         """On-demand accuracy per component: kappa * alpha * gap / (2m), tightened when the gap
         stalls at the oracles' accuracy (:mod:`mpiopt.bundle.accuracy`)."""
-        return self.accuracy.request(self.gap)
+        early = self.early is not None and self.early.active
+        return self.accuracy.request(self.early.gap if early else self.gap)
 
-    @property
-    def n_cuts(self) -> int:
-        return int(self.model.count)
+    n_cuts = property(lambda self: int(self.model.count))
 
     n_lp = property(lambda self: self.bounds.n_lp, doc="exact LPs solved")
     lp_seconds = property(lambda self: self.bounds.lp_seconds)
@@ -155,8 +157,8 @@ class LevelBundleMaster(Master):
 
     # -- driver interface -----------------------------------------------------------------------
     def start(self) -> list[Request]:
-        """The first synchronous round: every oracle at x1."""
-        self.phase = "init"
+        """Every oracle at x1 (start=sync: a synchronous first round; async: no waiting)."""
+        self.phase = "init" if self.early is None else "run"
         self.x_next = self.x1.copy()
         return self._send_all(self.x1, coord_id=-1)
 
@@ -179,15 +181,17 @@ class LevelBundleMaster(Master):
                 self._step()
         elif self.p.variant == "sync":
             if self.round.complete():
-                self._improve_upper(self.x_next, float(self.round.fu.sum()))
+                self.improve_upper(self.x_next, float(self.round.fu.sum()))
                 self._step()
         else:
+            if self.early is not None and self.early.active and self.early.complete():
+                self.early.finish(self)
             coord_done = False
             if self.p.variant == "upper_model":
                 self._upper_model_bound(points)
             else:
                 for c in self.coordination.pop_complete():
-                    self._improve_upper(c.z, float(c.fu.sum()))
+                    self.improve_upper(c.z, float(c.fu.sum()))
                     coord_done = True
             self.since_step += len(answers)
             if step_due(self.book, self.p, self.since_step, self.k, coord_done, self.coordination):
@@ -209,20 +213,16 @@ class LevelBundleMaster(Master):
         out = []
         for w in np.flatnonzero(self.idle):
             c = self.coordination.for_worker(int(w))
-            if c is not None:
+            if self.early is not None and self.early.active and not self.early.seen[self.owners[w]].all():
+                out.append(self.book.send(int(w), 0, -1, self.eta_request(), self.x1))   # (after a resume)
+            elif c is not None:
                 out.append(self._send(int(w), c.z, c.id))
             elif not (self.p.coord_blocking and self.coords) and self.book.sent_k[w] != self.k:
                 out.append(self._send(int(w), self.x_next, -1))
         return out
 
-    @property
-    def coords(self) -> list[Coordination]:
-        """The coordinations in flight, oldest first."""
-        return self.coordination.active
-
-    @property
-    def n_coords(self) -> int:
-        return self.coordination.started
+    coords = property(lambda self: self.coordination.active, doc="the coordinations in flight, oldest first")
+    n_coords = property(lambda self: self.coordination.started, doc="coordinations started")
 
     # -- internals ------------------------------------------------------------------------------
     def _send(self, w: int, x: np.ndarray, coord_id: int) -> Request:
@@ -248,51 +248,46 @@ class LevelBundleMaster(Master):
         if self.phase == "init" or self.p.variant == "sync":
             self.round.record(comps, fl, fu, G)
         self.coordination.record(cid, comps, fu)
+        if self.early is not None:
+            self.early.record(comps, fu, it)
         return z
 
     def _finish_first_round(self) -> None:
         """f_up = f(x1); f_low = min_X of the aggregated linearisation at x1 (and the LP)."""
-        self._improve_upper(self.x1, float(self.round.fu.sum()))
+        self.improve_upper(self.x1, float(self.round.fu.sum()))
         self.f_low = self.round.lower_bound(self.x1, self.lower, self.upper)
         if self.p.lp_start:
-            self._lp_bound()
+            self.lp_bound()
         self.gap_ref = self.gap
         self.phase = "run"
 
-    def _improve_upper(self, x: np.ndarray, value: float) -> None:
+    def improve_upper(self, x: np.ndarray, value: float) -> None:
         if value < self.f_up:
             self.f_up = value
             self.x_best = np.array(x, dtype=np.float64)
 
     def _upper_model_bound(self, points: Sequence[np.ndarray]) -> None:
         """f_up = min(f_up, fbar(y)) for y in {last iterate, centre, answered points}."""
-        Y = np.vstack([self.x_next, self.xc, *points])
-        vals = self.umodel.values(Y)
-        j = int(np.argmin(vals))
-        self._improve_upper(Y[j], float(vals[j]))
+        self.improve_upper(*self.umodel.best(np.vstack([self.x_next, self.xc, *points])))
 
-    def _lp_bound(self) -> None:
+    def lp_bound(self) -> None:
         """f_low = max(f_low, min_X fv) with the exact LP."""
         self.f_low, _ = self.level.lp_bound(self.model, self.f_low, self.f_up)
 
     def _stop_test(self) -> bool:
-        if self.gap <= self.tolerance():
-            self.finish(R.CONVERGED, "gap", f"gap {self.gap:.3e} <= tolerance {self.tolerance():.3e}")
-            return True
-        if not self.exact and self.accuracy.give_up(self.gap):
-            self.finish(R.INEXACT, "inexactness",
-                        f"gap {self.gap:.3e} > tolerance {self.tolerance():.3e}: the oracles cannot answer more "
-                        f"accurately (2 sum(eta)/alpha = {self.accuracy.best_bound():.3e} at their best)")
-            return True
-        if self.k >= self.p.max_iter:
-            self.finish(R.MAX_ITER, "max_iter", f"reached max_iter={self.p.max_iter} QPs")
-            return True
-        return False
+        stop = stop_reason(self)
+        if stop is not None:
+            self.finish(*stop)
+        return stop is not None
 
     def _step(self) -> None:
         """Critical test, level, QP (repeated while infeasible), lower bounds."""
         self.steps += 1
         p = self.p
+        if self.early is not None and self.early.active:
+            if not self._stop_test():
+                self.early.take_step(self)
+            return
         while not self._stop_test():
             critical = self.gap <= (1 - p.alpha) * self.gap_ref and self._everyone_answered_this_cycle()
             critical = critical or self.last_infeasible
@@ -327,7 +322,7 @@ class LevelBundleMaster(Master):
             self.lam = out.lam
             self.pending = True
             if p.lp_every and self.k % p.lp_every == 0:
-                self._lp_bound()
+                self.lp_bound()
             self.trace.add(self.k, self.cycle, self.f_low, self.f_up, self.lev,
                            float(np.linalg.norm(self.x_next - self.xc)), critical, 0)
             self._stop_test()
@@ -344,3 +339,19 @@ class LevelBundleMaster(Master):
     # -- checkpoint: everything needed to continue, taken while no request is in flight ------------
     state_dict = master_state
     load_state_dict = load_master_state
+
+
+
+def stop_reason(M: LevelBundleMaster) -> tuple[int, str, str] | None:
+    """(status, rule, message) when ``M`` must stop now: the gap closed, the oracles cannot answer more
+    accurately (inexact oracles), or max_iter; None otherwise."""
+    gap, tol = M.gap, M.tolerance()
+    if math.isfinite(gap) and gap <= tol:
+        return R.CONVERGED, "gap", f"gap {gap:.3e} <= tolerance {tol:.3e}"
+    if not M.exact and M.accuracy.give_up(gap):
+        why = (f"gap {gap:.3e} > tolerance {tol:.3e}: the oracles cannot answer more "
+               f"accurately (2 sum(eta)/alpha = {M.accuracy.best_bound():.3e} at their best)")
+        return R.INEXACT, "inexactness", why
+    if M.k >= M.p.max_iter:
+        return R.MAX_ITER, "max_iter", f"reached max_iter={M.p.max_iter} QPs"
+    return None

@@ -35,6 +35,8 @@ def master_state(M: "LevelBundleMaster") -> dict[str, Any]:
     st.update(M.accuracy.state_dict())
     if M.umodel is not None:
         st["umodel"] = M.umodel.state_dict()
+    if M.early is not None:
+        st.update(M.early.state_dict())
     st["trace"] = np.asarray(M.trace.rows, dtype=np.float64).reshape(-1, len(M.trace.names))
     return st
 
@@ -60,6 +62,8 @@ def load_master_state(M: "LevelBundleMaster", st: dict[str, Any]) -> None:
     M.accuracy.load_state_dict(st)
     if M.umodel is not None and "umodel" in st:
         M.umodel.load_state_dict(st["umodel"])
+    if M.early is not None:
+        M.early.load_state_dict(st)
     M.trace.rows = [tuple(r) for r in np.asarray(st["trace"]).reshape(-1, len(M.trace.names))]
     M.book.reset()
     M.round.held = []

@@ -172,6 +172,12 @@ class UpperModel:
         comp_vals = np.min(self.fu[None] + self.L[None, :, None] * d, axis=2)      # (ny, m)
         return comp_vals.sum(axis=1)
 
+    def best(self, Y: np.ndarray) -> tuple[np.ndarray, float]:
+        """The row y of ``Y`` with the least fbar(y), and fbar(y)."""
+        vals = self.values(Y)
+        j = int(np.argmin(vals))
+        return Y[j], float(vals[j])
+
     def state_dict(self) -> dict[str, Any]:
         return {"Z": self.Z.copy(), "fu": self.fu.copy(), "count": self.count.copy()}
 

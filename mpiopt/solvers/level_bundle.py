@@ -26,7 +26,8 @@ from typing import Any
 
 from .. import options as O
 from ..bundle import highs
-from ..bundle.master import VARIANTS, LevelBundleMaster, Params
+from ..bundle.master import STARTS, VARIANTS, LevelBundleMaster, Params
+from ..errors import InputError
 from ..options import Option
 from ..registry import register_solver
 from .master_oracle import MasterOracleSolver
@@ -77,9 +78,20 @@ class LevelBundle(MasterOracleSolver):
                "falls back to the other solver, an LP gives no bound", float, low=0.0, low_open=True),
         Option("highs_threads", 1, "threads of each HiGHS model on each rank (the ranks already share the cores)",
                int, low=1),
+        Option("start", "sync", "sync: wait for every oracle at x1 before the first QP; async (upper_model, "
+               "coordination): no waiting, f_up = +inf and f_low = -inf until every oracle has answered, steps on "
+               "the components that answered meanwhile (docs/level_bundle.md)", str, choices=STARTS),
         Option("cut_cap", 2.0, "between critical iterations, drop the last QP's inactive cuts when a bundle "
                "exceeds cut_cap*max_cuts", float, low=1.0),
     )
+
+    @classmethod
+    def check_config(cls, cfg: dict[str, dict[str, Any]], n_ranks: int) -> None:
+        super().check_config(cfg, n_ranks)
+        s = cfg["solver"]
+        if s.get("start") == "async" and s.get("variant", "sync") == "sync":
+            raise InputError("solver.start=async needs an asynchronous variant (solver.variant=upper_model or "
+                             "coordination); sync waits for every oracle at every point anyway")
 
     def __init__(self, problem: Any, options: dict[str, Any], ctx: Any):
         highs.configure(threads=options["highs_threads"], verbose=ctx.verbose)   # before any model is built
@@ -95,7 +107,7 @@ class LevelBundle(MasterOracleSolver):
                         qp_solver=o["qp_solver"], max_iter=o["max_iter"], upper_points=o["upper_points"],
                         cut_cap=o["cut_cap"], min_batch=o["min_batch"], coord_max=o["coord_max"],
                         coord_rule=o["coord_rule"], qp_lazy=o["qp_lazy"], certify_infeasible=o["certify_infeasible"],
-                        time_limit=o["time_limit"], cycle_wait=o["cycle_wait"])
+                        time_limit=o["time_limit"], cycle_wait=o["cycle_wait"], start=o["start"])
         return LevelBundleMaster(p.n_vars, p.m, p.lower, p.upper, p.lipschitz, self.owners, params,
                                  x0=p.x0(), exact=p.exact, floors=[p.accuracy_floor(i) for i in range(p.m)])
 
@@ -105,6 +117,11 @@ class LevelBundle(MasterOracleSolver):
 
     def result_extras(self, master: LevelBundleMaster) -> dict[str, Any]:
         """The resolved per-variant defaults (the config may say none) and the certification counters."""
-        return {"alpha": float(master.p.alpha), "qp_lazy": bool(master.p.qp_lazy),
-                "certified_infeasible_qps": int(master.n_certified), "uncertified_infeasible_qps": int(master.n_uncertified),
-                "accuracy_tightened": int(master.accuracy.tightened), "cycle_waits": int(master.n_cycle_waits)}
+        out = {"alpha": float(master.p.alpha), "qp_lazy": bool(master.p.qp_lazy),
+               "certified_infeasible_qps": int(master.n_certified),
+               "uncertified_infeasible_qps": int(master.n_uncertified),
+               "accuracy_tightened": int(master.accuracy.tightened), "cycle_waits": int(master.n_cycle_waits),
+               "start": str(master.p.start)}
+        if master.early is not None:     # oracle calls per component when the iterate first left x1
+            out["first_move_oracle_calls"] = master.early.first_move_evals.copy()
+        return out
