@@ -738,7 +738,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean-over-seeds", action="store_true",
                    help="plot runs that differ only in run.seed as one mean line with a min-max band")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the table")
+    p.add_argument("--evaluate", action="store_true",
+                   help="instead: evaluate the model snapshots (/snapshots) of each torch training result file "
+                        "(test and train loss/accuracy; runs with solver.snapshot_eval=off) and write "
+                        "evaluation-<name>.csv to --out-dir")
+    p.add_argument("--eval-samples", type=int, help="--evaluate: test images used (default: the run's "
+                   "solver.eval_samples; 0: all)")
+    p.add_argument("--every", type=int, default=1, help="--evaluate: every k-th snapshot (and the last)")
     return p
+
+
+def evaluate_files(paths: Sequence[str], out_dir: str, eval_samples: int | None, every: int, quiet: bool) -> None:
+    """``--evaluate``: evaluate the snapshots of each result file, print and write them as CSV."""
+    from .nn.evaluate import format_rows, to_csv
+    from .solvers.async_subgradient.offline import evaluate_file
+    results, _ = collect(paths)
+    if not results:
+        raise InputError("--evaluate: no result files given")
+    os.makedirs(out_dir, exist_ok=True)
+    for r in results:
+        rows = evaluate_file(r.path, eval_samples, every)
+        out = os.path.join(out_dir, f"evaluation-{os.path.splitext(os.path.basename(r.path))[0]}.csv")
+        with open(out, "w", encoding="utf-8") as fh:
+            fh.write(to_csv(rows))
+        if not quiet:
+            print(f"{r.path}: {len(rows)} snapshot(s) evaluated\n{format_rows(rows)}\nwrote {out}\n")
 
 
 def report(paths: Sequence[str], out_dir: str = "report", metrics: Sequence[str] | str | None = None,
@@ -774,6 +798,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     ns = build_parser().parse_args(argv)
     try:
+        if ns.evaluate:
+            evaluate_files(ns.paths, ns.out_dir, ns.eval_samples, ns.every, ns.quiet)
+            return EXIT_OK
         metrics: Sequence[str] | str = [m.strip() for m in ns.metrics.split(",") if m.strip()] or "key"
         formats = [f.strip().lower() for f in ns.formats.split(",") if f.strip()]
         rows, figures, notes = report(ns.paths, ns.out_dir, metrics, formats, not ns.no_plots, ns.prefix, ns.title,

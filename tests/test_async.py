@@ -317,8 +317,9 @@ def test_ddp_baseline_trains_and_is_reproducible():
 
 @pytest.mark.mpi(ranks=2, timeout=180)
 def test_resnet18_on_cifar_batches_with_local_batchnorm():
-    """The paper's network on CIFAR-10-format files: BatchNorm statistics stay local to the worker
-    and the snapshot rank recalibrates them for the snapshot's own weights."""
+    """The paper's network on CIFAR-10-format files with solver.bn=local: BatchNorm statistics stay
+    local to the worker and the snapshot rank recalibrates them for the snapshot's own weights
+    (shared statistics: tests/test_async_bn.py)."""
     import tempfile
     from mpi4py import MPI
     from mpiopt.comm import Comm
@@ -330,7 +331,8 @@ def test_resnet18_on_cifar_batches_with_local_batchnorm():
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
             write_batch(f"{folder}/{name}", rng.integers(0, 256, (16, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 16))
     c.Barrier()
-    run = _build(c, "async_subgradient", {"method": "hw", "max_epochs": 1, "batch_size": 16, "bn_batches": 2},
+    run = _build(c, "async_subgradient", {"method": "hw", "max_epochs": 1, "batch_size": 16, "bn_batches": 2,
+                                          "bn": "local"},
                  {"snapshot_every": 0}, width=4, problem="cifar10", problem_opts={"path": folder})
     s = run.solver
     assert s.flat.n > 10000 and len(s.flat.slots) == 62

@@ -212,3 +212,24 @@ def test_problems_load_and_validate(tmp_path):
         bad.setup()
     with pytest.raises(InputError, match="problem.path"):
         Cifar10({"path": None, "model": "resnet18", "width": 0, "n_train": 0, "n_test": 0, "seed": 0}, world()).setup()
+
+
+def test_batchnorm_statistics_are_views_of_one_vector():
+    """cnn_bn: running mean/var live in ``stats`` (forward passes move it, a write into it lands in
+    the module); the layout hash covers them; num_batches_tracked stays a module buffer."""
+    f = FlatModel(build_model("cnn_bn", (1, 8, 8), 10, width=4, seed=0))
+    assert f.n_stats == 2 * (4 + 8) and [s.name for s in f.stat_slots][0] == "1.running_mean"
+    assert FlatModel(build_model("cnn", (1, 8, 8), 10, width=4)).n_stats == 0
+    old = f.stats_np.copy()
+    f.module.train()
+    f.module(torch.randn(16, 1, 8, 8))
+    assert f.stats_intact() and not np.array_equal(f.stats_np, old)
+    bn = f.module[1]
+    assert np.allclose(f.stats_np[:4], bn.running_mean.numpy()) and int(bn.num_batches_tracked) == 1
+    f.load(f.flat_np.copy(), np.full(f.n_stats, 2.0, np.float32))      # what a read of shared statistics does
+    assert bool((bn.running_var == 2.0).all()) and f.stats_intact()
+    recalibrate_batchnorm(f.module, [torch.randn(8, 1, 8, 8)])         # resets in place: still views
+    assert f.stats_intact() and not (f.stats_np == 2.0).all()
+    g = FlatModel(build_model("cnn_bn", (1, 8, 8), 10, width=8))
+    assert f.layout_hash() != g.layout_hash()
+    assert f.layout_hash() != FlatModel(build_model("cnn", (1, 8, 8), 10, width=4)).layout_hash()

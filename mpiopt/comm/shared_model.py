@@ -8,11 +8,19 @@
                         lock-free ``Get`` (or ``Get_accumulate`` NO_OP) reads, ``Accumulate(SUM)`` writes.
 - :class:`BlockVector`  PASSM: block j of the vector hosted by its owner, who updates it in place; a
                         version word per block (odd while writing) gives consistent per-block reads.
-- :class:`HostedModel`  what the solver uses for ``hw``/``assm``/``sgd``: a HostedVector with a write
-                        counter riding along, reads and writes in the chosen mode (lock-free plain
-                        Get / Get-add-Put, element-atomic Accumulate, under the lock), counts of
-                        applied writes and of reads that overlapped a write.
-- :class:`BlockModel`   the same surface for ``passm`` over a BlockVector.
+- :class:`HostedModel`  what the solver uses for ``hw``/``assm``/``sgd``: a HostedVector with the
+                        shared BatchNorm statistics (if any) and a write counter riding along, reads
+                        and writes in the chosen mode (lock-free plain Get / Get-add-Put,
+                        element-atomic Accumulate, under the lock), counts of applied writes and of
+                        reads that overlapped a write.
+- :class:`BlockModel`   the same surface for ``passm`` over a BlockVector; shared statistics live in a
+                        small HostedVector on the host, written with element-atomic Accumulate.
+
+Shared statistics (BatchNorm running mean/variance, ``n_stats`` float32 elements) are written as
+increments: a worker reads them with the parameters, its forward pass moves them to
+``old + momentum * (batch - old)``, and it adds ``new - old`` to the shared copy with its parameter
+write, in the same write mode (so hw's plain writes can lose a statistics increment with the
+parameter increment, assm's are under the lock, passm's are element-atomic and never lost).
 - :func:`host_loop`     the snapshot rank's loop: take a snapshot every ``every`` seconds until a
                         sync is needed, sleeping politely in between.
 
@@ -156,13 +164,14 @@ class HostedVector:
         self.win = Window(comm, self.n if comm.rank == HOST else 0, np.float32, shared=shared)
         self.rma_seconds = 0.0
 
-    def read(self, out: np.ndarray, atomic: bool = False) -> np.ndarray:
-        """The whole vector into ``out`` (lock-free; ``atomic``: element-atomic Get_accumulate)."""
+    def read(self, out: np.ndarray, atomic: bool = False, offset: int = 0) -> np.ndarray:
+        """``out.size`` elements from ``offset`` into ``out`` (lock-free; ``atomic``: element-atomic
+        Get_accumulate)."""
         t = time.perf_counter()
         if atomic:
-            self.win.get_atomic(HOST, out)
+            self.win.get_atomic(HOST, out, offset)
         else:
-            self.win.get(HOST, out)
+            self.win.get(HOST, out, offset)
         self.rma_seconds += time.perf_counter() - t
         return out
 
@@ -304,9 +313,9 @@ class _Overlaps:
 
 
 class HostedModel:
-    """The shared vector of ``hw``/``assm``/``sgd``: ``n`` float32 parameters hosted by rank 0 plus
-    one element that counts applied writes (it rides along in every write, so a write that is
-    overwritten loses its count too).
+    """The shared vector of ``hw``/``assm``/``sgd``: ``n`` float32 parameters hosted by rank 0, then
+    ``n_stats`` shared statistics, then one element that counts applied writes (it rides along in
+    every write, so a write that is overwritten loses its count too).
 
     ``writes``: ``plain`` (Get the current x, add, Put it back, no atomics: concurrent writes can
     overwrite each other, as in shared-memory Hogwild) or ``atomic`` (element-atomic
@@ -317,34 +326,42 @@ class HostedModel:
 
     def __init__(self, comm: Comm, n: int, control: Control, shared: bool = False, *, writes: str = "atomic",
                  lock_reads: bool = False, lock_writes: bool = False, consistent: bool = False,
-                 read_atomic: bool = False, count_overlaps: bool = True):
+                 read_atomic: bool = False, count_overlaps: bool = True, n_stats: int = 0):
         if writes not in WRITE_MODES:
             raise ValueError(f"writes must be one of {WRITE_MODES}")
         self.comm, self.n, self.control = comm, int(n), control
-        self.vec = HostedVector(comm, self.n + 1, shared=shared)
+        self.n_stats = int(n_stats)
+        self.vec = HostedVector(comm, self.n + self.n_stats + 1, shared=shared)
         self.writes, self.lock_reads, self.lock_writes = writes, lock_reads, lock_writes
         self.consistent, self.read_atomic = consistent, read_atomic
         self.overlaps = _Overlaps(control, count_overlaps)
-        self._inc = np.zeros(self.n + 1, np.float32)
-        self._cur = np.zeros(self.n + 1, np.float32) if writes == "plain" else None
+        self._inc = np.zeros(self.n + self.n_stats + 1, np.float32)
+        self._cur = np.zeros(self.n + self.n_stats + 1, np.float32) if writes == "plain" else None
 
     def writable(self, is_worker: bool) -> tuple[int, int]:
         """The coordinates a worker writes: all of them."""
         return (0, self.n) if is_worker else (0, 0)
 
-    def read(self, out: np.ndarray) -> np.ndarray:
-        """Worker: ``out <- x`` (lock-free unless ``lock_reads``)."""
+    def read(self, out: np.ndarray, stats: np.ndarray | None = None) -> np.ndarray:
+        """Worker: ``out <- x`` and ``stats <- `` the shared statistics, if given (lock-free unless
+        ``lock_reads``; both under one lock hold)."""
         with self.control.locked(self.lock_reads):
             finished = self.overlaps.before()
             self.vec.read(out[:self.n], self.read_atomic)
+            if stats is not None and self.n_stats:
+                self.vec.read(stats[:self.n_stats], self.read_atomic, offset=self.n)
             self.overlaps.after(finished)
         return out
 
-    def write(self, delta: np.ndarray, lo: int, hi: int, samples: int) -> None:
-        """Worker: ``x[lo:hi] += delta`` in the write mode; counts one update of ``samples`` samples."""
+    def write(self, delta: np.ndarray, lo: int, hi: int, samples: int,
+              stats_delta: np.ndarray | None = None) -> None:
+        """Worker: ``x[lo:hi] += delta`` and ``stats += stats_delta`` (if given) in one write of
+        the write mode; counts one update of ``samples`` samples."""
         inc = self._inc
         inc[lo:hi] = delta
-        inc[self.n] = 1.0
+        if stats_delta is not None and self.n_stats:
+            inc[self.n:self.n + self.n_stats] = stats_delta
+        inc[-1] = 1.0
         with self.control.writing(self.consistent, self.lock_writes):
             self.control.begin_write()
             if self._cur is None:
@@ -358,19 +375,41 @@ class HostedModel:
 
     def copy(self, consistent: bool) -> np.ndarray:
         """Host, while workers run: a copy of x (``consistent``: pause writers first)."""
+        return self.copy_state(consistent)[0]
+
+    def copy_state(self, consistent: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Host, while workers run: copies of x and of the shared statistics, taken together
+        (``consistent``: pause writers first)."""
         if consistent:
             with self.control.paused():
-                return self.vec.host_copy()[:self.n]
-        return self.vec.host_copy()[:self.n]
+                v = self.vec.host_copy()
+        else:
+            v = self.vec.host_copy()
+        return v[:self.n], v[self.n:self.n + self.n_stats]
 
-    def store(self, x: np.ndarray) -> None:
-        """While no worker writes: the host loads ``x`` (the applied-write count is kept)."""
+    def store(self, x: np.ndarray, stats: np.ndarray | None = None) -> None:
+        """While no worker writes: the host loads ``x`` and, if given, the statistics (the
+        applied-write count is kept)."""
         if self.comm.rank == HOST:
-            self.vec.set_all(np.concatenate([np.asarray(x, np.float32), self.vec.win.local[-1:]]))
+            cur = self.vec.win.local
+            st = cur[self.n:self.n + self.n_stats]
+            if stats is not None and self.n_stats:
+                st = np.asarray(stats, np.float32)
+            self.vec.set_all(np.concatenate([np.asarray(x, np.float32), st, cur[-1:]]))
 
     def gather(self) -> np.ndarray | None:
         """Collective, while no worker writes: x on rank 0 (None elsewhere)."""
         return self.vec.win.local[:self.n].copy() if self.comm.rank == HOST else None
+
+    def gather_stats(self) -> np.ndarray | None:
+        """Collective, while no worker writes: the shared statistics on rank 0 (None elsewhere)."""
+        return self.vec.win.local[self.n:self.n + self.n_stats].copy() if self.comm.rank == HOST else None
+
+    def bytes_per_update(self) -> tuple[int, int]:
+        """(bytes read, bytes moved by the write) of one worker update: plain writes get and put the
+        whole vector, atomic ones accumulate it."""
+        size = 4 * (self.n + self.n_stats + 1)
+        return 4 * (self.n + self.n_stats), (2 * size if self._cur is not None else size)
 
     def applied(self) -> int:
         """Writes applied, as counted in the vector (rank 0; 0 elsewhere)."""
@@ -391,9 +430,11 @@ class BlockModel:
     Reads that overlapped a write are counted per block (version odd or changed across the read)."""
 
     def __init__(self, comm: Comm, n: int, ranges: list[tuple[int, int]], owners: list[int], control: Control,
-                 shared: bool = False, *, count_overlaps: bool = True):
+                 shared: bool = False, *, count_overlaps: bool = True, n_stats: int = 0):
         self.comm, self.n, self.control = comm, int(n), control
+        self.n_stats = int(n_stats)
         self.blocks = BlockVector(comm, n, ranges, owners, shared=shared)
+        self.stats = HostedVector(comm, self.n_stats, shared=shared) if self.n_stats else None
         self.overlaps = _Overlaps(control, False)
         self.count_overlaps = count_overlaps
         self.block_reads = 0
@@ -410,10 +451,13 @@ class BlockModel:
     def writable(self, is_worker: bool) -> tuple[int, int]:
         return self.blocks.my_range if is_worker else (0, 0)
 
-    def read(self, out: np.ndarray) -> np.ndarray:
-        """Worker: own block from local memory, the others lock-free from their owners."""
+    def read(self, out: np.ndarray, stats: np.ndarray | None = None) -> np.ndarray:
+        """Worker: own block from local memory, the others lock-free from their owners; ``stats``
+        (if given) lock-free from the host."""
         b = self.blocks
         self.overlaps.reads += 1
+        if stats is not None and self.stats is not None:
+            self.stats.read(stats[:self.n_stats])
         if not self.count_overlaps:
             return b.read_others(out)
         torn = False
@@ -432,19 +476,42 @@ class BlockModel:
         self.overlaps.overlapped += torn
         return out
 
-    def write(self, delta: np.ndarray, lo: int, hi: int, samples: int) -> None:
-        """Owner: ``x[lo:hi] += delta`` in place (single writer, no lock)."""
+    def write(self, delta: np.ndarray, lo: int, hi: int, samples: int,
+              stats_delta: np.ndarray | None = None) -> None:
+        """Owner: ``x[lo:hi] += delta`` in place (single writer, no lock); ``stats += stats_delta``
+        on the host with element-atomic Accumulate (every worker writes every statistic)."""
         a = self.blocks.my_range[0]
         with self.blocks.writing() as mine:
             mine[lo - a:hi - a] += delta
+        if stats_delta is not None and self.stats is not None:
+            self.stats.add(stats_delta)
         self.control.count_update(samples)
 
     def copy(self, consistent: bool) -> np.ndarray:
         """Host, while workers run: every block (``consistent``: each block one version)."""
         return self.blocks.read_all(np.empty(self.n, np.float32), consistent)
 
-    def store(self, x: np.ndarray) -> None:
+    def copy_state(self, consistent: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Host, while workers run: every block and a plain copy of the statistics."""
+        st = self.stats.host_copy() if self.stats is not None else np.zeros(0, np.float32)
+        return self.copy(consistent), st
+
+    def store(self, x: np.ndarray, stats: np.ndarray | None = None) -> None:
         self.blocks.set_mine(np.asarray(x, np.float32))
+        if stats is not None and self.stats is not None and self.comm.rank == HOST:
+            self.stats.set_all(np.asarray(stats, np.float32))
+
+    def gather_stats(self) -> np.ndarray | None:
+        """Collective, while no worker writes: the shared statistics on rank 0 (None elsewhere)."""
+        if self.comm.rank != HOST:
+            return None
+        return self.stats.win.local.copy() if self.stats is not None else np.zeros(0, np.float32)
+
+    def bytes_per_update(self) -> tuple[int, int]:
+        """(bytes read, bytes moved by the write) of one update by the owner of the largest block:
+        the other blocks and the statistics are read; only the statistics increment crosses a window."""
+        own = max(hi - lo for lo, hi in self.ranges)
+        return 4 * (self.n - own + self.n_stats), 4 * self.n_stats
 
     def gather(self) -> np.ndarray | None:
         """Collective, while no worker writes: x on rank 0 (None elsewhere)."""
@@ -466,6 +533,8 @@ class BlockModel:
             self.blocks.set_version(2 * int(count))
 
     def free(self) -> None:
+        if self.stats is not None:
+            self.stats.free()
         self.blocks.free()
 
 

@@ -3,7 +3,10 @@
 ``FlatModel(module)`` moves every parameter into ``flat`` (``p.data`` is a view of a slice) and
 gives each parameter a ``p.grad`` view of ``grad``, so a minibatch gradient lands in one vector
 without concatenation and an RMA ``Get`` into ``flat_np`` updates the model in place.
-The order is ``module.parameters()`` order; buffers (BatchNorm statistics) stay outside.
+The order is ``module.parameters()`` order. Floating-point buffers (BatchNorm running mean and
+variance) are views of a third float32 vector, ``stats`` (``named_buffers()`` order), so shared
+statistics are read and written like the parameters; integer buffers (``num_batches_tracked``) stay
+outside.
 """
 from __future__ import annotations
 
@@ -48,11 +51,26 @@ class FlatModel:
         self.params = [p for _, p in params]
         self.flat_np: np.ndarray = self.flat.numpy()
         self.grad_np: np.ndarray = self.grad.numpy()
+        bufs = [(name, b) for name, b in module.named_buffers() if b.is_floating_point()]
+        self.stat_slots: list[TensorSlot] = []
+        off = 0
+        for name, b in bufs:
+            self.stat_slots.append(TensorSlot(name, tuple(b.shape), off, b.numel()))
+            off += b.numel()
+        self.n_stats = off
+        self.stats = torch.zeros(self.n_stats, dtype=torch.float32)
+        with torch.no_grad():
+            for (name, b), s in zip(bufs, self.stat_slots):
+                view = self.stats[s.offset:s.offset + s.size].view(s.shape)
+                view.copy_(b)
+                b.data = view
+        self.stats_np: np.ndarray = self.stats.numpy()
 
     # -- layout ---------------------------------------------------------------------------
     def layout_hash(self) -> str:
-        """Hash of (names, shapes): equal on every rank iff the flat layouts agree."""
-        text = ";".join(f"{s.name}:{'x'.join(map(str, s.shape))}" for s in self.slots)
+        """Hash of (names, shapes) of parameters and statistics: equal on every rank iff the flat
+        layouts agree."""
+        text = ";".join(f"{s.name}:{'x'.join(map(str, s.shape))}" for s in [*self.slots, *self.stat_slots])
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
     def zero_grad(self) -> None:
@@ -75,6 +93,18 @@ class FlatModel:
         tensor cut by ``lo`` or ``hi`` gets its whole gradient, of which the caller uses a part."""
         for p, s in zip(self.params, self.slots):
             p.requires_grad_(s.offset < hi and lo < s.offset + s.size)
+
+    def load(self, x: np.ndarray, stats: np.ndarray | None = None) -> None:
+        """Set the parameters to ``x`` and, if given, the statistics to ``stats`` (in place)."""
+        self.flat_np[:] = x
+        if stats is not None and self.n_stats:
+            self.stats_np[:] = stats
+
+    def stats_intact(self) -> bool:
+        """Whether every floating-point buffer is still a view of ``stats``."""
+        base = self.stats.data_ptr()
+        bufs = [b for _, b in self.module.named_buffers() if b.is_floating_point()]
+        return all(b.data_ptr() == base + 4 * s.offset for b, s in zip(bufs, self.stat_slots))
 
     def buffers_vector(self) -> np.ndarray:
         """Module buffers (e.g. BatchNorm running statistics) as one float64 vector."""

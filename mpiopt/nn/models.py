@@ -1,4 +1,5 @@
-"""The models: ``mlp``, ``cnn`` (small), ``resnet18`` (the paper's CIFAR-10 ResNet18 for 32x32 images).
+"""The models: ``mlp``, ``cnn`` (small), ``cnn_bn`` (the small CNN with BatchNorm), ``resnet18``
+(the paper's CIFAR-10 ResNet18 for 32x32 images).
 
 ``build_model(name, in_shape, n_classes, width, seed)`` returns a seeded ``torch.nn.Module``;
 every rank building with the same arguments gets the same initial weights.
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-MODELS = ("mlp", "cnn", "resnet18")
+MODELS = ("mlp", "cnn", "cnn_bn", "resnet18")
 
 
 def _torch():
@@ -36,6 +37,19 @@ def cnn(in_shape: tuple[int, ...], n_classes: int, width: int = 16) -> Any:
         nn.Conv2d(c, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(2 * width * h2 * w2, 64), nn.ReLU(), nn.Linear(64, n_classes))
+
+
+def cnn_bn(in_shape: tuple[int, ...], n_classes: int, width: int = 16) -> Any:
+    """:func:`cnn` with a BatchNorm2d after each convolution (a small model with running statistics)."""
+    nn = _torch().nn
+    c, h, w = in_shape
+    h2, w2 = h // 4, w // 4
+    if h2 < 1 or w2 < 1:
+        raise ValueError(f"cnn_bn needs images of at least 4x4, got {h}x{w}")
+    return nn.Sequential(
+        nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * width * h2 * w2, 64), nn.ReLU(), nn.Linear(64, n_classes))
 
 
 def resnet18(in_shape: tuple[int, ...], n_classes: int, width: int = 64) -> Any:
@@ -88,7 +102,7 @@ def build_model(name: str, in_shape: tuple[int, ...], n_classes: int, width: int
                 seed: int = 0) -> Any:
     """A freshly initialised model; the same ``seed`` gives the same weights on every rank."""
     torch = _torch()
-    builders = {"mlp": (mlp, 128), "cnn": (cnn, 16), "resnet18": (resnet18, 64)}
+    builders = {"mlp": (mlp, 128), "cnn": (cnn, 16), "cnn_bn": (cnn_bn, 16), "resnet18": (resnet18, 64)}
     if name not in builders:
         raise ValueError(f"unknown model {name!r} (one of {', '.join(MODELS)})")
     fn, default_width = builders[name]

@@ -2,7 +2,7 @@
 ``mnist`` (idx files at problem.path) and ``cifar10`` (python batches at problem.path).
 
 Every rank holds the whole training set (the async methods sample each minibatch uniformly from all
-data) as uint8 or float32 and normalises per batch. The model (``mlp``, ``cnn``, ``resnet18``) is
+data) as uint8 or float32 and normalises per batch. The model (``mlp``, ``cnn``, ``cnn_bn``, ``resnet18``) is
 built with ``problem.seed``, so every rank starts from the same weights. torch is imported in
 :meth:`setup`, never at module import.
 """
@@ -31,9 +31,9 @@ class TorchModelProblem(Problem):
     @classmethod
     def model_options(cls, default_model: str) -> tuple[Option, ...]:
         return (
-            Option("model", default_model, "network: mlp, cnn (small) or resnet18 (the paper's CIFAR ResNet18)",
-                   str, choices=("mlp", "cnn", "resnet18")),
-            Option("width", 0, "model width (mlp hidden units, cnn/resnet18 base channels; 0: default 128/16/64)",
+            Option("model", default_model, "network: mlp, cnn (small), cnn_bn (the small CNN with BatchNorm) or "
+                   "resnet18 (the paper's CIFAR ResNet18)", str, choices=("mlp", "cnn", "cnn_bn", "resnet18")),
+            Option("width", 0, "model width (mlp hidden units, cnn/cnn_bn/resnet18 base channels; 0: default 128/16/64)",
                    int, low=0),
             Option("n_train", 0, "use only the first n training images (0: all)", int, low=0),
             Option("n_test", 0, "use only the first n test images (0: all)", int, low=0),

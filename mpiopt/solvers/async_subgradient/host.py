@@ -1,6 +1,7 @@
-"""The host / snapshot rank of ``async_subgradient``: snapshots of the shared model, their
-evaluation (inline or in a background thread, off the snapshot schedule), and the decision to bring
-every rank into a collective phase (stop, checkpoint)."""
+"""The host / snapshot rank of ``async_subgradient``: snapshots of the shared model (and of the
+shared BatchNorm statistics), their evaluation (inline, in a background thread off the snapshot
+schedule, or none: offline from the result file), and the decision to bring every rank into a
+collective phase (stop, checkpoint)."""
 from __future__ import annotations
 
 import queue
@@ -34,18 +35,21 @@ class BackgroundEvaluator:
             job = self.todo.get()
             if job is None:
                 return
-            tag, x = job
+            tag, x, stats = job
             t0 = time.perf_counter()
             try:
                 self.model.flat_np[:] = x
+                if stats is not None:
+                    self.model.stats_np[:] = stats
                 out: Any = self.evaluate(self.model)
             except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
                 out = exc
             self.results.put((tag, out, time.perf_counter() - t0))
 
-    def submit(self, tag: Any, x: np.ndarray) -> None:
+    def submit(self, tag: Any, x: np.ndarray, stats: np.ndarray | None = None) -> None:
+        """Queue the evaluation of parameters ``x`` (with BatchNorm statistics ``stats``, if given)."""
         self.pending += 1
-        self.todo.put((tag, x))
+        self.todo.put((tag, x, stats))
 
     def finished(self, wait: bool = False) -> list[tuple[Any, tuple, float]]:
         """Evaluations done so far (``wait``: all submitted ones)."""
@@ -66,7 +70,8 @@ class BackgroundEvaluator:
 class SnapshotHost:
     """Rank 0's role. ``solver`` gives the run (ctx, control, shared model, problem, options,
     notify); ``eval_model`` is the model snapshots are loaded into; ``inline``: evaluate on the
-    calling thread (one rank, or ``solver.snapshot_eval=inline``)."""
+    calling thread (one rank, or ``solver.snapshot_eval=inline``); ``solver.snapshot_eval=off``:
+    snapshots are stored and their rows recorded without evaluation (the final model is evaluated)."""
 
     def __init__(self, solver: Any, eval_model: Any, inline: bool, subtract_eval: bool,
                  callback_stopped: Callable[[], bool]):
@@ -75,7 +80,9 @@ class SnapshotHost:
         self.control, self.model, self.problem = solver.control, solver.model, solver.problem
         self.eval_model = eval_model
         self.evaluate = evaluator(self.problem, self.opts, recalibrate=self.opts["bn"] == "local")
-        self.background = None if inline else BackgroundEvaluator(self.evaluate, eval_model)
+        self.evaluating = self.opts["snapshot_eval"] != "off"
+        self.shared_stats = bool(solver.shared_stats)
+        self.background = None if (inline or not self.evaluating) else BackgroundEvaluator(self.evaluate, eval_model)
         self.subtract_eval = subtract_eval
         self.callback_stopped = callback_stopped
         self.n_snapshots = 0
@@ -88,25 +95,33 @@ class SnapshotHost:
         self._next_snap = 0.0
 
     # -- snapshots ---------------------------------------------------------------------------
-    def snapshot(self, x: np.ndarray | None = None, inline: bool = False) -> None:
-        """Copy the shared model (or take ``x``), store it in ``/snapshots`` and evaluate it."""
+    def snapshot(self, x: np.ndarray | None = None, stats: np.ndarray | None = None, inline: bool = False,
+                 final: bool = False) -> None:
+        """Copy the shared model and statistics (or take ``x``, ``stats``), store them in
+        ``/snapshots`` (``/snapshot_stats``) and evaluate them (``final``: even with evaluation off)."""
         t = self.ctx.elapsed()
         updates, samples = self.control.counters()
         if x is None:
-            x = self.model.copy(self.opts["snapshot_mode"] == "consistent")
+            x, stats = self.model.copy_state(self.opts["snapshot_mode"] == "consistent")
+        stats = stats if self.shared_stats else None
         if self.opts["save_snapshots"]:
             self.ctx.history.append_series("snapshots", x)
+            if stats is not None:
+                self.ctx.history.append_series("snapshot_stats", stats)
         prev = self._last_snap
         ups = (updates - prev[1]) / max(1e-9, t - prev[0]) if prev else 0.0
         self._last_snap = (t, updates)
         tag = {"iteration": updates, "time": t, "snapshot_time": t, "updates_per_s": ups,
                "snapshot": self.n_snapshots, **self.s.epoch_values(samples)}
         self.n_snapshots += 1
+        if not (self.evaluating or final):                  # a row with the columns of an evaluation, NaN
+            self._record(tag, (float("nan"),) * 4, float("nan"))
+            return
         if self.background is not None and not inline:
-            self.background.submit(tag, x)
+            self.background.submit(tag, x, stats)
             return
         t0 = time.perf_counter()
-        self.eval_model.flat_np[:] = x
+        self.eval_model.load(x, stats)
         res = self.evaluate(self.eval_model)
         secs = time.perf_counter() - t0
         if self.subtract_eval:
@@ -140,13 +155,13 @@ class SnapshotHost:
         self._next_snap = time.perf_counter() + self.ctx.cfg["snapshot_every"]
         self.snapshot(inline=True)
 
-    def finish(self, x: np.ndarray) -> tuple[float, float, float]:
-        """At the final consistent cut: finish pending evaluations, evaluate ``x``; (train loss,
-        test loss, test accuracy) of the final model."""
+    def finish(self, x: np.ndarray, stats: np.ndarray | None = None) -> tuple[float, float, float]:
+        """At the final consistent cut: finish pending evaluations, evaluate ``x`` (with the shared
+        ``stats``); (train loss, test loss, test accuracy) of the final model."""
         self.collect(wait=True)
         if self.background is not None:
             self.background.close()
-        self.snapshot(x, inline=True)
+        self.snapshot(x, stats, inline=True, final=True)
         assert self.final is not None
         return self.final
 

@@ -57,14 +57,17 @@ OPTIONS = (
            "pause-flag cut (hw/assm/sgd) or per-block version check (passm)", str,
            choices=("faithful", "consistent")),
     Option("snapshot_eval", "background", "evaluate snapshots in a background thread of the snapshot rank "
-           "(background: the period stays as set) or on its main thread (inline: the period becomes "
-           "max(period, evaluation time))", str, choices=("background", "inline")),
+           "(background: the period stays as set), on its main thread (inline: the period becomes "
+           "max(period, evaluation time)) or not at all (off: store them for mpiopt-report --evaluate; "
+           "only the final model is evaluated)", str, choices=("background", "inline", "off")),
     Option("passm_split", "elements", "passm blocks: elements (balanced by parameter count, tensors may be "
            "cut) or tensors (whole tensors only, largest block minimised)", str, choices=("elements", "tensors")),
     Option("passm_subblocks", 1, "passm: split the own block into s pieces and update one random piece "
            "per iteration (the paper's sample i in I_c)", int, low=1),
-    Option("bn", "local", "BatchNorm buffers: local to each worker; snapshots recalibrate them with "
-           "train-mode passes", str, choices=("local",)),
+    Option("bn", "shared", "BatchNorm running statistics: shared (in the shared state like the paper's shared "
+           "model: read with x, their change written with each update, saved and used by snapshots) or local "
+           "(each worker's own; snapshots recalibrate them with train-mode passes)", str,
+           choices=("shared", "local")),
     Option("race_stats", True, "count reads that overlapped a write (possibly torn): a few atomics per "
            "read and write", bool),
     Option("save_snapshots", True, "store every snapshot vector in the result file (/snapshots)", bool),
@@ -92,6 +95,9 @@ class AsyncSubgradient(Solver):
         s = cfg["solver"]
         if s["alpha_low"] > s["alpha_high"]:
             raise InputError(f"solver.alpha_low={s['alpha_low']} > solver.alpha_high={s['alpha_high']}")
+        if s["snapshot_eval"] == "off" and s["target_accuracy"] > 0:
+            raise InputError("solver.target_accuracy needs evaluated snapshots; solver.snapshot_eval=off "
+                             "evaluates none")
 
     def __init__(self, problem: TorchModelProblem, options: dict[str, Any], ctx: Any):
         super().__init__(problem, options, ctx)
@@ -111,8 +117,9 @@ class AsyncSubgradient(Solver):
             raise InputError("model layouts differ between ranks (names/shapes hash)")
         shared = {"auto": single_node(comm), "shared": True, "allocate": False}[o["window"]]
         self.control = Control(comm, shared=shared)
+        self.shared_stats = o["bn"] == "shared" and self.flat.n_stats > 0
         self.model = self._shared_model(shared)
-        self.model.store(self.flat.flat_np.copy())        # every rank built the same initial weights
+        self.model.store(self.flat.flat_np.copy(), self.flat.stats_np.copy())   # every rank built the same
         comm.Barrier()
         self.worker = Worker(problem, o, self.flat, self.model, self.control, comm, ctx.seed, self.is_worker,
                              o["passm_subblocks"] if self.method == "passm" else 1)
@@ -124,12 +131,13 @@ class AsyncSubgradient(Solver):
 
     def _shared_model(self, shared: bool) -> HostedModel | BlockModel:
         o, n, c = self.opts, self.flat.n, len(self.workers)
+        m = self.flat.n_stats if self.shared_stats else 0
         if self.method != "passm":
             hw = self.method in ("hw", "sgd")
             return HostedModel(self.comm, n, self.control, shared, writes=o["hw_writes"] if hw else "atomic",
                                lock_reads=self.method == "assm" and o["assm_lock_reads"],
                                lock_writes=self.method == "assm", consistent=o["snapshot_mode"] == "consistent",
-                               read_atomic=o["read_mode"] == "atomic", count_overlaps=o["race_stats"])
+                               read_atomic=o["read_mode"] == "atomic", count_overlaps=o["race_stats"], n_stats=m)
         from ...nn.flat import partition_elements, partition_tensors
         if o["passm_split"] == "elements":
             ranges = partition_elements(n, c)
@@ -139,7 +147,8 @@ class AsyncSubgradient(Solver):
             raise InputError(f"solver.method=passm: {c} workers but the model has only {len(self.flat.slots)} "
                              f"parameter tensors (solver.passm_split=tensors never splits one); use at most "
                              f"{len(self.flat.slots) + 1} ranks or solver.passm_split=elements")
-        return BlockModel(self.comm, n, ranges, self.workers, self.control, shared, count_overlaps=o["race_stats"])
+        return BlockModel(self.comm, n, ranges, self.workers, self.control, shared, count_overlaps=o["race_stats"],
+                          n_stats=m)
 
     @property
     def n_snapshots(self) -> int:
@@ -163,6 +172,8 @@ class AsyncSubgradient(Solver):
         if self.host is not None:
             if self.opts["save_snapshots"]:
                 ctx.history.declare_series("snapshots", (self.flat.n,), np.float32)
+                if self.shared_stats:
+                    ctx.history.declare_series("snapshot_stats", (self.flat.n_stats,), np.float32)
             self.host.start()
         self.comm.Barrier()
         t0 = time.perf_counter()
@@ -174,8 +185,9 @@ class AsyncSubgradient(Solver):
             status = self._idle()
         self.wall = time.perf_counter() - t0
         self.x = self.model.gather()          # every rank is in the final collective phase: a consistent cut
+        self.stats = self.model.gather_stats() if self.shared_stats else None
         self.lost = self.lost_updates()
-        self.final = self.host.finish(self.x) if self.host is not None else None
+        self.final = self.host.finish(self.x, self.stats) if self.host is not None else None
         ctx.history.close()
         msg = {R.MAX_ITER: f"reached max_epochs={self.opts['max_epochs']}",
                R.CONVERGED: f"a snapshot reached target_accuracy={self.opts['target_accuracy']}"}.get(
@@ -243,17 +255,22 @@ class AsyncSubgradient(Solver):
     def finish(self, stop: Stop) -> R.OptimizeResult:
         comm = self.comm
         reports = comm.gather_obj((comm.rank, self.worker.report()))
-        x = comm.bcast_obj(self.x)
+        x, stats = comm.bcast_obj((self.x, self.stats))
+        self.flat.load(x, stats)              # every rank's model is now the final shared one (bn=local: own stats)
         train_loss, test_loss, test_acc = comm.bcast_obj(self.final)
         extra = summarize(self.method, reports, self.workers, self.lost, self.wall) if self.is_host else {}
         extra = comm.bcast_obj(extra)
+        read_b, write_b = self.model.bytes_per_update()
+        extra["summary"].update(bn=self.opts["bn"] if self.flat.n_stats else "none", n_stats=self.flat.n_stats,
+                                read_bytes_per_update=read_b, write_bytes_per_update=write_b)
         updates, samples = self.counters()
         ep = self.epoch_values(samples)
         self.free()
         return R.make_result(x, train_loss, updates, stop.status, stop.message, test_loss=test_loss,
                              test_accuracy=test_acc, epochs=ep["epoch"], lost_updates=self.lost,
                              **({"block_epochs": ep["block_epoch"]} if "block_epoch" in ep else {}),
-                             extra_groups=extra, solution={"x": x},
+                             extra_groups=extra,
+                             solution={"x": x, **({"bn_stats": stats} if self.shared_stats else {})},
                              quality=self.ctx.history.quality("test_accuracy", larger_is_better=True))
 
     def free(self) -> None:
@@ -264,12 +281,13 @@ class AsyncSubgradient(Solver):
     # -- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any] | None:
         x = self.model.gather()
+        stats = self.model.gather_stats() if self.shared_stats else np.zeros(0, np.float32)
         rngs = self.worker.streams.state()
         ranks = self.comm.gather_obj({**self.worker.state(), "applied": self.model.applied()})
         if not self.is_host:
             return None
         updates, samples = self.counters()
-        return {"x": x, "updates": updates, "samples": samples, "n_snapshots": self.n_snapshots,
+        return {"x": x, "bn_stats": stats, "updates": updates, "samples": samples, "n_snapshots": self.n_snapshots,
                 "n_ranks": self.comm.size, "method": self.method, "rng": rngs,
                 "ranks": {f"r{r}": s for r, s in enumerate(ranks)}}
 
@@ -279,8 +297,12 @@ class AsyncSubgradient(Solver):
             raise CheckpointError(f"checkpoint x has {x.size} parameters, the model has {self.flat.n}")
         if str(state["method"]) != self.method:
             raise CheckpointError(f"checkpoint is for method {state['method']!r}, this run uses {self.method!r}")
-        self.flat.flat_np[:] = x
-        self.model.store(x)
+        stats = np.asarray(state.get("bn_stats", np.zeros(0)), dtype=np.float32)
+        if self.shared_stats and stats.size != self.flat.n_stats:
+            raise CheckpointError(f"checkpoint bn_stats has {stats.size} shared BatchNorm statistics, solver.bn=shared "
+                                  f"needs {self.flat.n_stats} (a checkpoint of a solver.bn=local run?)")
+        self.flat.load(x, stats if self.shared_stats else None)
+        self.model.store(x, stats if self.shared_stats else None)
         if self.host is not None:
             self.host.n_snapshots = int(state["n_snapshots"])
             self.control.write(UPDATES, int(state["updates"]))

@@ -46,7 +46,8 @@ class PhaseTimer:
 
 class Worker:
     """Worker c: its momentum ``u`` over the coordinates it writes, its update count ``k``, its step
-    factor ``alpha`` and its random stream. :meth:`step` is one iteration of Algorithm 1."""
+    factor ``alpha`` and its random stream. :meth:`step` is one iteration of Algorithm 1. With shared
+    BatchNorm statistics (``bn=shared``) it reads them with x and writes their change with its update."""
 
     def __init__(self, problem: Any, opts: dict[str, Any], flat: Any, model: Any, control: Any, comm: Any,
                  seed: int, active: bool, subblocks: int = 1):
@@ -65,6 +66,9 @@ class Worker:
             flat.set_trainable(self.lo, self.hi)               # partial backward: own block only
         self.timer = PhaseTimer()
         self.rows: dict[str, list[float]] = {}
+        self.shared_stats = opts["bn"] == "shared" and flat.n_stats > 0
+        self.stats_old = np.zeros(flat.n_stats if self.shared_stats else 0, np.float32)
+        self.stats_delta = np.zeros_like(self.stats_old)
 
     @property
     def rng(self) -> np.random.Generator:
@@ -73,11 +77,16 @@ class Worker:
     # -- Algorithm 1 ---------------------------------------------------------------------------
     def step(self) -> float:
         """Read x, draw a minibatch, take the subgradient at what was read, update u and write
-        ``-(1-m) * alpha * gamma / sqrt(k) * u`` into the writable block. Returns the batch loss."""
+        ``-(1-m) * alpha * gamma / sqrt(k) * u`` into the writable block. Shared statistics: read
+        with x, moved by the forward pass, their change ``new - old`` written with the update.
+        Returns the batch loss."""
         o, flat, T = self.opts, self.flat, self.timer
+        shared = self.shared_stats
         with T.phase("comm"):
-            self.model.read(flat.flat_np)                             # xhat = read(x)
+            self.model.read(flat.flat_np, flat.stats_np if shared else None)   # xhat = read(x)
         with T.phase("compute"):
+            if shared:
+                np.copyto(self.stats_old, flat.stats_np)
             X, y = self.problem.train_batch(self.sample())            # minibatch xi
             lo, hi = self.piece()                                     # block i in I_c
             loss = loss_and_grad(flat, X, y)                          # g = subgradient at xhat
@@ -86,8 +95,11 @@ class Worker:
             self.k += 1
             a, b = lo - self.lo, hi - self.lo                         # u = m u + g; delta = -(1-m) gamma_k u
             delta = momentum_delta(self.u[a:b], g, o["momentum"], self.step_size(), out=self.delta[a:b])
+            if shared:                                                # momentum * (batch - old)
+                np.subtract(flat.stats_np, self.stats_old, out=self.stats_delta)
         with T.phase("comm"):
-            self.model.write(delta, lo, hi, o["batch_size"])          # x_i += delta
+            self.model.write(delta, lo, hi, o["batch_size"],          # x_i += delta
+                             self.stats_delta if shared else None)
         return loss
 
     def piece(self) -> tuple[int, int]:
