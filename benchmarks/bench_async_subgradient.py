@@ -7,6 +7,9 @@ Run from a shell (it launches ``mpirun`` itself for every rank count):
     python benchmarks/bench_async_subgradient.py --variants-only  # the write/read variants below @4 only
     python benchmarks/bench_async_subgradient.py --mnist DIR      # MNIST idx files instead of digits
     python benchmarks/bench_async_subgradient.py --rma            # read/write modes alone, 3 writers
+    python benchmarks/bench_async_subgradient.py --bn             # shared vs local BatchNorm statistics
+                                                                  # (cnn_bn, every variant @4, both in one run)
+    python benchmarks/bench_async_subgradient.py --bn-rma         # their RMA cost alone (cnn_bn and ResNet18 sizes)
 
 Variants (the defaults are the paper's methods; the others are what the solver did before):
 
@@ -58,7 +61,8 @@ VARIANTS = {
 }
 
 
-def run_one(solver: str, method: str | None, ranks: int, args: argparse.Namespace, seed: int, out: str) -> dict:
+def run_one(solver: str, method: str | None, ranks: int, args: argparse.Namespace, seed: int, out: str,
+            extra_sets: tuple[str, ...] = ()) -> dict:
     problem = ["--problem", "mnist", "--set", f"problem.path={args.mnist}"] if args.mnist else \
         ["--problem", "digits", "--set"]
     sets = [f"problem.model={args.model}", f"problem.width={args.width}", f"solver.max_epochs={args.max_epochs}",
@@ -69,6 +73,7 @@ def run_one(solver: str, method: str | None, ranks: int, args: argparse.Namespac
         sets += [f"solver.method={base}", *extra]
     if args.mnist and args.n_train:
         sets.append(f"problem.n_train={args.n_train}")
+    sets += list(extra_sets)
     cmd = ["mpirun", "-n", str(ranks), sys.executable, "-m", "mpiopt.run", solver, *problem, *sets,
            "--seed", str(seed), "--out", out, "-q"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -89,7 +94,9 @@ def run_one(solver: str, method: str | None, ranks: int, args: argparse.Namespac
            "block_epochs_to_target": float(h["block_epoch"][hit[0]]) if (hit.size and "block_epoch" in h)
            else float("nan"),
            "overlapped_reads": float(s.get("overlapped_reads", 0)) / max(1, s.get("reads", 0))
-           if "reads" in s else float("nan")}
+           if "reads" in s else float("nan"),
+           "read_bytes_per_update": float(s.get("read_bytes_per_update", float("nan"))),
+           "write_bytes_per_update": float(s.get("write_bytes_per_update", float("nan")))}
     rec["updates_per_s"] = float(s["updates_per_s"]) if "updates_per_s" in s else rec["updates"] / max(1e-9, rec["wall"])
     workers = r.groups.get("workers", {})
     if workers:
@@ -159,6 +166,67 @@ def rma_worker(sizes: list[int], seconds: float) -> None:
             ctl.free()
 
 
+def bn_rma_worker(seconds: float) -> None:
+    """Under mpirun: every rank but 0 reads and writes a bare shared model of the cnn_bn (width 16)
+    and ResNet18 sizes with and without shared BatchNorm statistics, back to back, ``seconds`` per
+    row, in each method's write mode; rank 0 prints us per read and per write and the bytes moved."""
+    import time
+    from mpi4py import MPI
+    from mpiopt.comm import Comm
+    from mpiopt.comm.shared_model import BlockModel, Control, HostedModel
+    from mpiopt.nn.flat import FlatModel, partition_elements
+    from mpiopt.nn.models import build_model
+    c = Comm(MPI.COMM_WORLD)
+    models = {"cnn_bn w16": build_model("cnn_bn", (1, 8, 8), 10), "resnet18": build_model("resnet18", (3, 32, 32), 10)}
+    modes = {"hw (plain)": dict(writes="plain"), "hw-atomic": dict(writes="atomic"),
+             "assm (locked r+w)": dict(writes="atomic", lock_reads=True, lock_writes=True), "passm": None}
+    if c.rank == 0:
+        print(f"# {c.size - 1} workers back to back, {seconds:g} s per row; us per read / write: median of the "
+              f"workers' means; bytes per update from the model's own count (read, write)")
+        print(f"{'model':11s} {'mode':18s} {'bn':7s} {'n':>9s} {'stats':>6s} {'read us':>9s} {'write us':>9s} "
+              f"{'read B':>10s} {'write B':>10s} {'updates':>8s}")
+    for mname, module in models.items():
+        f = FlatModel(module)
+        n, m = f.n, f.n_stats
+        workers = list(range(1, c.size))
+        for mode, kw in modes.items():
+            for bn in ("local", "shared"):
+                k_stats = m if bn == "shared" else 0
+                ctl = Control(c, shared=True)
+                if kw is None:
+                    model = BlockModel(c, n, partition_elements(n, len(workers)), workers, ctl, shared=True,
+                                       n_stats=k_stats)
+                else:
+                    model = HostedModel(c, n, ctl, shared=True, n_stats=k_stats, **kw)
+                lo, hi = model.writable(c.rank in workers)
+                x = np.zeros(n + k_stats, np.float32)              # [parameters | statistics], as FlatModel.state
+                d, sd = np.full(hi - lo, 1e-6, np.float32), np.full(m, 1e-6, np.float32)
+                c.Barrier()
+                tr = tw = 0.0
+                k = 0
+                if c.rank:
+                    t_end = time.perf_counter() + seconds
+                    while time.perf_counter() < t_end:
+                        t0 = time.perf_counter()
+                        model.read(x)
+                        t1 = time.perf_counter()
+                        model.write(d, lo, hi, 1, sd if k_stats else None)
+                        tw += time.perf_counter() - t1
+                        tr += t1 - t0
+                        k += 1
+                c.Barrier()
+                rows = c.gather_obj((k, tr / max(1, k), tw / max(1, k)))
+                rb, wb = model.bytes_per_update()
+                if c.rank == 0:
+                    w = rows[1:]
+                    print(f"{mname:11s} {mode:18s} {bn:7s} {n:9d} {k_stats:6d} {1e6 * np.median([r[1] for r in w]):9.1f} "
+                          f"{1e6 * np.median([r[2] for r in w]):9.1f} {rb:10d} {wb:10d} {sum(r[0] for r in w):8d}",
+                          flush=True)
+                c.Barrier()
+                model.free()
+                ctl.free()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer configurations, one repeat")
@@ -177,18 +245,34 @@ def main() -> None:
     ap.add_argument("--rma", action="store_true", help="only the read/write modes on a bare vector (mpirun -n 4)")
     ap.add_argument("--rma-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rma-seconds", type=float, default=2.0)
+    ap.add_argument("--bn", action="store_true", help="shared vs local BatchNorm statistics: problem.model=cnn_bn, "
+                    "sgd@1 and every variant @4 with solver.bn=local and solver.bn=shared")
+    ap.add_argument("--bn-rma", action="store_true", help="the RMA cost of shared statistics alone (mpirun -n 4)")
+    ap.add_argument("--bn-rma-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rma_worker:
         rma_worker([10_000, 100_000, 1_000_000], args.rma_seconds)
         return
+    if args.bn_rma_worker:
+        bn_rma_worker(args.rma_seconds)
+        return
+    if args.bn_rma:
+        cmd = ["mpirun", "-n", "4", sys.executable, os.path.abspath(__file__), "--bn-rma-worker",
+               "--rma-seconds", str(args.rma_seconds)]
+        subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT), check=True)
+        return
     if args.rma:
         cmd = ["mpirun", "-n", "4", sys.executable, os.path.abspath(__file__), "--rma-worker",
                "--rma-seconds", str(args.rma_seconds)]
-        subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), check=True)
+        subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT), check=True)
         return
     repeats = args.repeats or (1 if args.quick else 3)
     variants4 = [("async_subgradient", v, 4) for v in VARIANTS if v != "sgd"]
-    if args.variants_only:
+    if args.bn:
+        args.model = "cnn_bn"
+        configs = [("async_subgradient", v, r, (f"solver.bn={bn}",)) for v, r in [("sgd", 1)] +
+                   [(v, 4) for v in VARIANTS if v != "sgd"] for bn in ("local", "shared")]
+    elif args.variants_only:
         configs = [("async_subgradient", "sgd", 1), *variants4]
     elif args.quick:
         configs = [("async_subgradient", "sgd", 1), *variants4, ("async_subgradient", "passm", 2),
@@ -202,11 +286,13 @@ def main() -> None:
           f"{repeats} repeat(s); {os.cpu_count()} CPUs", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for solver, method, ranks in configs:
-            name = f"{method or 'ddp'}@{ranks}"
+        for solver, method, ranks, *more in configs:
+            extra = tuple(more[0]) if more else ()
+            name = f"{method or 'ddp'}@{ranks}" + "".join(f" {e.split('.')[-1]}" for e in extra)
             recs = []
             for rep in range(repeats):
-                recs.append(run_one(solver, method, ranks, args, seed=rep, out=os.path.join(tmp, f"{name}-{rep}.h5")))
+                recs.append(run_one(solver, method, ranks, args, seed=rep,
+                                    out=os.path.join(tmp, f"{name.replace(' ', '_')}-{rep}.h5"), extra_sets=extra))
             med = {k: float(np.median([r[k] for r in recs])) for k in recs[0]}
             med["name"], med["ranks"] = name, ranks
             rows.append(med)
@@ -216,7 +302,23 @@ def main() -> None:
                   f"cpu {100 * med['comm_cpu_fraction']:5.1f}% "
                   f"({med['rma_us_per_update']:7.0f} us/update)  cores {med['worker_cores']:4.2f}  lost {int(med['lost_updates'])} "
                   f"of {int(med['updates'])}  overlapped reads {100 * med['overlapped_reads']:5.1f}%  "
-                  f"final acc {med['final_accuracy']:.3f}", flush=True)
+                  f"final acc {med['final_accuracy']:.3f}  bytes/update read {med['read_bytes_per_update']:.0f} "
+                  f"write {med['write_bytes_per_update']:.0f}", flush=True)
+    if args.bn:
+        print("\n# shared / local BatchNorm statistics, same variant, same run (> 1: shared costs more)")
+        print(f"{'variant':16s} {'RMA us/update':>14s} {'updates/s':>10s} {'time to target':>15s} {'bytes/update':>13s}")
+        for r in rows:
+            if r["name"].endswith("bn=shared"):
+                loc = next(q for q in rows if q["name"] == r["name"].replace("bn=shared", "bn=local"))
+                by_s = r["read_bytes_per_update"] + r["write_bytes_per_update"]
+                by_l = loc["read_bytes_per_update"] + loc["write_bytes_per_update"]
+                print(f"{r['name'].split()[0]:16s} {r['rma_us_per_update'] / loc['rma_us_per_update']:14.2f} "
+                      f"{r['updates_per_s'] / loc['updates_per_s']:10.2f} "
+                      f"{r['time_to_target'] / loc['time_to_target']:15.2f} {by_s / max(1.0, by_l):13.4f}")
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(rows, fh, indent=1)
+        return
     base = next(r for r in rows if r["name"] == "sgd@1")["time_to_target"]
     ddps = [r["time_to_target"] for r in rows if r["name"].startswith("ddp")]
     ddp_best = min(ddps) if ddps else float("nan")

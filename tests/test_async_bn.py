@@ -46,7 +46,7 @@ def test_shared_statistics_are_the_initial_ones_plus_every_workers_increments(me
         assert np.allclose(shared, expect, rtol=0, atol=2e-5), np.abs(shared - expect).max()
         assert not np.allclose(shared, s0, atol=1e-3)
     if s.is_worker:                            # what a worker reads is the shared state
-        s.model.read(flat.flat_np, flat.stats_np)
+        s.model.read(flat.state_np)
     seen = c.allgather_obj(flat.stats_np.copy() if s.is_worker else None)
     ref = c.bcast_obj(shared)
     assert all(np.array_equal(v, ref) for v in seen if v is not None)
@@ -108,7 +108,7 @@ def test_checkpoint_restores_the_shared_statistics(method):
     if c.rank == 0:
         assert np.array_equal(a, b) and not np.array_equal(a, fresh)
     if t.is_worker:
-        t.model.read(t.flat.flat_np, t.flat.stats_np)
+        t.model.read(t.flat.state_np)
     got = c.allgather_obj(t.flat.stats_np.copy() if t.is_worker else None)
     ref = c.bcast_obj(a)
     assert all(np.array_equal(v, ref) for v in got if v is not None)

@@ -226,8 +226,12 @@ def test_batchnorm_statistics_are_views_of_one_vector():
     assert f.stats_intact() and not np.array_equal(f.stats_np, old)
     bn = f.module[1]
     assert np.allclose(f.stats_np[:4], bn.running_mean.numpy()) and int(bn.num_batches_tracked) == 1
-    f.load(f.flat_np.copy(), np.full(f.n_stats, 2.0, np.float32))      # what a read of shared statistics does
+    f.load(f.flat_np.copy(), np.full(f.n_stats, 2.0, np.float32))
     assert bool((bn.running_var == 2.0).all()) and f.stats_intact()
+    assert f.state_np.size == f.n + f.n_stats                          # [parameters | statistics] in one buffer
+    f.state_np[f.n:] = 3.0                                             # what one Get of both does
+    f.state_np[0] = 7.0
+    assert bool((bn.running_mean == 3.0).all()) and float(f.params[0].data.reshape(-1)[0]) == 7.0
     recalibrate_batchnorm(f.module, [torch.randn(8, 1, 8, 8)])         # resets in place: still views
     assert f.stats_intact() and not (f.stats_np == 2.0).all()
     g = FlatModel(build_model("cnn_bn", (1, 8, 8), 10, width=8))

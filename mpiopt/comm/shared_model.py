@@ -342,14 +342,12 @@ class HostedModel:
         """The coordinates a worker writes: all of them."""
         return (0, self.n) if is_worker else (0, 0)
 
-    def read(self, out: np.ndarray, stats: np.ndarray | None = None) -> np.ndarray:
-        """Worker: ``out <- x`` and ``stats <- `` the shared statistics, if given (lock-free unless
-        ``lock_reads``; both under one lock hold)."""
+    def read(self, out: np.ndarray) -> np.ndarray:
+        """Worker: ``out[:n] <- x`` and, if ``out`` is longer, ``out[n:] <- `` the shared statistics
+        (one Get; lock-free unless ``lock_reads``)."""
         with self.control.locked(self.lock_reads):
             finished = self.overlaps.before()
-            self.vec.read(out[:self.n], self.read_atomic)
-            if stats is not None and self.n_stats:
-                self.vec.read(stats[:self.n_stats], self.read_atomic, offset=self.n)
+            self.vec.read(out[:self.n + self.n_stats] if out.size > self.n else out[:self.n], self.read_atomic)
             self.overlaps.after(finished)
         return out
 
@@ -451,13 +449,13 @@ class BlockModel:
     def writable(self, is_worker: bool) -> tuple[int, int]:
         return self.blocks.my_range if is_worker else (0, 0)
 
-    def read(self, out: np.ndarray, stats: np.ndarray | None = None) -> np.ndarray:
-        """Worker: own block from local memory, the others lock-free from their owners; ``stats``
-        (if given) lock-free from the host."""
+    def read(self, out: np.ndarray) -> np.ndarray:
+        """Worker: own block from local memory, the others lock-free from their owners; if ``out``
+        is longer than n, ``out[n:]`` <- the statistics, lock-free from the host."""
         b = self.blocks
         self.overlaps.reads += 1
-        if stats is not None and self.stats is not None:
-            self.stats.read(stats[:self.n_stats])
+        if out.size > self.n and self.stats is not None:
+            self.stats.read(out[self.n:self.n + self.n_stats])
         if not self.count_overlaps:
             return b.read_others(out)
         torn = False

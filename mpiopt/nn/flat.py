@@ -4,9 +4,9 @@
 gives each parameter a ``p.grad`` view of ``grad``, so a minibatch gradient lands in one vector
 without concatenation and an RMA ``Get`` into ``flat_np`` updates the model in place.
 The order is ``module.parameters()`` order. Floating-point buffers (BatchNorm running mean and
-variance) are views of a third float32 vector, ``stats`` (``named_buffers()`` order), so shared
-statistics are read and written like the parameters; integer buffers (``num_batches_tracked``) stay
-outside.
+variance) are views of ``stats`` (``named_buffers()`` order), which directly follows ``flat`` in one
+buffer ``state`` = [parameters | statistics], so one RMA ``Get`` reads both; integer buffers
+(``num_batches_tracked``) stay outside.
 """
 from __future__ import annotations
 
@@ -40,7 +40,15 @@ class FlatModel:
             self.slots.append(TensorSlot(name, tuple(p.shape), off, p.numel()))
             off += p.numel()
         self.n = off
-        self.flat = torch.zeros(self.n, dtype=torch.float32)
+        bufs = [(name, b) for name, b in module.named_buffers() if b.is_floating_point()]
+        self.stat_slots: list[TensorSlot] = []
+        for name, b in bufs:
+            self.stat_slots.append(TensorSlot(name, tuple(b.shape), off - self.n, b.numel()))
+            off += b.numel()
+        self.n_stats = off - self.n
+        self.state = torch.zeros(self.n + self.n_stats, dtype=torch.float32)
+        self.flat = self.state[:self.n]
+        self.stats = self.state[self.n:]
         self.grad = torch.zeros(self.n, dtype=torch.float32)
         with torch.no_grad():
             for (name, p), s in zip(params, self.slots):
@@ -51,20 +59,13 @@ class FlatModel:
         self.params = [p for _, p in params]
         self.flat_np: np.ndarray = self.flat.numpy()
         self.grad_np: np.ndarray = self.grad.numpy()
-        bufs = [(name, b) for name, b in module.named_buffers() if b.is_floating_point()]
-        self.stat_slots: list[TensorSlot] = []
-        off = 0
-        for name, b in bufs:
-            self.stat_slots.append(TensorSlot(name, tuple(b.shape), off, b.numel()))
-            off += b.numel()
-        self.n_stats = off
-        self.stats = torch.zeros(self.n_stats, dtype=torch.float32)
         with torch.no_grad():
             for (name, b), s in zip(bufs, self.stat_slots):
                 view = self.stats[s.offset:s.offset + s.size].view(s.shape)
                 view.copy_(b)
                 b.data = view
         self.stats_np: np.ndarray = self.stats.numpy()
+        self.state_np: np.ndarray = self.state.numpy()
 
     # -- layout ---------------------------------------------------------------------------
     def layout_hash(self) -> str:

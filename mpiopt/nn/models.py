@@ -115,6 +115,11 @@ def build_model(name: str, in_shape: tuple[int, ...], n_classes: int, width: int
     return model
 
 
-def has_batchnorm(model: Any) -> bool:
+def batchnorm_layers(model: Any) -> list[Any]:
+    """The BatchNorm modules of ``model`` (any dimension), in ``modules()`` order."""
     torch = _torch()
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def has_batchnorm(model: Any) -> bool:
+    return bool(batchnorm_layers(model))

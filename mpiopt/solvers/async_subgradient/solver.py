@@ -104,6 +104,7 @@ class AsyncSubgradient(Solver):
         import torch
 
         from ...nn.flat import FlatModel
+        from ...nn.models import batchnorm_layers
         torch.set_num_threads(1)
         comm, o = self.comm, options
         self.method = o["method"]
@@ -118,6 +119,9 @@ class AsyncSubgradient(Solver):
         shared = {"auto": single_node(comm), "shared": True, "allocate": False}[o["window"]]
         self.control = Control(comm, shared=shared)
         self.shared_stats = o["bn"] == "shared" and self.flat.n_stats > 0
+        if self.shared_stats and any(bn.momentum is None for bn in batchnorm_layers(self.flat.module)):
+            raise InputError("solver.bn=shared: a BatchNorm layer has momentum=None (a cumulative average over "
+                             "its own batch count, which is not shared); use solver.bn=local")
         self.model = self._shared_model(shared)
         self.model.store(self.flat.flat_np.copy(), self.flat.stats_np.copy())   # every rank built the same
         comm.Barrier()

@@ -83,7 +83,7 @@ class Worker:
         o, flat, T = self.opts, self.flat, self.timer
         shared = self.shared_stats
         with T.phase("comm"):
-            self.model.read(flat.flat_np, flat.stats_np if shared else None)   # xhat = read(x)
+            self.model.read(flat.state_np if shared else flat.flat_np)   # xhat = read(x) (and the statistics)
         with T.phase("compute"):
             if shared:
                 np.copyto(self.stats_old, flat.stats_np)
