@@ -16,6 +16,11 @@ B. Real MPI runs (``mpirun -n m+1``, oracle delays slept on the oracle ranks): s
 C. (``--inexact``) Inexact oracles: block_lp_dual with binary blocks (MIP oracles answering to the
    requested accuracy), simulated with virtual QP cost 0: the status, the gap reached against the gap
    asked for, how often the accuracy requests were tightened, QPs, exact LPs and certified infeasible QPs.
+D. (``--starts``) The start without a synchronous first round: upper_model and coordination with
+   ``start=sync`` and ``start=async`` on the part-A problem (n = 60, m = 8, 16, spread 1, 10, noise 0.3,
+   1.0), simulated with virtual QP cost 0 (the machine's load does not enter): virtual time of the
+   first QP (the first new iterate), time to relative gap 1e-4 / 1e-6, whether f* is bracketed.
+E. (``--real-starts``) The same comparison on real ranks (``mpirun -n 4``, slept delays 1 : 3.2 : 10).
 
 ``--cycle-wait`` adds, in part A, coordination and upper_model with the option ``cycle_wait`` (the
 test min_j a(j) >= k before a new cycle) beside the defaults.
@@ -85,7 +90,8 @@ def simulate_one(p, variant: str, spread: float, noise: float, max_time: float, 
     else:
         measure = h["rel_gap"]
     out = {f"t{g:.0e}": first_time(h["time"], measure, g) for g in GAPS}
-    out.update(time=r.time, evals=M.evals.copy(), busy=r.busy / max(r.time, 1e-12), qps=M.k,
+    first_qp = next((t for t, k in zip(h["time"], h["k"]) if k >= 1), math.inf)
+    out.update(time=r.time, first_qp=first_qp, evals=M.evals.copy(), busy=r.busy / max(r.time, 1e-12), qps=M.k,
                bracket=None if fstar is None else
                bool(M.f_low <= fstar + 1e-7 * abs(fstar) and fstar <= M.f_up + 1e-7 * abs(fstar)),
                wall=time.perf_counter() - t, status=M.status, gap=M.gap, rel_gap=M.rel_gap(),
@@ -149,6 +155,31 @@ def part_c(seeds=(0, 1, 2, 3)) -> list[dict]:
     return rows
 
 
+def part_d(seeds=(1,)) -> list[dict]:
+    """start=sync vs start=async for the asynchronous variants, simulated at virtual QP cost 0."""
+    rows = []
+    print("\nD. start without a synchronous first round (block_lp_dual n=60, warm_start=false), simulated, QP cost 0; "
+          "virtual s")
+    print("   m spread noise seed  variant        first QP sync/async   t(1e-4) sync/async  t(1e-6) sync/async  "
+          "brackets f*")
+    for m in (8, 16):
+        # warm_start=false: each block solve starts cold, so an oracle's answer does not depend on its call
+        # history (a warm-started block LP was seen ending with HiGHS status Unknown after a run of cost changes)
+        p = make_problem(60, m, warm_start=False)
+        for spread in (1.0, 10.0):
+            for noise in (0.3, 1.0):
+                for seed in seeds:
+                    for v in ("upper_model", "coordination"):
+                        r = {st: simulate_one(p, v, spread, noise, max_time=math.inf, seed=seed, qp_cost=0.0, start=st)
+                             for st in ("sync", "async")}
+                        a, b = r["sync"], r["async"]
+                        print(f"  {m:2d} {spread:5.0f} {noise:5.1f} {seed:4d}  {v:13s} {fmt(a['first_qp'])} / "
+                              f"{fmt(b['first_qp'])}      {fmt(a['t1e-04'])} / {fmt(b['t1e-04'])}   "
+                              f"{fmt(a['t1e-06'])} / {fmt(b['t1e-06'])}   {a['bracket']} / {b['bracket']}", flush=True)
+                        rows.append(dict(m=m, spread=spread, noise=noise, seed=seed, variant=v, sync=a, asyn=b))
+    return rows
+
+
 def real_run(solver: str, variant: str | None, n: int, m: int, mu0: float, spread: float, noise: float,
              out: str, max_time: float, extra: tuple = ()) -> dict:
     import h5py
@@ -178,7 +209,8 @@ def real_run(solver: str, variant: str | None, n: int, m: int, mu0: float, sprea
         wall = float(f.attrs["wall_time"])
     measure = (h.get("rel_certified_gap", h.get("rel_gap")) if variant else (h["upper_bound"] - fstar) / abs(fstar))
     res = {f"t{g:.0e}": first_time(h["time"], measure, g) for g in GAPS}
-    res.update(wall=wall, busy=float(h["master_busy"][-1]), evals=calls,
+    first_qp = next((float(t) for t, k in zip(h["time"], h["qps"]) if k >= 1), math.inf) if "qps" in h else math.nan
+    res.update(wall=wall, busy=float(h["master_busy"][-1]), evals=calls, first_qp=first_qp,
                bracket=bool(h["lower_bound"][-1] <= fstar + 1e-7 * abs(fstar) <= h["upper_bound"][-1] + 2e-7 * abs(fstar)))
     return res
 
@@ -211,6 +243,25 @@ def part_b(quick: bool, configs: list | None = None, only: list | None = None) -
     return rows
 
 
+def part_e(repeats: int = 3) -> list[dict]:
+    """start=sync vs start=async on real ranks: block_lp_dual n=20, m=3 (block_size 10), three oracle
+    ranks with mean delays 0.03, 0.095, 0.3 s (spread 10, no noise); runs alternate sync/async."""
+    rows = []
+    print("\nE. start=sync vs start=async, real MPI runs (mpirun -n 4), block_lp_dual n=20 m=3, mu0 0.03 s, spread 10; "
+          "wall s")
+    print("  rep  variant        start  first QP  t(1e-4)  t(1e-6)  wall   brackets f*")
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(repeats):
+            for v in ("upper_model", "coordination"):
+                for st in ("sync", "async"):
+                    r = real_run("level_bundle", v, 20, 3, 0.03, 10.0, 0.0, os.path.join(tmp, "r.h5"), 300.0,
+                                 ("problem.block_size=10", f"solver.start={st}"))
+                    print(f"  {rep:3d}  {v:13s} {st:6s} {r['first_qp']:8.3f}  {fmt(r['t1e-04'])}   {fmt(r['t1e-06'])}  "
+                          f"{r['wall']:5.2f}  {r['bracket']}", flush=True)
+                    rows.append(dict(rep=rep, variant=v, start=st, **r))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (minutes instead of hours)")
@@ -229,11 +280,21 @@ def main() -> None:
     ap.add_argument("--cycle-wait", action="store_true",
                     help="part A: also run upper_model and coordination with solver.cycle_wait=true")
     ap.add_argument("--inexact", action="store_true", help="run part C (inexact MIP oracles) and nothing else")
+    ap.add_argument("--starts", action="store_true", help="run part D (start=sync vs start=async) and nothing else")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[1], help="part D: delay seeds")
+    ap.add_argument("--real-starts", action="store_true",
+                    help="run part E (start=sync vs start=async on real ranks) and nothing else")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     ALPHA[0] = args.alpha
     if args.inexact:
         part_c()
+        return
+    if args.starts:
+        part_d(tuple(args.seeds))
+        return
+    if args.real_starts:
+        part_e()
         return
     if not args.no_sim:
         part_a(args.quick, args.alpha, args.variants,
