@@ -22,8 +22,9 @@ Run from a shell (it launches ``mpirun`` itself for the rank counts it needs):
 (c) diagnostics: runs at default settings (the CLI demo of each solver and the logistic problem's
     defaults) with the default history interval and with the old one (T/50 rows): time spent in history
     rows (objective, polished objective, mapping norm) as a share of the run.
-(d) start-up: ``mpirun -n P python -m mpiopt.run signprox`` (1 iteration, tiny problem), whole command,
-    with a cold numba cache (empty NUMBA_CACHE_DIR), a warm one, and the numpy paths (MPIOPT_JIT=0).
+(d) start-up: ``mpirun -n P python -m mpiopt.run signprox`` (1 iteration, tiny problem) and ``... hamsi``
+    (1 epoch), whole command, with a cold numba cache (empty NUMBA_CACHE_DIR), a warm one, and for signprox
+    the numpy paths (MPIOPT_JIT=0).
 """
 from __future__ import annotations
 
@@ -86,15 +87,13 @@ def worker_comm(n: int, reps: int, kernels: str = "compiled", nnz_per_sample: in
                      if solver != "prox_sgd" else {**sopts, "max_iter": 10 ** 9}, problem=problem)
         problem = run.problem
         s, p = run.solver, run.problem
-        idx = np.random.default_rng(comm.rank).integers(0, max(1, p.n_local), size=64)
-        gbuf = np.empty(p.n_vars)
         comm_tags = ("gradient", "sign_allgather", "sign_alltoall", "sign_int8_allreduce")
         times, ctimes, gtimes = [], [], []
         s.step()  # warm-up: page faults, MPI buffers
         for _ in range(reps):
             comm.Barrier()
             t0 = time.perf_counter()
-            p.batch_grad(s.x, idx, out=gbuf)
+            s.local_gradient()      # the solver's own minibatch gradient (sparse and compiled on CSR data)
             gtimes.append(time.perf_counter() - t0)
             comm.Barrier()
             c0 = sum(comm.stats.time_by_op[t] for t in comm_tags)
@@ -196,6 +195,7 @@ def worker_diag(T: int) -> None:
 # -- driver -------------------------------------------------------------------------------------------
 def launch(P: int, args: list[str], timeout: float, env: dict | None = None) -> list[dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (os.path.dirname(HERE), env.get("PYTHONPATH"))))
     cmd = ["mpirun", "-n", str(P), sys.executable, os.path.abspath(__file__), "--worker", *args]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                          start_new_session=True)
@@ -297,30 +297,52 @@ def report_diag(records: list[dict]) -> None:
               f"{r['diag_s']:>7.2f} {r['wall_s']:>7.2f} {100 * r['share']:>5.1f}%")
 
 
-def startup(ranks: list[int]) -> list[dict]:
-    """Whole ``mpirun -n P python -m mpiopt.run signprox`` (1 iteration) with a cold and a warm cache."""
+STARTUP = {
+    "signprox": ["signprox", "--problem", "logistic", "--set", "solver.max_iter=1", "problem.n_samples=400",
+                 "problem.n_features=100", "problem.reference=no", "run.progress=none"],
+    "hamsi": ["hamsi", "--problem", "synthetic_mf", "--set", "solver.max_epochs=1", "problem.n_ratings=40000",
+              "run.progress=none"],
+}
+
+
+def startup(ranks: list[int], solvers: list[str]) -> list[dict]:
+    """Whole ``mpirun -n P python -m mpiopt.run SOLVER`` (1 iteration / epoch) with a cold and a warm
+    numba cache, and (signprox) the numpy paths; plus the largest setup_time of the result file (data,
+    solver and kernels, before the first iteration)."""
     import tempfile
     rows = []
-    args = ["-m", "mpiopt.run", "signprox", "--problem", "logistic", "--set", "solver.max_iter=1",
-            "problem.n_samples=400", "problem.n_features=100", "problem.reference=no", "run.progress=none"]
-    print("\n(d) start-up: mpirun -n P python -m mpiopt.run signprox ... solver.max_iter=1 (whole command)")
-    print(f"{'P':>3} {'cache':<6} {'s':>7} {'load':>5}")
-    with tempfile.TemporaryDirectory() as cache:
-        for P in ranks:
-            for label, env in (("numpy", {"MPIOPT_JIT": "0"}), ("cold", {}), ("warm", {})):
-                if label == "cold":
-                    for f in os.listdir(cache):
-                        subprocess.run(["rm", "-rf", os.path.join(cache, f)], check=True)
-                e = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_CACHE_DIR=cache, **env)
-                with tempfile.TemporaryDirectory() as wd:
-                    t0 = time.perf_counter()
-                    p = subprocess.run(["mpirun", "-n", str(P), sys.executable, *args, "--out", "s.h5"], cwd=wd,
-                                       env=e, capture_output=True, text=True, timeout=900)
-                    wall = time.perf_counter() - t0
-                if p.returncode != 0:
-                    raise SystemExit(p.stderr[-2000:])
-                rows.append({"P": P, "cache": label, "seconds": wall, "load": load()})
-                print(f"{P:>3} {label:<6} {wall:>7.1f} {rows[-1]['load']:>5}", flush=True)
+    print("\n(d) start-up: mpirun -n P python -m mpiopt.run SOLVER ... (1 iteration / epoch; whole command)"
+          "\n    cold = empty NUMBA_CACHE_DIR, warm = the same directory again; setup = the result's setup_time")
+    print(f"{'solver':<9} {'P':>3} {'cache':<6} {'s':>7} {'setup s':>8} {'load':>5}")
+    for solver in solvers:
+        with tempfile.TemporaryDirectory() as cache:
+            for P in ranks:
+                for label, env in (("numpy", {"MPIOPT_JIT": "0"}), ("cold", {}), ("warm", {})):
+                    if label == "numpy" and solver != "signprox":
+                        continue           # the MF kernels have no numpy switch
+                    if label == "cold":
+                        for f in os.listdir(cache):
+                            subprocess.run(["rm", "-rf", os.path.join(cache, f)], check=True)
+                    e = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_CACHE_DIR=cache, **env)
+                    e["PYTHONPATH"] = os.pathsep.join(filter(None, (os.path.dirname(HERE), e.get("PYTHONPATH"))))
+                    with tempfile.TemporaryDirectory() as wd:
+                        t0 = time.perf_counter()
+                        p = subprocess.run(["mpirun", "-n", str(P), sys.executable, "-m", "mpiopt.run",
+                                            *STARTUP[solver], "--out", "s.h5"], cwd=wd, env=e, capture_output=True,
+                                           text=True, timeout=900)
+                        wall = time.perf_counter() - t0
+                        if p.returncode != 0:
+                            raise SystemExit(p.stderr[-2000:])
+                        setup = float("nan")
+                        try:
+                            import h5py
+                            with h5py.File(os.path.join(wd, "s.h5"), "r") as f:
+                                setup = float(f.attrs.get("setup_time", float("nan")))
+                        except (OSError, ImportError, TypeError, ValueError):
+                            pass
+                    rows.append({"solver": solver, "P": P, "cache": label, "seconds": wall, "setup_s": setup,
+                                 "load": load()})
+                    print(f"{solver:<9} {P:>3} {label:<6} {wall:>7.1f} {setup:>8.1f} {rows[-1]['load']:>5}", flush=True)
     return rows
 
 
@@ -333,6 +355,8 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="*", type=float, default=[1e6, 1e7], help="(a) problem sizes n")
     ap.add_argument("--ranks", nargs="*", type=int, default=[2, 4], help="(a) rank counts")
     ap.add_argument("--startup-ranks", nargs="*", type=int, default=[8, 40], help="(d) rank counts")
+    ap.add_argument("--startup-solvers", nargs="*", default=["signprox", "hamsi"], choices=sorted(STARTUP),
+                    help="(d) solvers")
     a = ap.parse_args()
     if a.worker is not None:
         kind, *rest = a.worker
@@ -381,7 +405,7 @@ def main() -> None:
         report_diag(recs)
         out["diag"] = recs
     if "startup" in parts:
-        out["startup"] = startup(a.startup_ranks)
+        out["startup"] = startup(a.startup_ranks, a.startup_solvers)
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(out, fh, indent=1, default=float)

@@ -51,7 +51,8 @@ HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 #: the compiled kernels are used (numba installed, little-endian words, MPIOPT_JIT not "0")
 JIT = HAVE_NUMBA and sys.byteorder == "little" and os.environ.get("MPIOPT_JIT", "1") != "0"
 
-_KERNELS = ("_clip", "_message", "sign_message_pack", "vote_words", "apply_words", "prox_step_en")  # callees first
+_KERNELS = ("_clip", "_message", "_pack_pass", "sign_message_pack", "_apply_pack_pass", "apply_message_pack",
+            "apply_at_rows", "vote_words", "apply_words", "prox_step_en", "csr_rows_dot", "csr_rows_scatter")  # callees first
 _compiled = False
 
 
@@ -78,6 +79,7 @@ MSG_GRADIENT = 2     # g (+ l1 sign(x)) (+ l2 x): the sign baselines
 
 _NO_F = np.zeros(0)
 _NO_W = np.zeros(0, dtype=np.uint64)
+_NO_I = np.zeros(0, dtype=np.int64)
 
 
 def _clip(u, lo, hi):
@@ -114,12 +116,8 @@ def _message(kind, xi, gi, t, a, has_l1, l1, dd, has_l2, l2):
     return m
 
 
-def sign_message_pack(kind, x, g, t, a, has_l1, l1, dd, has_l2, l2, ef, has_ef, ternary, neg, nz, bad):
-    """One pass: m_i = message(x_i, g_i) (with error feedback p_i = m_i + e_i, stored back into e),
-    finiteness check, sign bits packed into uint64 words (numpy packbits order, 1 = negative; ternary:
-    nonzero plane too). Returns the index of the first non-finite element (its value in bad[0]) or -1.
-    Padding bits of the last word are zero; words past the last are not touched. The message is made
-    64 elements at a time into a stack buffer by a loop specialised to ``kind``, then packed."""
+def _pack_pass(kind, x, g, use_g, t, a, has_l1, l1, dd, has_l2, l2, ef, has_ef, ternary, neg, nz, bad):
+    # the pass of sign_message_pack; use_g False: g is taken as +0.0 everywhere (not read)
     n = x.size
     nw = (n + 63) // 64
     buf = np.empty(64)
@@ -128,13 +126,18 @@ def sign_message_pack(kind, x, g, t, a, has_l1, l1, dd, has_l2, l2, ef, has_ef, 
         lo = w * 64
         k = min(n, lo + 64) - lo
         if kind == 0:
-            for j in range(k):
-                tg = g[lo + j] * t
-                buf[j] = tg + _clip(x[lo + j] - tg, na, a)
+            if use_g:
+                for j in range(k):
+                    tg = g[lo + j] * t
+                    buf[j] = tg + _clip(x[lo + j] - tg, na, a)
+            else:
+                tg = 0.0 * t
+                for j in range(k):
+                    buf[j] = tg + _clip(x[lo + j] - tg, na, a)
         elif kind == 1:
             for j in range(k):
                 xi = x[lo + j]
-                v = g[lo + j] * (-t) + xi
+                v = (g[lo + j] if use_g else 0.0) * (-t) + xi
                 if has_l1:
                     v = v - _clip(v, na, a)
                 if has_l2:
@@ -142,37 +145,168 @@ def sign_message_pack(kind, x, g, t, a, has_l1, l1, dd, has_l2, l2, ef, has_ef, 
                 buf[j] = xi - v
         else:
             for j in range(k):
-                buf[j] = _message(kind, x[lo + j], g[lo + j], t, a, has_l1, l1, dd, has_l2, l2)
+                buf[j] = _message(kind, x[lo + j], g[lo + j] if use_g else 0.0, t, a, has_l1, l1, dd, has_l2, l2)
         if has_ef:
             for j in range(k):
                 p = buf[j] + ef[lo + j]
                 ef[lo + j] = p
                 buf[j] = p
-        acc = 0.0                      # stays 0 unless some p is NaN or inf (p * 0 is NaN then)
-        for j in range(k):
-            acc += buf[j] * 0.0
-        for j in range(k, 64):         # padding of the last word: codes 0
-            buf[j] = 0.0
+        # finiteness: p - p is 0 for finite p, NaN for NaN/inf; an OR over the word (no float sum: the
+        # loop vectorises). Bit i of byte q (numpy's packbits order) is element 8q + 7 - i: shift j ^ 7.
+        nonfinite = False
         wn = np.uint64(0)
-        wz = np.uint64(0)
-        for q in range(8):             # byte q of the word: elements 8q..8q+7, the first in the top bit
-            bn = 0
-            bz = 0
-            for r in range(8):
-                p = buf[8 * q + r]
-                bn |= (p < 0.0) << (7 - r)
-                bz |= (p != 0.0) << (7 - r)
-            wn |= np.uint64(bn) << np.uint64(8 * q)
-            wz |= np.uint64(bz) << np.uint64(8 * q)
-        if acc != 0.0:                 # NaN: report the first non-finite element of this word
+        for j in range(k):
+            p = buf[j]
+            nonfinite |= (p - p) != 0.0
+            wn |= np.uint64(p < 0.0) << np.uint64(j ^ 7)
+        if nonfinite:                  # report the first non-finite element of this word
             for j in range(k):
                 if not math.isfinite(buf[j]):
                     bad[0] = buf[j]
                     return lo + j
         neg[w] = wn
         if ternary:
+            wz = np.uint64(0)
+            for j in range(k):
+                wz |= np.uint64(buf[j] != 0.0) << np.uint64(j ^ 7)
             nz[w] = wz
     return -1
+
+
+def sign_message_pack(kind, x, g, t, a, has_l1, l1, dd, has_l2, l2, ef, has_ef, ternary, neg, nz, bad, cols,
+                      sparse):
+    """One pass: m_i = message(x_i, g_i) (with error feedback p_i = m_i + e_i, stored back into e),
+    finiteness check, sign bits packed into uint64 words (numpy packbits order, 1 = negative; ternary:
+    nonzero plane too). Returns the index of the first non-finite element (its value in bad[0]) or -1.
+    Padding bits of the last word are zero; words past the last are not touched. The message is made
+    64 elements at a time into a stack buffer by a loop specialised to ``kind``, then packed.
+    ``sparse`` (no error feedback): g is +0.0 outside the indices ``cols`` (duplicates allowed): the
+    pass reads x only, then the elements of ``cols`` are made again with their g and their bits set;
+    if any message is non-finite, the whole pass is redone reading g (the same result as not sparse)."""
+    if not sparse or has_ef:
+        return _pack_pass(kind, x, g, True, t, a, has_l1, l1, dd, has_l2, l2, ef, has_ef, ternary, neg, nz, bad)
+    i = _pack_pass(kind, x, g, False, t, a, has_l1, l1, dd, has_l2, l2, ef, False, ternary, neg, nz, bad)
+    if i >= 0:
+        return _pack_pass(kind, x, g, True, t, a, has_l1, l1, dd, has_l2, l2, ef, False, ternary, neg, nz, bad)
+    one = np.uint64(1)
+    for c in range(cols.size):
+        j = cols[c]
+        m = _message(kind, x[j], g[j], t, a, has_l1, l1, dd, has_l2, l2)
+        if not math.isfinite(m):
+            return _pack_pass(kind, x, g, True, t, a, has_l1, l1, dd, has_l2, l2, ef, False, ternary, neg, nz, bad)
+        w = j >> 6
+        bit = one << np.uint64((j & 63) ^ 7)
+        neg[w] = (neg[w] | bit) if m < 0.0 else (neg[w] & ~bit)
+        if ternary:
+            nz[w] = (nz[w] | bit) if m != 0.0 else (nz[w] & ~bit)
+    return -1
+
+
+def _apply_pack_pass(kind, x, t, a, has_l1, l1, dd, has_l2, l2, ternary, neg, nz, bad, dneg, dnz, has_dnz,
+                     gamma, done):
+    # x <- x - gamma v of a pending decision (v from the packed planes dneg/dnz, as apply_words; not where
+    # the bit of ``done`` is set, which is cleared), then the message with g = +0.0, checked and packed:
+    # one pass. Never stops early (every x is updated); returns the first non-finite message or -1.
+    n = x.size
+    nw = (n + 63) // 64
+    buf = np.empty(64)
+    na = -a
+    t0 = 0.0 * t
+    t1 = 0.0 * (-t)
+    zero = gamma - gamma
+    one = np.uint64(1)
+    first = -1
+    for w in range(nw):
+        lo = w * 64
+        k = min(n, lo + 64) - lo
+        wneg = dneg[w]
+        wnz = dnz[w] if has_dnz else np.uint64(0xFFFFFFFFFFFFFFFF)
+        wdone = done[w]
+        done[w] = np.uint64(0)
+        for j in range(k):
+            s = np.uint64(j ^ 7)
+            xi = x[lo + j]
+            d = -gamma if (wneg >> s) & one else gamma
+            d = d if (wnz >> s) & one else zero
+            y = xi - d
+            xi = xi if (wdone >> s) & one else y
+            x[lo + j] = xi
+            if kind == 0:
+                buf[j] = t0 + _clip(xi - t0, na, a)
+            elif kind == 1:
+                v = t1 + xi
+                if has_l1:
+                    v = v - _clip(v, na, a)
+                if has_l2:
+                    v = v / dd
+                buf[j] = xi - v
+            else:
+                buf[j] = _message(kind, xi, 0.0, t, a, has_l1, l1, dd, has_l2, l2)
+        nonfinite = False
+        wn = np.uint64(0)
+        for j in range(k):
+            p = buf[j]
+            nonfinite |= (p - p) != 0.0
+            wn |= np.uint64(p < 0.0) << np.uint64(j ^ 7)
+        if nonfinite and first < 0:
+            for j in range(k):
+                if not math.isfinite(buf[j]):
+                    bad[0] = buf[j]
+                    first = lo + j
+                    break
+        neg[w] = wn
+        if ternary:
+            wz = np.uint64(0)
+            for j in range(k):
+                wz |= np.uint64(buf[j] != 0.0) << np.uint64(j ^ 7)
+            nz[w] = wz
+    return first
+
+
+def apply_message_pack(kind, x, g, t, a, has_l1, l1, dd, has_l2, l2, ternary, neg, nz, bad, cols, dneg, dnz,
+                       has_dnz, gamma, done):
+    """The last iteration's step and this iteration's message in one pass over x: x <- x - gamma v for
+    the pending decision (dneg, dnz as :func:`apply_words`; elements whose bit in ``done`` is set were
+    updated already, see :func:`apply_at_rows`), then :func:`sign_message_pack` of the updated x with a
+    sparse g (+0.0 outside ``cols``), no error feedback. The same x and planes as apply_words followed by
+    sign_message_pack."""
+    i = _apply_pack_pass(kind, x, t, a, has_l1, l1, dd, has_l2, l2, ternary, neg, nz, bad, dneg, dnz, has_dnz,
+                         gamma, done)
+    if i >= 0:
+        return _pack_pass(kind, x, g, True, t, a, has_l1, l1, dd, has_l2, l2, x, False, ternary, neg, nz, bad)
+    one = np.uint64(1)
+    for c in range(cols.size):
+        j = cols[c]
+        m = _message(kind, x[j], g[j], t, a, has_l1, l1, dd, has_l2, l2)
+        if not math.isfinite(m):
+            return _pack_pass(kind, x, g, True, t, a, has_l1, l1, dd, has_l2, l2, x, False, ternary, neg, nz, bad)
+        w = j >> 6
+        bit = one << np.uint64((j & 63) ^ 7)
+        neg[w] = (neg[w] | bit) if m < 0.0 else (neg[w] & ~bit)
+        if ternary:
+            nz[w] = (nz[w] | bit) if m != 0.0 else (nz[w] & ~bit)
+    return -1
+
+
+def apply_at_rows(indptr, indices, rows, x, dneg, dnz, has_dnz, gamma, done):
+    """x_j <- x_j - gamma v_j (the pending decision, as :func:`apply_words`) at the columns of the CSR
+    rows ``rows`` (each once: its bit in ``done`` is set), so that a minibatch gradient can be taken
+    there before :func:`apply_message_pack` updates the rest."""
+    one = np.uint64(1)
+    zero = gamma - gamma
+    for r in range(rows.size):
+        i = rows[r]
+        for k in range(indptr[i], indptr[i + 1]):
+            j = indices[k]
+            w = j >> 6
+            s = np.uint64((j & 63) ^ 7)
+            if (done[w] >> s) & one:
+                continue
+            done[w] |= one << s
+            d = -gamma if (dneg[w] >> s) & one else gamma
+            if has_dnz:
+                d = d if (dnz[w] >> s) & one else zero
+            x[j] = x[j] - d
 
 
 def vote_words(neg_rows, nz_rows, ternary, tie, rand, out_neg, out_nz):
@@ -276,3 +410,44 @@ def prox_step_en(x, d, t, a, has_l1, dd, has_l2):
         if has_l2:
             v = v / dd
         x[i] = v
+
+
+# -- the sparse minibatch gradient (CSR data) -----------------------------------------------------------
+# scipy's A[idx] @ x and A[idx].T @ c, in the same float operations and order (csr_matvec: a running sum
+# from 0.0 per row; csc_matvec of the transpose: y[j] += a * c row by row into zeros), without the
+# row copy and the dense result: the gradient touches only the batch's columns.
+
+def csr_rows_dot(indptr, indices, data, rows, x, out):
+    """out[r] = A[rows[r]] . x for CSR A (sum in stored order, from 0.0)."""
+    for r in range(rows.size):
+        i = rows[r]
+        s = 0.0
+        for k in range(indptr[i], indptr[i + 1]):
+            s += data[k] * x[indices[k]]
+        out[r] = s
+
+
+def csr_rows_scatter(indptr, indices, data, rows, coef, g, mark, touched, prev, div):
+    """The sparse mean gradient into g, which is zero outside ``touched[:prev]`` (the last call's
+    columns): those are zeroed first, then g[j] += A[rows[r], j] * coef[r] for every stored entry,
+    rows in order; columns seen for the first time (mark[j] == 0) are marked and listed in
+    ``touched``; finally g[j] /= div on them. Returns the number of distinct columns touched."""
+    for c in range(prev):
+        j = touched[c]
+        g[j] = 0.0
+        mark[j] = 0
+    cnt = 0
+    for r in range(rows.size):
+        i = rows[r]
+        c = coef[r]
+        for k in range(indptr[i], indptr[i + 1]):
+            j = indices[k]
+            g[j] += data[k] * c
+            if mark[j] == 0:
+                mark[j] = 1
+                touched[cnt] = j
+                cnt += 1
+    for c in range(cnt):
+        j = touched[c]
+        g[j] = g[j] / div
+    return cnt

@@ -52,7 +52,7 @@ def kernel_pack(kind, x, g, t, l1, l2, ef, ternary, words):
     nz = np.full(words, np.uint64(0xDEAD), dtype=np.uint64) if ternary else K._NO_W
     bad = np.zeros(1)
     i = K.sign_message_pack(kind, x, g, t, t * l1, l1 > 0, l1, 1.0 + t * l2, l2 > 0, l2,
-                            K._NO_F if ef is None else ef, ef is not None, ternary, neg, nz, bad)
+                            K._NO_F if ef is None else ef, ef is not None, ternary, neg, nz, bad, K._NO_I, False)
     return i, bad[0], neg, nz
 
 
@@ -212,3 +212,189 @@ def test_numba_is_imported_only_when_a_kernel_is_needed():
             "from mpiopt import kernels as K; K.compile_kernels(); "
             "assert 'numba' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- the compiled sparse minibatch gradient (mpiopt.problems.linear, kernels csr_rows_dot/scatter) --------
+def linear_problem(name: str, n_samples: int, n_features: int, density: float):
+    from mpi4py import MPI
+    from mpiopt.comm import Comm
+    from mpiopt.options import resolve
+    from mpiopt.problems.linear import Lasso, Logistic
+    cls = {"logistic": Logistic, "lasso": Lasso}[name]
+    cfg = resolve({"problem": cls.options}, [("problem.n_samples", n_samples, "t"),
+                                              ("problem.n_features", n_features, "t"),
+                                              ("problem.density", density, "t"), ("problem.reference", "no", "t")])
+    p = cls(cfg["problem"], Comm(MPI.COMM_SELF))
+    p.setup()
+    return p
+
+
+@pytest.mark.parametrize("name", ["logistic", "lasso"])
+def test_sparse_batch_grad_equals_scipy_batch_grad(name):
+    p = linear_problem(name, 700, 3000, 0.001)
+    assert (np.diff(p.A.indptr) == 0).any()             # rows of every length, some empty at this density
+    for warm in p.use_sparse_batch_grad():
+        warm()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(p.n_vars)
+    x[::7] = 0.0
+    x[1::11] = -0.0
+    for b in (1, 2, 64, 700, 2000):                      # duplicates in the batch from b = 64 on
+        for rep in range(3):
+            idx = rng.integers(0, p.n_local, size=b)
+            want = p.batch_grad(x, idx, out=np.empty(p.n_vars))
+            got, cols = p.batch_grad_sparse(x, idx)
+            assert np.array_equal(bits(got), bits(want)), (b, rep)
+            assert len(set(cols.tolist())) == cols.size
+            assert set(cols.tolist()) == set(np.unique(p.A[idx].indices).tolist())
+            x += 0.01 * want                             # the next call must not see this one's entries
+    # empty rows only / empty batch: zero gradient
+    empty = np.flatnonzero(np.diff(p.A.indptr) == 0)[:3]
+    got, cols = p.batch_grad_sparse(x, empty)
+    assert cols.size == 0 and not got.any() and np.array_equal(bits(got), bits(p.batch_grad(x, empty)))
+    got, cols = p.batch_grad_sparse(x, np.zeros(0, dtype=np.int64))
+    assert cols.size == 0 and not got.any()
+
+
+def test_sparse_batch_grad_propagates_nan_and_inf_as_scipy_does():
+    p = linear_problem("lasso", 300, 500, 0.05)
+    p.use_sparse_batch_grad()
+    rng = np.random.default_rng(4)
+    for bad in (np.nan, np.inf, -np.inf):
+        x = rng.standard_normal(p.n_vars)
+        idx = rng.integers(0, p.n_local, size=40)
+        x[p.A[idx[5]].indices[0]] = bad
+        with np.errstate(invalid="ignore", over="ignore"):
+            want = p.batch_grad(x, idx, out=np.empty(p.n_vars))
+            got, _ = p.batch_grad_sparse(x, idx)
+        assert np.array_equal(got, want, equal_nan=True)
+        fin = np.isfinite(want)
+        assert np.array_equal(bits(got[fin]), bits(want[fin])) and not fin.all()
+
+
+def test_sparse_batch_grad_is_off_for_dense_data_and_without_kernels(monkeypatch):
+    p = linear_problem("logistic", 50, 20, 1.0)
+    assert p.use_sparse_batch_grad() == []
+    with pytest.raises(RuntimeError, match="use_sparse_batch_grad"):
+        p.batch_grad_sparse(np.zeros(20), np.zeros(3, dtype=np.int64))
+    q = linear_problem("logistic", 50, 20, 0.5)
+    monkeypatch.setattr(K, "JIT", False)
+    assert q.use_sparse_batch_grad() == []
+
+
+@pytest.mark.parametrize("solver,extra", [
+    ("signprox", {}), ("signprox", {"solver.encoding": "ternary", "solver.error_feedback": True}),
+    ("signprox", {"solver.encoding": "ternary", "run.debug": True, "solver.check_every": 7}),
+    ("signprox", {"solver.aggregator": "twophase", "solver.tie": "shared_random", "problem.l2": 0.1}),
+    ("signsgd_mv", {}), ("sign_then_prox", {}), ("prox_sgd", {}), ("prox_sgd", {"solver.dtype": "float64"})])
+@pytest.mark.parametrize("problem", ["logistic", "lasso"])
+def test_runs_with_the_sparse_gradient_equal_runs_with_scipys(solver, extra, problem, monkeypatch):
+    from mpiopt.problems.linear import LinearModelProblem
+    from mpiopt.runner import build_run, resolve_spec
+    values = {"problem.n_samples": 500, "problem.n_features": 400, "problem.density": 0.03, "problem.l1": 0.01,
+              "problem.reference": "no", "run.seed": 2, "solver.max_iter": 30, "solver.batch_size": 32,
+              "run.progress": "none", **extra}
+    if solver == "prox_sgd":
+        values["solver.step0"] = 0.5
+    xs = []
+    for sparse in (True, False):
+        if not sparse:
+            monkeypatch.setattr(LinearModelProblem, "use_sparse_batch_grad", lambda self: [])
+        run = build_run(resolve_spec(solver, problem, [(k, v, "t") for k, v in values.items()], default_out=False),
+                        quiet=True, write_result=False, install_signals=False)
+        assert run.solver.sparse_grad == sparse
+        # the step deferred into the next message pass: the plain sign steps with the sparse gradient
+        assert getattr(run.solver, "defer", False) == (sparse and solver in ("signprox", "signsgd_mv")
+                                                       and "solver.error_feedback" not in extra)
+        res = run.execute()
+        xs.append(res.get("x_raw", res.x))
+    assert np.array_equal(bits(xs[0]), bits(xs[1]))
+    assert np.count_nonzero(xs[0]) > 0
+
+
+@pytest.mark.parametrize("kind,l1,l2", CASES)
+@pytest.mark.parametrize("encoding", ["1bit", "ternary"])
+def test_sparse_message_pack_equals_dense(kind, l1, l2, encoding):
+    """g zero outside cols (duplicates in cols): the pass that reads x only, then patches cols, gives
+    the planes (and the first non-finite element) of the pass that reads g."""
+    ternary = encoding == "ternary"
+    rng = np.random.default_rng([kind, int(ternary)])
+    for n in LENGTHS:
+        for case in ("plain", "nan_x", "inf_g", "nan_both", "empty"):
+            x, g0 = inputs(n, n + 7)
+            cols = rng.integers(0, n, size=max(1, n // 5)) if case != "empty" else np.zeros(0, dtype=np.int64)
+            g = np.zeros(n)
+            g[cols] = g0[cols]
+            if case in ("nan_x", "nan_both"):
+                x[rng.integers(0, n)] = np.nan
+            if case in ("inf_g", "nan_both"):
+                g[cols[-1]] = np.inf
+            W = n_words(n) + 1
+            out = []
+            for sparse in (False, True):
+                neg = np.full(W, np.uint64(0xDEAD), dtype=np.uint64)
+                nz = np.full(W, np.uint64(0xDEAD), dtype=np.uint64) if ternary else K._NO_W
+                bad = np.zeros(1)
+                with np.errstate(invalid="ignore"):
+                    i = K.sign_message_pack(kind, x, g, 0.5, 0.5 * l1, l1 > 0, l1, 1.0 + 0.5 * l2, l2 > 0, l2,
+                                            K._NO_F, False, ternary, neg, nz, bad, cols.astype(np.int64), sparse)
+                out.append((i, bad[0], neg, nz))
+            (i0, b0, n0, z0), (i1, b1, n1, z1) = out
+            assert i0 == i1 and (i0 < 0 or np.array_equal(b0, b1, equal_nan=True)), (n, case)
+            if i0 < 0:
+                assert np.array_equal(n0, n1), (n, case)
+                assert not ternary or np.array_equal(z0, z1), (n, case)
+
+
+@pytest.mark.parametrize("kind,l1,l2", CASES)
+@pytest.mark.parametrize("encoding", ["1bit", "ternary"])
+def test_apply_message_pack_equals_apply_then_pack(kind, l1, l2, encoding):
+    """The deferred step applied in the message pass (some elements applied before by apply_at_rows)
+    gives the x and the planes of apply_words followed by sign_message_pack; non-finite messages are
+    reported as there."""
+    ternary = encoding == "ternary"
+    rng = np.random.default_rng([kind, 5])
+    for n in LENGTHS:
+        for case in ("plain", "zeros_in_vote", "nan_x", "inf_g"):
+            x, g0 = inputs(n, n + 3)
+            cols = rng.integers(0, n, size=max(1, n // 4))
+            g = np.zeros(n)
+            g[cols] = g0[cols]
+            v = rng.integers(-1, 2, size=n) if case == "zeros_in_vote" else rng.choice([-1, 1], size=n)
+            W = n_words(n, 4)
+            dneg = pack_bits(v < 0, np.zeros(W, dtype=np.uint64))
+            dnz = pack_bits(v != 0, np.zeros(W, dtype=np.uint64)) if case == "zeros_in_vote" else K._NO_W
+            if case == "nan_x":
+                x[rng.integers(0, n)] = np.nan
+            if case == "inf_g":
+                g[cols[0]] = np.inf
+            gam = 0.0371
+            want_x = x.copy()
+            K.apply_words(want_x, dneg, dnz, dnz.size > 0, gam, K._NO_F, False, False, 0.0, False, 1.0, False)
+            out = []
+            for merged in (False, True):
+                xx = want_x.copy() if not merged else x.copy()
+                neg = np.zeros(W, dtype=np.uint64)
+                nz = np.zeros(W, dtype=np.uint64) if ternary else K._NO_W
+                bad = np.zeros(1)
+                args = (0.5, 0.5 * l1, l1 > 0, l1, 1.0 + 0.5 * l2, l2 > 0, l2)
+                with np.errstate(invalid="ignore"):
+                    if merged:
+                        done = np.zeros(W, dtype=np.uint64)
+                        # a CSR structure whose rows 0 and 2 cover some columns: applied first, marked
+                        ip = np.array([0, 2, 2, 5], dtype=np.int32)
+                        ix = np.array([0, n - 1, 1, 2, 3], dtype=np.int32) % n
+                        K.apply_at_rows(ip, ix, np.array([0, 2, 0]), xx, dneg, dnz, dnz.size > 0, gam, done)
+                        assert np.array_equal(bits(xx[ix]), bits(want_x[ix]))
+                        i = K.apply_message_pack(kind, xx, g, *args, ternary, neg, nz, bad, cols, dneg, dnz,
+                                                 dnz.size > 0, gam, done)
+                        assert not done.any()
+                    else:
+                        i = K.sign_message_pack(kind, xx, g, *args, K._NO_F, False, ternary, neg, nz, bad,
+                                                K._NO_I, False)
+                out.append((i, bad[0], neg, nz, xx))
+            (i0, b0, n0, z0, x0), (i1, b1, n1, z1, x1) = out
+            assert np.array_equal(bits(x0), bits(x1)), (n, case)
+            assert i0 == i1 and (i0 < 0 or np.array_equal(b0, b1, equal_nan=True)), (n, case)
+            if i0 < 0:
+                assert np.array_equal(n0, n1) and (not ternary or np.array_equal(z0, z1)), (n, case)

@@ -260,7 +260,7 @@ def test_error_feedback_memory_holds_what_the_applied_step_left_out(encoding):
     assert isinstance(s, SignProx) and s.ef is not None
     grads = []
     original = s.local_gradient
-    s.local_gradient = lambda: grads.append(original().copy()) or s.g
+    s.local_gradient = lambda: grads.append(original().copy()) or grads[-1]
     virtual = s.x - s.ef
     for t in range(8):
         x0, e0, gam = s.x.copy(), s.ef.copy(), s.gamma(t)
@@ -340,7 +340,7 @@ def test_error_feedback_with_the_mean_l1_step_keeps_what_that_step_left_out():
     s = run.solver
     grads = []
     original = s.local_gradient
-    s.local_gradient = lambda: grads.append(original().copy()) or s.g
+    s.local_gradient = lambda: grads.append(original().copy()) or grads[-1]
     for t in range(5):
         x0, e0, gam = s.x.copy(), s.ef.copy(), s.gamma(t)
         s.step()

@@ -11,7 +11,7 @@ Bytes are counted by :class:`~mpiopt.comm.stats.CommStats` from the buffers actu
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 from mpi4py import MPI
@@ -39,7 +39,7 @@ class SignAggregator:
     def __init__(self, comm: Comm, n: int, encoding: Literal["1bit", "ternary"] = "1bit",
                  method: Literal["allgather", "twophase", "int8_allreduce"] = "allgather",
                  tie: Literal["zero", "plus", "shared_random"] = "zero", seed: int = 0,
-                 dtype: np.dtype = np.float64):
+                 dtype: np.dtype = np.float64, warm: Sequence[Callable[[], None]] = ()):
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}")
         if method not in AGGREGATORS:
@@ -79,14 +79,18 @@ class SignAggregator:
         self.neg: np.ndarray | None = None
         self.nz: np.ndarray | None = None
         self.dtype = np.dtype(dtype)
-        #: compiled kernels: fused message/check/pack, vote on words, one-pass apply (see mpiopt.kernels)
+        #: compiled kernels: fused message/check/pack, vote on words, one-pass apply (see mpiopt.kernels);
+        #: ``warm``: the caller's other kernels (e.g. the gradient's), compiled in the same round
         self.jit = K.JIT and method != "int8_allreduce"
+        fns = tuple(warm)
         if self.jit:
             K.compile_kernels()
             vw = self.chunk if method == "twophase" else W
             self._vote_out = (np.empty(vw, dtype=np.uint64), np.empty(vw, dtype=np.uint64))
             self._bad = np.zeros(1)
-            compile_once(comm, (self._warm_pack, self._warm_vote, self._warm_apply))
+            fns = (self._warm_pack, self._warm_vote, self._warm_apply) + fns
+        if fns:
+            compile_once(comm, fns)
 
     # message ------------------------------------------------------------------------------
     def encode(self, m: np.ndarray) -> None:
@@ -127,18 +131,41 @@ class SignAggregator:
                 planes[1][b0:b1] = np.packbits(f)
 
     def encode_message(self, kind: int, x: np.ndarray, g: np.ndarray, t: float, l1: float = 0.0, l2: float = 0.0,
-                       ef: np.ndarray | None = None) -> None:
+                       ef: np.ndarray | None = None, cols: np.ndarray | None = None) -> None:
         """Compiled path: make the message of ``kind`` (:data:`mpiopt.kernels.MSG_MAPPING_L1` ...) from
         x and g with step t and elastic-net weights (l1, l2), check it and pack its signs, in one pass.
         With ``ef`` the message is p = m + e and p is stored into ``ef``; :meth:`apply` with the same
-        ``ef`` then leaves e = p - gamma * v there."""
+        ``ef`` then leaves e = p - gamma * v there. ``cols`` (int64): g is +0.0 outside these indices
+        (a sparse minibatch gradient), so the pass need not read g."""
         send = self.send
         nz = send[1] if self.planes == 2 else K._NO_W
         bad = K.sign_message_pack(kind, x, g, t, t * l1, l1 > 0, l1, 1.0 + t * l2, l2 > 0, l2,
                                   K._NO_F if ef is None else ef, ef is not None, self.planes == 2, send[0], nz,
-                                  self._bad)
+                                  self._bad, K._NO_I if cols is None else cols, cols is not None)
         if bad >= 0:
             raise ValueError(f"non-finite value {self._bad[0]} at element {bad}: cannot code its sign")
+
+    def apply_and_encode(self, kind: int, x: np.ndarray, g: np.ndarray, t: float, l1: float, l2: float,
+                         cols: np.ndarray, gamma: float, done: np.ndarray) -> None:
+        """Compiled path, one pass: x -= gamma * v with the last decision (except the elements whose bit
+        in ``done`` is set: :meth:`apply_at_rows` did them; the bits are cleared), then
+        :meth:`encode_message` of the new x with g zero outside ``cols``. Equal to :meth:`apply`
+        followed by :meth:`encode_message`."""
+        send = self.send
+        nz = send[1] if self.planes == 2 else K._NO_W
+        dnz = self.nz if self.nz is not None else K._NO_W
+        bad = K.apply_message_pack(kind, x, g, t, t * l1, l1 > 0, l1, 1.0 + t * l2, l2 > 0, l2, self.planes == 2,
+                                   send[0], nz, self._bad, cols, self.neg, dnz, self.nz is not None,
+                                   x.dtype.type(gamma), done)
+        if bad >= 0:
+            raise ValueError(f"non-finite value {self._bad[0]} at element {bad}: cannot code its sign")
+
+    def apply_at_rows(self, indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, x: np.ndarray,
+                      gamma: float, done: np.ndarray) -> None:
+        """x -= gamma * v with the last decision at the columns of CSR rows ``rows`` only, marking them
+        in the bit plane ``done`` (see :meth:`apply_and_encode`)."""
+        dnz = self.nz if self.nz is not None else K._NO_W
+        K.apply_at_rows(indptr, indices, rows, x, self.neg, dnz, self.nz is not None, x.dtype.type(gamma), done)
 
     # compile (or load from the cache) every kernel signature this aggregator calls
     def _warm_pack(self) -> None:
@@ -147,7 +174,7 @@ class SignAggregator:
         nz = send[1] if self.planes == 2 else K._NO_W
         for ef in (K._NO_F, x.copy()):
             K.sign_message_pack(K.MSG_MAPPING_L1, x, x, 0.1, 0.0, False, 0.0, 1.0, False, 0.0, ef, ef.size > 0,
-                                self.planes == 2, send[0], nz, self._bad)
+                                self.planes == 2, send[0], nz, self._bad, K._NO_I, False)
 
     def _warm_vote(self) -> None:
         rows = np.zeros((max(1, self.comm.size), self.planes, 2), dtype=np.uint64)
@@ -243,6 +270,24 @@ class SignAggregator:
         """The last decision as int8 in {-1, 0, +1}."""
         nz = self.nz if self.nz is not None else np.full_like(self.neg, ALL_ONES)
         return decision_values(self.neg, nz, self.n)
+
+
+def apply_encode_warmers(ternary: bool, index_dtypes: tuple[np.dtype, np.dtype]) -> list[Callable[[], None]]:
+    """Calls that compile (or load) the kernels of :meth:`SignAggregator.apply_and_encode` and
+    :meth:`SignAggregator.apply_at_rows` (CSR index dtypes ``index_dtypes``), for
+    :func:`~mpiopt.comm.jit.compile_once` (the ``warm`` argument of :class:`SignAggregator`)."""
+    def pack() -> None:
+        x, w = np.zeros(100), np.zeros(2, dtype=np.uint64)
+        for dnz in (w, K._NO_W):
+            K.apply_message_pack(K.MSG_MAPPING_L1, x, x, 0.1, 0.0, False, 0.0, 1.0, False, 0.0, ternary, w,
+                                 w if ternary else K._NO_W, np.zeros(1), K._NO_I, w, dnz, dnz.size > 0, 0.0, w)
+
+    def rows() -> None:
+        w = np.zeros(2, dtype=np.uint64)
+        for dnz in (w, K._NO_W):
+            K.apply_at_rows(np.zeros(2, dtype=index_dtypes[0]), np.zeros(0, dtype=index_dtypes[1]),
+                            np.zeros(1, dtype=np.int64), np.zeros(1), w, dnz, dnz.size > 0, 0.0, w)
+    return [pack, rows]
 
 
 def sign_bytes(comm: Comm) -> int:

@@ -3,12 +3,14 @@ scikit-learn's bundled datasets, sharded by rank."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
+from mpi4py import MPI
 from scipy.special import expit
 
+from .. import kernels as K
 from .. import options as O
 from ..comm import collective_check
 from ..errors import InputError
@@ -88,6 +90,59 @@ class LinearModelProblem(CompositeProblem):
             raise InputError(f"{o['path'] or o['dataset']}: no samples")
         self.regularizer = self._make_regularizer()
         self._buf = np.empty(self.n_vars)
+        self._sparse: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    # -- the minibatch gradient on CSR data, compiled ------------------------------------------------
+    def loss_coef(self, margin: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """Sum of the losses and the per-sample coefficients c (gradient = A^T c) at margins A x."""
+        raise NotImplementedError
+
+    def use_sparse_batch_grad(self) -> list[Callable[[], None]]:
+        """Collective: turn :meth:`batch_grad_sparse` on when every rank's data are float64 CSR and
+        the compiled kernels are on. Returns the calls that compile (or load) its kernels, for
+        :func:`mpiopt.comm.jit.compile_once`; [] when it stays off."""
+        A = self.A
+        ok = K.JIT and sp.issparse(A) and A.format == "csr" and A.dtype == np.float64
+        if not self.comm.allreduce_scalar(float(ok), op=MPI.MIN, tag="setup"):
+            return []
+        K.compile_kernels()
+        n = self.n_vars
+        self._sparse = (np.zeros(n), np.zeros(n, dtype=np.uint8), np.empty(0, dtype=np.int64))
+        self._cnt = 0
+        self._max_row = int(np.diff(A.indptr).max()) if A.shape[0] else 0
+
+        def warm() -> None:
+            ip, ix = np.zeros(2, dtype=A.indptr.dtype), np.zeros(0, dtype=A.indices.dtype)
+            rows, out = np.zeros(1, dtype=np.int64), np.zeros(1)
+            K.csr_rows_dot(ip, ix, np.zeros(0), rows, np.zeros(1), out)
+            K.csr_rows_scatter(ip, ix, np.zeros(0), rows, out, np.zeros(1), np.zeros(1, dtype=np.uint8),
+                               np.zeros(1, dtype=np.int64), 0, 1.0)
+        return [warm]
+
+    def csr_structure(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row pointers, column indices) of this rank's CSR data (with :meth:`use_sparse_batch_grad` on)."""
+        return self.A.indptr, self.A.indices
+
+    def batch_grad_sparse(self, x: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The mean gradient over local samples ``idx``, bit for bit :meth:`batch_grad`, as (g, cols):
+        g a dense buffer of the problem's, zero outside the distinct columns ``cols`` of the batch, both
+        valid until the next call (which zeroes those entries again). Needs :meth:`use_sparse_batch_grad`.
+        Cost O(nonzeros of the batch), not O(n)."""
+        if self._sparse is None:
+            raise RuntimeError("batch_grad_sparse: call use_sparse_batch_grad() first (CSR data, kernels on)")
+        g, mark, touched = self._sparse
+        A = self.A
+        rows = np.asarray(idx, dtype=np.int64)
+        need = min(self.n_vars, rows.size * self._max_row)
+        if touched.size < need:
+            touched = np.concatenate([touched[:self._cnt], np.empty(need - self._cnt, dtype=np.int64)])
+            self._sparse = (g, mark, touched)
+        margin = np.empty(rows.size)
+        K.csr_rows_dot(A.indptr, A.indices, A.data, rows, x, margin)
+        _, coef = self.loss_coef(margin, self.y[rows])
+        self._cnt = K.csr_rows_scatter(A.indptr, A.indices, A.data, rows, np.ascontiguousarray(coef, dtype=np.float64),
+                                       g, mark, touched, self._cnt, float(max(1, rows.size)))
+        return g, touched[:self._cnt]
 
     def _make_regularizer(self):
         """The regulariser named by ``problem.reg`` (InputError on bad weights)."""
@@ -231,15 +286,19 @@ class Lasso(LinearModelProblem):
     summary = "least squares + L1 (LASSO / elastic net) on generated, LIBSVM or bundled data"
     task = "regression"
 
+    def loss_coef(self, margin, y):
+        r = margin - y
+        return 0.5 * float(r @ r), r
+
     def local_loss_grad(self, x, idx=None, grad_out=None):
         A = self.A if idx is None else self.A[idx]
         y = self.y if idx is None else self.y[idx]
-        r = A @ x - y
+        loss, r = self.loss_coef(A @ x, y)
         g = A.T @ r
         if grad_out is not None:
             grad_out[:] = g
             g = grad_out
-        return 0.5 * float(r @ r), np.asarray(g, dtype=np.float64)
+        return loss, np.asarray(g, dtype=np.float64)
 
 
 @register_problem("logistic")
@@ -268,12 +327,14 @@ class Logistic(LinearModelProblem):
             return np.where(y == lo_label, -1.0, 1.0)
         return np.ones_like(y)
 
+    def loss_coef(self, margin, y):
+        z = y * margin
+        return float(np.logaddexp(0.0, -z).sum()), -y * expit(-z)
+
     def local_loss_grad(self, x, idx=None, grad_out=None):
         A = self.A if idx is None else self.A[idx]
         y = self.y if idx is None else self.y[idx]
-        z = y * (A @ x)
-        loss = float(np.logaddexp(0.0, -z).sum())
-        coef = -y * expit(-z)
+        loss, coef = self.loss_coef(A @ x, y)
         g = A.T @ coef
         if grad_out is not None:
             grad_out[:] = g

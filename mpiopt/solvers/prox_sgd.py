@@ -63,20 +63,40 @@ class ProxSGD(Solver):
         self.weight = p.n_local / p.n_samples
         self.wire = np.empty(p.n_vars, dtype=np.dtype(options["dtype"]))
         self.g = np.empty(p.n_vars)
-        compile_once(self.comm, (lambda: warm_prox_step(self.wire.dtype),))
+        # the minibatch gradient: compiled and sparse (O(batch nonzeros)) on CSR data
+        use = getattr(p, "use_sparse_batch_grad", None)
+        warm = use() if use is not None else []
+        self.sparse_grad = bool(warm)
+        self.cols: np.ndarray | None = None
+        compile_once(self.comm, (lambda: warm_prox_step(self.wire.dtype), *warm))
+
+    def local_gradient(self) -> np.ndarray:
+        """Minibatch mean gradient on this rank's shard (zero without local data); with the sparse
+        gradient a buffer of the problem's, zero outside ``self.cols``."""
+        p, g = self.problem, self.g
+        self.cols = None
+        if not p.n_local:
+            g[:] = 0.0
+            return g
+        idx = self.streams.rng.integers(0, p.n_local, size=self.opts["batch_size"])
+        if self.sparse_grad:
+            g, self.cols = p.batch_grad_sparse(self.x, idx)
+            return g
+        return p.batch_grad(self.x, idx, out=g)
 
     def step(self) -> Stop | None:
-        p, o, x, g = self.problem, self.opts, self.x, self.g
+        p, o, x = self.problem, self.opts, self.x
         step = step_size(o["step0"], self.nit, o["schedule"])
-        if p.n_local:
-            p.batch_grad(x, self.streams.rng.integers(0, p.n_local, size=o["batch_size"]), out=g)
-            g *= self.weight
+        g = self.local_gradient()
+        if self.cols is not None:            # sparse: the wire is zero outside the batch's columns
+            self.wire.fill(0)
+            self.wire[self.cols] = g[self.cols] * self.weight
         else:
-            g[:] = 0.0
-        self.wire[:] = g
+            g *= self.weight
+            self.wire[:] = g
         self.comm.Allreduce(MPI.IN_PLACE, self.wire, tag="gradient")
         x_old = x.copy() if o["tol"] > 0 else None
-        prox_step(p.regularizer, x, self.wire, step, g)     # x <- prox(x - step * wire), g as scratch
+        prox_step(p.regularizer, x, self.wire, step, self.g)     # x <- prox(x - step * wire), self.g as scratch
         if not all_finite(x):
             return Stop(R.FAILED, f"non-finite iterate at iteration {self.nit + 1}")
         if x_old is not None and np.linalg.norm(x - x_old) / step < o["tol"]:

@@ -15,7 +15,10 @@ import numpy as np
 
 from .. import options as O
 from .. import result as R
-from ..comm.signs import AGGREGATORS, ENCODINGS, TIE_RULES, SignAggregator, replicas_identical, sign_bytes
+from .. import kernels as K
+from ..comm.sign_codec import n_words
+from ..comm.signs import (AGGREGATORS, ENCODINGS, TIE_RULES, SignAggregator, apply_encode_warmers,
+                          replicas_identical, sign_bytes)
 from ..errors import CheckpointError, InputError
 from ..options import Option
 from ..problems.base import CompositeProblem
@@ -31,6 +34,21 @@ def sign_step_size(step0: float, t: int, schedule: str, horizon: int) -> float:
     if schedule in ("heuristic", "theory"):
         return step0 / math.sqrt(max(1, horizon))
     return step0
+
+
+def batch_per_rank(o: dict[str, Any]) -> int:
+    """Minibatch per rank: batch_size, or with the heuristic schedule max(batch_size, ceil(c T))."""
+    grow = o["theory_batch"] if o["theory_batch"] is not None else o["heuristic_batch"]
+    if o["schedule"] in ("heuristic", "theory"):
+        return max(o["batch_size"], math.ceil(grow * o["max_iter"]))
+    return o["batch_size"]
+
+
+def mapping_norm_l1(problem: CompositeProblem, x: np.ndarray, gam: float) -> float:
+    """Collective: ||G(x)||_1 = ||x - prox_{gam r}(x - gam grad d(x))||_1 / gam, full batch."""
+    _, g = problem.full_grad(x)
+    u = problem.regularizer.prox(x - gam * g, gam)
+    return float(np.abs(x - u).sum() / gam)
 
 
 def sign_options(polish: str = "band") -> tuple[Option, ...]:
@@ -75,9 +93,7 @@ class SignVoteSolver(Solver):
     problem_kind = CompositeProblem
     default_problem = "logistic"
     options = sign_options()
-    # a history row costs about three passes over the data (objective, polished objective, mapping
-    # norm with a full gradient): 15 rows per run keep them near 5 % of a run at the default settings
-    # (measured in the benchmark; run.history_every overrides it)
+    # a history row costs ~3 passes over the data: 15 rows per run keep them near 5 % (measured, benchmark (c))
     history_points = 15
     diagnostics_seconds = 0.0
 
@@ -115,18 +131,27 @@ class SignVoteSolver(Solver):
         self.x = problem.x0()
         self.n = problem.n_vars
         self.streams = RankStreams(comm, ctx.seed, 0x5169)
-        method = o["aggregator"]
-        if method == "auto":
-            method = "allgather" if comm.size <= 16 else "twophase"
+        method = o["aggregator"] if o["aggregator"] != "auto" else ("allgather" if comm.size <= 16 else "twophase")
         self.method = method
-        self.agg = SignAggregator(comm, self.n, o["encoding"], method, o["tie"], ctx.seed, self.x.dtype)
-        self.g = np.empty(self.n)
+        # the minibatch gradient: compiled and sparse (O(batch nonzeros)) on CSR data, see batch_grad_kernels
+        warm = self.batch_grad_kernels()
+        self.sparse_grad = bool(warm)
+        self.cols: np.ndarray | None = None   # with the sparse gradient: g is zero outside these columns
         self.ef = np.zeros(self.n) if o["error_feedback"] else None
         # compiled path: message, check and packing in one pass, apply (+ memory, + prox) in one pass
         kern, after = self.message_kernel(), self.after_vote_kernel()
-        self.kernel = kern if (self.agg.jit and kern is not None and after is not None
-                               and self.message_elementwise()) else None
+        jit = K.JIT and method != "int8_allreduce"
+        self.kernel = kern if (jit and kern is not None and after is not None and self.message_elementwise()) else None
         self.after_prox = after if self.kernel is not None and after is not False else None
+        # with the sparse gradient and a plain step, the step of iteration t is applied in the message pass
+        # of t+1 (at the batch's columns first, for the gradient): one pass over x per iteration, not two
+        self.defer = self.kernel is not None and self.sparse_grad and self.ef is None and self.after_prox is None
+        self.pending: float | None = None      # deferred step size (the decision is the aggregator's last)
+        self.done = np.zeros(n_words(self.n, 4 * comm.size) if self.defer else 0, dtype=np.uint64)
+        if self.defer:
+            warm += apply_encode_warmers(o["encoding"] == "ternary", tuple(a.dtype for a in problem.csr_structure()))
+        self.agg = SignAggregator(comm, self.n, o["encoding"], method, o["tie"], ctx.seed, self.x.dtype, warm=warm)
+        self.g = np.empty(self.n)
         # numpy path: the message is made, checked and packed in cache-sized blocks unless it needs the
         # whole vector (non-separable prox, error feedback, int8 codes)
         self.blockwise = self.kernel is not None or (self.ef is None and method != "int8_allreduce"
@@ -134,32 +159,49 @@ class SignVoteSolver(Solver):
         self.m = None if self.blockwise else np.empty(self.n)
         self.work = None if self.blockwise else np.empty(self.n)
         self.path = "compiled" if self.kernel is not None else ("blocked" if self.blockwise else "whole-vector")
-        T = o["max_iter"]
-        grow = o["theory_batch"] if o["theory_batch"] is not None else o["heuristic_batch"]
-        self.batch = (max(o["batch_size"], math.ceil(grow * T)) if o["schedule"] in ("heuristic", "theory")
-                      else o["batch_size"])
+        self.batch = batch_per_rank(o)
 
     def gamma(self, t: int) -> float:
         o = self.opts
         return sign_step_size(o["step0"], t, o["schedule"], o["max_iter"])
 
+    def batch_grad_kernels(self) -> list:
+        """Collective: the problem's compiled sparse minibatch gradient on where it has one (CSR data,
+        kernels on); returns the calls that compile its kernels, [] when off."""
+        use = getattr(self.problem, "use_sparse_batch_grad", None)
+        return use() if use is not None else []
+
     # -- one iteration --------------------------------------------------------------------------------
     def local_gradient(self) -> np.ndarray:
-        """Minibatch gradient of the smooth part on this rank's shard (zero without local data)."""
+        """Minibatch gradient of the smooth part on this rank's shard (zero without local data); with
+        the sparse gradient a buffer of the problem's (zero outside the batch's columns)."""
         p, g = self.problem, self.g
         if p.n_local:
-            p.batch_grad(self.x, self.streams.rng.integers(0, p.n_local, size=self.batch), out=g)
+            idx = self.streams.rng.integers(0, p.n_local, size=self.batch)
+            if self.pending is not None:       # x at the batch's columns: the deferred step applied there
+                self.agg.apply_at_rows(*p.csr_structure(), idx, self.x, self.pending, self.done)
+            if self.sparse_grad:
+                g, self.cols = p.batch_grad_sparse(self.x, idx)
+                return g
+            p.batch_grad(self.x, idx, out=g)
         else:
             g[:] = 0.0
+        self.cols = None
         return g
 
     def encode(self, g: np.ndarray, gam: float) -> None:
         """Make this rank's message from ``g`` and pack its signs (with error feedback the message is
         p = m + e, the memory added first; p is kept until :meth:`update` has seen the vote)."""
         x, agg = self.x, self.agg
+        if self.pending is not None and g is not self.g:
+            kind, l1, l2 = self.kernel
+            agg.apply_and_encode(kind, x, g, gam, l1, l2, self.cols, self.pending, self.done)
+            self.pending = None
+            return
+        self.flush()
         if self.kernel is not None:
             kind, l1, l2 = self.kernel
-            agg.encode_message(kind, x, g, gam, l1, l2, self.ef)
+            agg.encode_message(kind, x, g, gam, l1, l2, self.ef, self.cols if g is not self.g else None)
             return
         if self.blockwise:
             agg.encode_blocks(lambda lo, hi, out, work: self.message(x[lo:hi], g[lo:hi], gam, out, work))
@@ -183,6 +225,9 @@ class SignVoteSolver(Solver):
         the applied step left out of this rank's message p, e <- p - gamma * v (averaged over the
         ranks, x_t - mean(e_t) then moves by exactly the mean uncompressed message); then the local
         step of :meth:`after_vote`. The compiled path does all of it in one pass."""
+        if self.defer:
+            self.pending = gam
+            return
         if self.kernel is not None:
             self.agg.apply(self.x, gam, self.ef, self.after_prox)
             return
@@ -191,21 +236,29 @@ class SignVoteSolver(Solver):
             np.subtract(self.m, self.agg.decision_deltas(gam), out=self.ef)
         self.after_vote(self.x, gam)
 
+    def flush(self) -> None:
+        """Apply a deferred step (before anything reads x: history rows, checkpoints, the end)."""
+        if self.pending is not None:
+            self.agg.apply(self.x, self.pending)
+            self.pending = None
+
     def step(self) -> Stop | None:
         gam = self.gamma(self.nit)
         g = self.local_gradient()              # g_p
         self.encode(g, gam)                    # e_p = packed sign code of m_p (+ memory)
         self.agg.aggregate(self.nit)           # v = vote(e_1..e_P), the same on every rank
         self.update(self.applied_step(gam))    # x -= gam * v (memory e_p = p_p - gam * v)
-        if (self.ctx.debug and (self.nit + 1) % self.opts["check_every"] == 0
-                and not replicas_identical(self.comm, self.x)):
-            raise RuntimeError(f"replicas differ at iteration {self.nit + 1}")
+        if self.ctx.debug and (self.nit + 1) % self.opts["check_every"] == 0:
+            self.flush()
+            if not replicas_identical(self.comm, self.x):
+                raise RuntimeError(f"replicas differ at iteration {self.nit + 1}")
         return None
 
     # -- outputs ------------------------------------------------------------------------------------
     def record(self) -> None:
         """A history row, its cost accumulated in ``diagnostics_seconds`` (reported in the result)."""
         t0 = time.perf_counter()
+        self.flush()
         super().record()
         self.diagnostics_seconds += time.perf_counter() - t0
 
@@ -221,11 +274,8 @@ class SignVoteSolver(Solver):
         return out
 
     def mapping_norm(self, x: np.ndarray) -> float:
-        """Collective: ||G(x)||_1 = ||x - prox_{gam r}(x - gam grad d(x))||_1 / gam, full batch."""
-        gam = self.gamma(max(0, self.nit - 1))
-        _, g = self.problem.full_grad(x)
-        u = self.problem.regularizer.prox(x - gam * g, gam)
-        return float(np.abs(x - u).sum() / gam)
+        """Collective: ||G(x)||_1 of the full-batch mapping with the last step (:func:`mapping_norm_l1`)."""
+        return mapping_norm_l1(self.problem, x, self.gamma(max(0, self.nit - 1)))
 
     def values(self) -> dict[str, Any]:
         p, fstar, it = self.problem, self.problem.reference_objective, self.nit
@@ -249,6 +299,7 @@ class SignVoteSolver(Solver):
         return vals
 
     def finish(self, stop: Stop) -> R.OptimizeResult:
+        self.flush()
         p, x, comm = self.problem, self.x, self.comm
         if self.ctx.debug and not replicas_identical(comm, x):
             raise RuntimeError(f"replicas differ at the end (iteration {self.nit})")
@@ -270,6 +321,7 @@ class SignVoteSolver(Solver):
 
     # -- checkpoints --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any] | None:
+        self.flush()
         rngs = self.streams.state()
         ef = self.comm.gatherv_rows(self.ef[None, :]) if self.ef is not None else None
         if self.comm.rank != 0:

@@ -45,6 +45,9 @@ class SignProx(SignVoteSolver):
         self.K = n_components(problem.regularizer) if self.sampled else 1
         super().__init__(problem, options, ctx)
 
+    def batch_grad_kernels(self) -> list:
+        return [] if self.sampled else super().batch_grad_kernels()
+
     def local_gradient(self) -> np.ndarray:
         if not self.sampled:
             return super().local_gradient()
