@@ -143,27 +143,63 @@ def rss_now() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def vm_hwm() -> float:
+    """Peak resident set size of this process so far (bytes, VmHWM)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) * 1024.0
+    return math.nan
+
+
+def state_vectors(solver) -> list:
+    """The solver's arrays over the factors (x, gradient, direction, safeguard copies, L-BFGS pairs)."""
+    n = solver.mf.n_local
+    seen, out = set(), []
+    for owner in (solver, solver.mf, getattr(solver, "H", None)):
+        for val in vars(owner).values() if owner is not None else ():
+            if isinstance(val, np.ndarray) and val.size >= n and val.size % n == 0 and id(val) not in seen:
+                seen.add(id(val))
+                out.append(val)
+    return out
+
+
 def scale_worker(n_ratings: int, k: int, epochs: int, solver: str = "hamsi") -> None:
     """Under mpirun: build a run of ``solver`` on synthetic_mf through the run builder, time the
-    set-up (problem + solver preparation + the epoch-0 evaluation) and ``epochs`` calls of
-    ``solver.step()``, and report the peak resident memory per rank and per rating."""
+    set-up (problem generation, solver preparation, the epoch-0 evaluation) and ``epochs`` calls of
+    ``solver.step()``, and report the peak resident memory per rank and per rating: after the
+    set-up, after the epochs, and with every state vector resident (the L-BFGS pairs are zero pages
+    until M pairs were stored, which takes more epochs than a short run makes)."""
     import resource
     from mpiopt.comm import world
-    from mpiopt.mf import fused
+    from mpiopt.mf import fused, layout
+    from mpiopt.problems.mf import MFProblem
     from mpiopt.runner import build_run, resolve_spec
     comm = world()
     fused.warm_up()
+    layout.warm_up()
     base = rss_now()
+    phase: dict[str, float] = {}
+    setup = MFProblem.setup
+
+    def timed_setup(self):                      # the problem's part of the set-up (generation, counts)
+        t, c = time.perf_counter(), time.process_time()
+        setup(self)
+        phase["problem_wall"], phase["problem_cpu"] = time.perf_counter() - t, time.process_time() - c
+        phase["problem_hwm"] = vm_hwm()
+    MFProblem.setup = timed_setup
     comm.Barrier()
     t0, c0 = time.perf_counter(), time.process_time()
     vals = [("problem.n_ratings", n_ratings, "b"), ("problem.latent_dim", k, "b"), ("problem.test_fraction", 0.0, "b"),
             ("run.progress", "none", "b"), ("solver.max_epochs", epochs, "b"), ("solver.patience", 0, "b")]
     run = build_run(resolve_spec(solver, "synthetic_mf", vals, default_out=False), comm, quiet=True,
                     write_result=False)
+    MFProblem.setup = setup
     t_build = time.perf_counter() - t0
     sv = run.solver
     sv.values()                                  # the epoch-0 evaluation (recorded before the first epoch)
     c_setup = time.process_time() - c0
+    hwm_setup = vm_hwm()
     comm.Barrier()
     t_setup = time.perf_counter() - t0
     times, cpus = [], []
@@ -174,31 +210,41 @@ def scale_worker(n_ratings: int, k: int, epochs: int, solver: str = "hamsi") -> 
         sv.nit += 1
         times.append(time.perf_counter() - t)
         cpus.append(time.process_time() - c)
+    hwm_run = vm_hwm()
+    vecs = state_vectors(sv)
+    for v in vecs:                               # make every state page resident (the run is over)
+        v[...] = 1.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
-    local = sum(b.nnz for row in sv.mf.blocks for b in row)
-    rows = comm.gather_obj((peak, base, local, sv.step_time, sv.eval_time, c_setup, float(np.median(cpus))))
+    blocks = [b for row in sv.mf.blocks for b in row]
+    local = sum(b.nnz for b in blocks)
+    rating_bytes = sum(b.i.nbytes + b.j.nbytes + b.v.nbytes for b in blocks)
+    n_vec = sum(v.size for v in vecs) / max(sv.mf.n_local, 1)
+    state_bytes = sum(v.nbytes for v in vecs)
+    rows = comm.gather_obj((peak, base, local, sv.step_time, sv.eval_time, c_setup, float(np.median(cpus)),
+                            hwm_setup, hwm_run, rating_bytes, state_bytes, n_vec, phase.get("problem_wall", 0.0),
+                            phase.get("problem_cpu", 0.0), phase.get("problem_hwm", 0.0)))
     if comm.rank == 0:
         P = comm.size
-        worst = max(rows, key=lambda r: r[0])
+        w = max(rows, key=lambda r: r[0])
+        L = max(w[2], 1)
         print(f"RESULT {solver} n={n_ratings} P={P} k={k} build={t_build:.2f}s setup={t_setup:.2f}s "
-              f"epoch_med={np.median(times):.3f}s step_time={worst[3] / max(epochs, 1):.3f}s "
-              f"eval={worst[4] / max(epochs + 1, 1):.3f}s peak_rank={worst[0] / 1e9:.3f}GB "
-              f"base={worst[1] / 1e9:.3f}GB per_rating={worst[0] / max(worst[2], 1):.1f}B "
-              f"per_rating_net={(worst[0] - worst[1]) / max(worst[2], 1):.1f}B local={worst[2]} "
+              f"(problem {max(r[12] for r in rows):.2f}s wall / {max(r[13] for r in rows):.2f}s CPU) "
+              f"epoch_med={np.median(times):.3f}s step_time={w[3] / max(epochs, 1):.3f}s "
+              f"eval={w[4] / max(epochs + 1, 1):.3f}s local={w[2]} "
               f"cpu_setup_max={max(r[5] for r in rows):.2f}s cpu_epoch_med={max(r[6] for r in rows):.3f}s", flush=True)
+        print(f"MEMORY busiest rank: interpreter {w[1] / 1e9:.3f} GB = {w[1] / L:.1f} B/rating; peak after the "
+              f"problem {w[14] / 1e9:.3f} GB = {w[14] / L:.1f} B/rating, after the set-up {w[7] / 1e9:.3f} GB = "
+              f"{w[7] / L:.1f} B/rating, after {epochs} epochs {w[8] / 1e9:.3f} GB = {w[8] / L:.1f} B/rating, with "
+              f"all state resident {w[0] / 1e9:.3f} GB = {w[0] / L:.1f} B/rating ({(w[0] - w[1]) / L:.1f} above the "
+              f"interpreter); ratings {w[9] / L:.1f} B/rating, {w[11]:.0f} state vectors over the factors "
+              f"{w[10] / L:.1f} B/rating", flush=True)
         bw = copy_bandwidth()
-        bound = worst[2] * 16 / bw          # this rank's ratings (16 bytes each) read once
-        ep = worst[3] / max(epochs, 1)
+        bound = w[9] / bw          # this rank's ratings read once
+        ep = w[3] / max(epochs, 1)
         print(f"BOUND copy bandwidth {bw / 1e9:.2f} GB/s; ratings once per epoch {bound * 1e3:.1f} ms per rank; "
               f"step time per epoch {ep:.3f} s = {ep / bound:.1f}x, CPU per epoch (with evaluation) "
               f"{max(r[6] for r in rows):.3f} s = {max(r[6] for r in rows) / bound:.1f}x", flush=True)
         print(f"UPTIME {os.getloadavg()}", flush=True)
-
-
-def _ref_errors(stdout: str) -> np.ndarray:
-    """The reference's per-epoch training RMSE lines ("Current error is: X in E iterations")."""
-    import re
-    return np.array([float(x) for x in re.findall(r"Current error is: (\S+) in", stdout)])
 
 
 def reference_ratio(binary: str, args: str, epochs: int, k: int, tmp: str, repeats: int = 3) -> None:

@@ -196,3 +196,33 @@ def test_result_has_biases_and_predictions_use_them(tmp_path):
     for solver in ("mf_gd", "dsgd"):
         r = minimize(solver, "synthetic_mf", opts)
         assert np.abs(r.solution["col_bias"]).max() > 0, solver
+
+
+@pytest.mark.parametrize("bias,lam,bs,vdtype", [(0, 0.0, 1, np.float64), (0, 0.05, 7, np.float64),
+                                                (1, 0.05, 64, np.float64), (1, 0.0, 1000, np.float32),
+                                                (1, 0.1, 32, np.float64)])
+def test_dsgd_kernel_matches_numpy_reference(bias, lam, bs, vdtype):
+    """dsgd's compiled minibatch SGD (fused.sgd_block) against its numpy version
+    (DSGD.sgd_block_reference): same minibatches, same means of repeated rows; agreement to rtol 1e-10
+    (the numpy version sums the predictions in einsum's order)."""
+    from types import SimpleNamespace
+
+    from mpiopt.mf import fused
+    from mpiopt.solvers.dsgd import DSGD
+    rng = np.random.default_rng(5 + bs)
+    k = 4
+    blk = _block(rng, 600, 12, 9, vdtype)           # few rows: many repeats inside a minibatch
+    blk.k = k
+    A, B = _factors(rng, blk, k, bias)
+    A2, B2 = A.copy(), B.copy()
+    lam_r = (rng.uniform(0, 0.2, 12) * (lam > 0), rng.uniform(0, 0.2, 12) * (lam > 0))
+    lam_c = (rng.uniform(0, 0.2, 9) * (lam > 0), rng.uniform(0, 0.2, 9) * (lam > 0))
+    ns = SimpleNamespace(opts={"batch_size": bs}, k=k, lam=lam, lam_b=lam if bias else 0.0,
+                         mf=SimpleNamespace(bias=bool(bias)))
+    DSGD.sgd_block_reference(ns, blk, A, B, 0.05, np.random.default_rng(1), lam_r, lam_c)
+    perm = np.random.default_rng(1).permutation(blk.nnz)
+    fused.sgd_block(blk.i, blk.j, blk.v, perm, A2, B2, k, 0.05, bs, lam, lam if bias else 0.0,
+                    lam_r[0], lam_r[1], lam_c[0], lam_c[1])
+    assert not np.array_equal(A, _factors(np.random.default_rng(5 + bs), blk, k, bias)[0])   # it moved
+    np.testing.assert_allclose(A2, A, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(B2, B, rtol=1e-10, atol=1e-12)

@@ -18,6 +18,7 @@ from ..errors import InputError
 from .shards import byte_range, read_lines_bytes, read_shard_bytes
 
 FOLDER_FILES = ("u.data", "ratings.dat", "ratings.csv")
+PARSE_PIECE = 1 << 20     # bytes of text parsed at a time (the parser's temporaries: ~10x that)
 
 
 def resolve_path(path: str) -> str:
@@ -138,7 +139,34 @@ def read_ratings(path: str, comm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     first_line = 1 + sum(counts[:comm.rank]) + header
     # a bad line in one rank's shard is reported by every rank (no rank runs ahead into the next
     # collective while another one fails)
-    return collective_check(comm, lambda: parse_ratings(data, sep, path, first_line))
+    return collective_check(comm, lambda: parse_pieces(data, sep, path, first_line))
+
+
+def parse_pieces(data: bytes, sep: bytes, path: str, first_line: int,
+                 piece: int = PARSE_PIECE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`parse_ratings` on pieces of about ``piece`` bytes (whole lines), written into the
+    final arrays: ids as int32 (int64 if an id needs it), ratings as float32 when every rating is
+    one exactly (stars, half stars), else float64. The parser's temporaries are bounded by the
+    piece instead of growing with the shard (about 140 bytes per rating when parsed at once)."""
+    n_max = data.count(b"\n") + 1
+    u, i = np.empty(n_max, np.int32), np.empty(n_max, np.int32)
+    v = np.empty(n_max, np.float32)
+    pos, lo, line = 0, 0, first_line
+    while lo < len(data):
+        hi = data.find(b"\n", min(lo + piece, len(data)) - 1)
+        hi = len(data) if hi < 0 else hi + 1
+        chunk = data[lo:hi]
+        pu, pi, pv = parse_ratings(chunk, sep, path, line)
+        line += chunk.count(b"\n")
+        lo = hi
+        n = pv.size
+        if u.dtype == np.int32 and n and max(int(pu.max()), int(pi.max())) >= 2 ** 31:
+            u, i = u.astype(np.int64), i.astype(np.int64)
+        if v.dtype == np.float32 and not np.array_equal(pv.astype(np.float32), pv):
+            v = v.astype(np.float64)
+        u[pos:pos + n], i[pos:pos + n], v[pos:pos + n] = pu, pi, pv
+        pos += n
+    return u[:pos], i[:pos], v[:pos]
 
 
 def compact_ids(local_ids: list[np.ndarray], comm) -> np.ndarray:

@@ -21,10 +21,12 @@ def read_lines_bytes(path: str, lo: int, hi: int) -> bytes:
         start = fh.tell()
         if start >= hi:
             return b""
-        data = fh.read(hi - start)
-        if data and not data.endswith(b"\n"):
-            data += fh.readline()
-    return data
+        fh.seek(hi - 1)                 # the end of the line holding byte hi-1: one read, no second copy
+        if fh.read(1) not in (b"\n", b""):
+            fh.readline()
+        end = fh.tell()
+        fh.seek(start)
+        return fh.read(end - start)
 
 
 def read_shard_bytes(path: str, rank: int, size: int) -> bytes:

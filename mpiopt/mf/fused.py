@@ -138,6 +138,78 @@ def sq_errors(ii, jj, v, A, B, k, lo, hi):
 
 
 @njit(cache=True, nogil=True)
+def _add_mean(F, idx, G, n, scale, acc, cnt):
+    """F[r] += scale * (mean of the rows G[t] with idx[t] == r), t < n; each row's sum in t order.
+    ``acc`` (rows of F x w) and ``cnt`` (rows of F) are zero on entry and left zero."""
+    w = F.shape[1]
+    for t in range(n):
+        r = idx[t]
+        if cnt[r] == 0:
+            for c in range(w):
+                acc[r, c] = G[t, c]
+        else:
+            for c in range(w):
+                acc[r, c] += G[t, c]
+        cnt[r] += 1
+    for t in range(n):
+        r = idx[t]
+        if cnt[r]:
+            f = scale / cnt[r]
+            for c in range(w):
+                F[r, c] += acc[r, c] * f
+                acc[r, c] = 0.0
+            cnt[r] = 0
+
+
+@njit(cache=True, nogil=True)
+def sgd_block(ii, jj, v, perm, A, B, k, lr, bs, lam, lam_b, lam_r, lamb_r, lam_c, lamb_c):
+    """Minibatch SGD over one block (``dsgd``): ratings in the order ``perm``, ``bs`` at a time; in a
+    minibatch every update is computed at the same point, and a row or column met several times
+    moves by the mean of its updates (a_i -= lr (e b_j + lam_i a_i), b_j -= lr (e a_i + lam_j b_j);
+    bias columns: u_i -= lr (e + lamb_i u_i)). ``lam``/``lam_b`` > 0 switch the L2 terms on."""
+    w = A.shape[1]
+    bias = w > k
+    nb_ = min(bs, perm.size)
+    gA = np.empty((nb_, w))
+    gB = np.empty((nb_, w))
+    bi = np.empty(nb_, np.int64)
+    bj = np.empty(nb_, np.int64)
+    accA = np.zeros((A.shape[0], w))
+    accB = np.zeros((B.shape[0], w))
+    cntA = np.zeros(A.shape[0], np.int64)
+    cntB = np.zeros(B.shape[0], np.int64)
+    for lo in range(0, perm.size, bs):
+        n = min(bs, perm.size - lo)
+        for t in range(n):
+            q = perm[lo + t]
+            i = ii[q]
+            j = jj[q]
+            bi[t] = i
+            bj[t] = j
+            p = 0.0
+            for c in range(k):
+                p += A[i, c] * B[j, c]
+            if bias:
+                p += A[i, k] + B[j, k]
+            e = p - v[q]
+            for c in range(k):
+                gA[t, c] = e * B[j, c]
+                gB[t, c] = e * A[i, c]
+            if bias:
+                gA[t, k] = e
+                gB[t, k] = e
+            if lam > 0:
+                for c in range(k):
+                    gA[t, c] += lam_r[i] * A[i, c]
+                    gB[t, c] += lam_c[j] * B[j, c]
+            if bias and lam_b > 0:
+                gA[t, k] += lamb_r[i] * A[i, k]
+                gB[t, k] += lamb_c[j] * B[j, k]
+        _add_mean(A, bi, gA, n, -lr, accA, cntA)
+        _add_mean(B, bj, gB, n, -lr, accB, cntB)
+
+
+@njit(cache=True, nogil=True)
 def block_keys(rows, cols, rcuts, ccuts, nb, P, q):
     """Key (stratum * q + local group) of every rating of this rank's row blocks (binary search in
     the cuts; no int64 temporaries)."""
@@ -213,6 +285,7 @@ def warm_up() -> None:
         loss(i, i, v, A, A, 1, 1.0, e, e, e, e, e, False)
         sq_errors(i, i, v, A, A, 1, 0.0, 1.0)
         permute_inplace(np.zeros(1, np.int32), i.copy(), i.copy(), v)
+        sgd_block(i, i, v, np.zeros(1, np.int64), A.copy(), A.copy(), 1, 0.1, 1, 0.0, 0.0, e, e, e, e)
     counting_order(i, 1, np.zeros(1, np.int32))
     row_owner(i, cuts, 1)
     block_keys(i, i, cuts, cuts, 1, 1, 1)

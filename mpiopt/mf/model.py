@@ -22,7 +22,7 @@ from ..comm import Comm
 from ..comm.ring import alltoallv_grouped, block_sum, gather_to_root, ring_exchange
 from .cuts import balanced_cuts
 from .init import random_rows
-from . import fused
+from . import fused, layout
 from .kernels import RatingBlock
 
 
@@ -37,6 +37,7 @@ class DistMF:
         P, r = comm.size, comm.rank
         assert nb % P == 0, "nb must be a multiple of the rank count"
         fused.compile_once(comm)
+        layout.compile_once(comm)
         self.comm, self.P, self.rank, self.nb, self.q, self.k = comm, P, r, nb, nb // P, int(k)
         self.bias = bool(bias)
         self.w = self.k + (1 if self.bias else 0)     # stored columns per factor row
@@ -76,8 +77,9 @@ class DistMF:
     def _make_blocks(self, data: list, owned: bool, lam, reg, problem, lam_bias) -> list[list[RatingBlock]]:
         """Route the ratings ``data`` = [rows, cols, vals] (emptied: the arrays are consumed) to the
         owners of their row blocks and store them once, block by block (stratum-major), grouped by
-        row within a block; local indices in int32. Sorting is done in place (counting sorts and
-        cycle-following permutations): the peak is the ratings plus two int32 arrays."""
+        row within a block; local indices in int32. Routing and sorting are out-of-place counting-sort
+        scatters of one array at a time (:mod:`.layout`): the peak is the ratings plus one int32
+        position array and one copy of the widest array."""
         P, nb, q = self.P, self.nb, self.q
         idx_t = np.int32 if max(self.m, self.n) < 2 ** 31 else np.int64
         rows, cols, vals = data
@@ -89,25 +91,29 @@ class DistMF:
             return a2.copy() if (a2 is a and not owned) else a2
         rows, cols, vals = mine(rows, idx_t), mine(cols, idx_t), mine(vals, vt)
         n = rows.size
-        perm_t = np.int32 if n < 2 ** 31 else np.int64
-        if P > 1:
-            order = np.empty(n, perm_t)
-            edges = fused.counting_order(fused.row_owner(rows, self.rcuts, P), P, order)
-            fused.permute_inplace(order, rows, cols, vals)
-            del order
-            counts = np.diff(edges)
-            vals = alltoallv_grouped(self.comm, vals, counts)      # each array freed once sent
-            rows = alltoallv_grouped(self.comm, rows, counts)
-            cols = alltoallv_grouped(self.comm, cols, counts)
+        pos_t = np.int32 if n < 2 ** 31 else np.int64
+        if P > 1:                                       # group by owner rank (stable), send
+            pos = np.empty(n, pos_t)
+            counts = np.diff(layout.owner_positions(rows, self.rcuts, P, pos))
+            arrays = [vals, rows, cols]
+            del vals, rows, cols
+            for a in range(3):                          # each array freed once grouped, each group once sent
+                send = layout.scattered(arrays[a], pos)
+                arrays[a] = None
+                arrays[a] = alltoallv_grouped(self.comm, send, counts)
+                del send
+            vals, rows, cols = arrays
+            del pos, arrays
             n = rows.size
-        order = np.empty(n, perm_t)                     # by row (stable), then by block (stable)
-        fused.counting_order(rows, self.m, order)
-        fused.permute_inplace(order, rows, cols, vals)
-        key = fused.block_keys(rows, cols, self.rcuts, self.ccuts, nb, P, q)
-        edges = fused.counting_order(key, nb * q, order)
-        del key
-        fused.permute_inplace(order, rows, cols, vals)
-        del order
+            pos_t = np.int32 if n < 2 ** 31 else np.int64
+        # by block, then by row (stable): out-of-place scatters, one array at a time
+        pos = np.empty(n, pos_t)
+        edges = layout.block_row_positions(rows, cols, self.rcuts, self.ccuts, nb, P, q,
+                                           np.asarray(self.groups, dtype=np.int64), pos)
+        rows = layout.scattered(rows, pos)
+        cols = layout.scattered(cols, pos)
+        vals = layout.scattered(vals, pos)
+        del pos
         out: list[list[RatingBlock]] = []
         for s in range(nb):
             row = []
@@ -227,14 +233,21 @@ class DistMF:
         """Sum (q, L) per-block partials over all blocks in block order (same bits everywhere)."""
         return block_sum(self.comm, parts, self.nb, tag=tag)
 
-    def evaluate(self, vec: np.ndarray) -> dict[str, float]:
-        """Objective, training RMSE and (if a test set exists) held-out RMSE raw and clipped."""
+    def evaluate(self, vec: np.ndarray, train: dict[int, np.ndarray] | None = None) -> dict[str, float]:
+        """Objective, training RMSE and (if a test set exists) held-out RMSE raw and clipped.
+        ``train``: stratum -> this rank's (q, 2) per-block [objective, sse] of that stratum's
+        training ratings at ``vec``, already computed by the caller (those passes are skipped)."""
+        train = train or {}
         parts = np.zeros((self.q, 4))
         for s in range(self.nb):
+            need = s not in train
+            if not need and self.test_blocks is None:
+                parts[:, :2] += train[s]
+                continue
             Bs = self.fetch(s, vec)
             for t in range(self.q):
                 A = self.A(vec, t)
-                parts[t, :2] += self.blocks[s][t].loss(A, Bs[t], self.inv_nnz)
+                parts[t, :2] += self.blocks[s][t].loss(A, Bs[t], self.inv_nnz) if need else train[s][t]
                 if self.test_blocks is not None:
                     parts[t, 2:4] += self.test_blocks[s][t].sq_errors(A, Bs[t], *self.rating_range)
         tot = self.reduce(parts, tag="eval")

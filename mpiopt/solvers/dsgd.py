@@ -38,6 +38,8 @@ class DSGD(MFSolver):
 
     def __init__(self, problem, options, ctx):
         super().__init__(problem, options, ctx)
+        from ..mf.fused import sgd_block     # here, not at the top: it imports numba (the registry loads this module)
+        self.kernel = sgd_block
         mf = self.mf
         self.lam_b = float(problem.opts["bias_l2"]) if mf.bias else 0.0
         uniform = problem.opts["reg"] == "uniform"
@@ -73,7 +75,17 @@ class DSGD(MFSolver):
         mf.send_home(s, Bs, x)
 
     def sgd_block(self, blk, A, B, lr, rng, lam_r, lam_c) -> None:
-        """Minibatch SGD over one block; ``lam_r``/``lam_c``: (factor, bias) L2 weights per rating."""
+        """Minibatch SGD over one block (compiled, :func:`mpiopt.mf.fused.sgd_block`); ``lam_r``/``lam_c``:
+        (factor, bias) L2 weights per rating."""
+        if blk.nnz == 0:
+            return
+        perm = rng.permutation(blk.nnz)
+        self.kernel(blk.i, blk.j, blk.v, perm, A, B, self.k, lr, self.opts["batch_size"], self.lam, self.lam_b,
+                        np.ascontiguousarray(lam_r[0]), np.ascontiguousarray(lam_r[1]),
+                        np.ascontiguousarray(lam_c[0]), np.ascontiguousarray(lam_c[1]))
+
+    def sgd_block_reference(self, blk, A, B, lr, rng, lam_r, lam_c) -> None:
+        """The numpy version of :meth:`sgd_block` (vectorized minibatches; the tests' reference)."""
         if blk.nnz == 0:
             return
         perm = rng.permutation(blk.nnz)

@@ -155,17 +155,26 @@ class MFSolver(Solver):
         return True       # every epoch is evaluated (the stopping rules need it), so every one is recorded
 
     def evaluate(self) -> dict[str, float]:
-        t0 = time.perf_counter()
-        ev = self.mf.evaluate(self.mf.x)
-        self.eval_time += time.perf_counter() - t0
+        """Objective and RMSEs at the current factors; the time counts in ``eval_time`` except what
+        :meth:`train_at_x` spends in the next epoch's own work (counted in ``step_time``)."""
+        t0, s0 = time.perf_counter(), self.step_time
+        ev = self.mf.evaluate(self.mf.x, train=self.train_at_x())
+        self.eval_time += time.perf_counter() - t0 - (self.step_time - s0)
         return ev
+
+    def train_at_x(self) -> dict[int, np.ndarray]:
+        """Stratum -> this rank's (q, 2) per-block [objective, sse] of that stratum's training ratings
+        at the current factors, for the strata the solver computes anyway (the evaluation skips
+        their pass and sums the same numbers in the same order)."""
+        return {}
 
     def values(self) -> dict[str, Any]:
         if self.eval_epoch != self.nit:
             self.last_eval, self.eval_epoch = self.evaluate(), self.nit
         ev = self.last_eval
         rest = {k: v for k, v in ev.items() if k != "objective"}
-        return {"objective": ev["objective"], "epoch": self.nit, "step_time": self.step_time, **rest}
+        return {"objective": ev["objective"], "epoch": self.nit, "step_time": self.step_time,
+                "eval_time": self.eval_time, **rest}
 
     def check_stop(self, ev: dict[str, float], epoch: int) -> Stop | None:
         o = self.opts
@@ -285,9 +294,15 @@ class StratifiedMF(MFSolver):
         self.x_epoch = mf.x.copy() if self.safeguard else None
         self.last_obj = math.inf
         self.fresh = False            # residuals of stratum (e+1) mod C at x are kept in the blocks
+        self.g_parts: np.ndarray | None = None   # g already holds the next step's gradient at x
+        self.known: dict[int, np.ndarray] = {}    # stratum -> (q, 2) partials at the current x
 
     def uses_safeguard(self) -> bool:
         return bool(self.opts["safeguard"])
+
+    def strata_steps(self) -> bool:
+        """Whether the epochs are made of :meth:`inner_step` calls (a subclass may step otherwise)."""
+        return True
 
     # -- curvature model hooks (none here: plain gradient steps) -------------------------------
     def observe(self, e: int, x: np.ndarray, g: np.ndarray) -> None:
@@ -316,11 +331,14 @@ class StratifiedMF(MFSolver):
         mf, e = self.mf, self.e
         x, g, d = mf.x, self.g, self.d
         s = stratum_at(e, self.C)
-        # with one stratum, the safeguard's last accepted trial already holds this step's residuals
-        parts = mf.stratum_loss_grad(s, x, g, reuse=self.fresh)
+        parts, self.g_parts = self.g_parts, None
+        if parts is None:
+            # with one stratum, the safeguard's last accepted trial already holds this step's residuals
+            parts = mf.stratum_loss_grad(s, x, g, reuse=self.fresh)
         self.fresh = False
         self.observe(e, x, g)
         self.direction(g, d, e)
+        self.known = {}
         if not self.safeguard:
             x -= d
         else:
@@ -336,9 +354,11 @@ class StratifiedMF(MFSolver):
         for _ in range(SAFEGUARD_TRIES + 1):
             np.multiply(d, self.mult, out=xt)
             np.subtract(x, xt, out=xt)
-            f1 = float(mf.reduce(mf.stratum_loss(s, xt, keep=self.C == 1)[:, :1])[0])
+            trial = mf.stratum_loss(s, xt, keep=self.C == 1)
+            f1 = float(mf.reduce(trial[:, :1])[0])
             if math.isfinite(f1) and f1 - f0 <= SAFEGUARD_RTOL * abs(f0):
                 x[...] = xt
+                self.known = {s: trial}               # stratum s at the new x (for the evaluation)
                 self.fresh = self.C == 1
                 cap = WARMUP_MAX_MULT if (not self.model_ready() and self.opts["warmup_growth"]) else 1.0
                 self.mult = min(cap, 2.0 * self.mult)
@@ -349,6 +369,20 @@ class StratifiedMF(MFSolver):
             if self.rejects == RESET_AFTER and self.reset_model():
                 self.direction(g, d, e)              # back to warm-up gradient steps
 
+    def train_at_x(self) -> dict[int, np.ndarray]:
+        """Strata whose loss at the current factors is known for free: the last step's stratum (the
+        safeguard's accepted trial) and the next step's stratum, whose gradient pass runs now (counted
+        as step time; the next step uses it, same bits as computing it then). One stratum per epoch:
+        the whole training objective; two strata with the safeguard: both."""
+        if not self.strata_steps():
+            return {}
+        s = stratum_at(self.e, self.C)
+        if self.g_parts is None:
+            with self.timed():
+                self.g_parts = self.mf.stratum_loss_grad(s, self.mf.x, self.g, reuse=self.fresh)
+            self.fresh = False
+        return {**self.known, s: self.g_parts}
+
     def after_eval(self, ev: dict[str, float]) -> dict[str, float]:
         if not self.safeguard:
             return ev
@@ -357,6 +391,8 @@ class StratifiedMF(MFSolver):
             # diverged epoch: back to the last epoch's factors, clear the memory, smaller steps
             self.mf.x[...] = self.x_epoch
             self.fresh = False
+            self.g_parts = None
+            self.known = {}
             self.reset_model()
             self.mult = 0.25
             self.rollbacks += 1
@@ -381,5 +417,7 @@ class StratifiedMF(MFSolver):
         self.rejects = int(state["rejects"])
         self.rollbacks = int(state["rollbacks"])
         self.last_obj = float(state["last_obj"])
+        self.g_parts = None
+        self.known = {}
         if self.x_epoch is not None:
             self.x_epoch[...] = self.mf.x

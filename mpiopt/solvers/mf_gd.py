@@ -54,6 +54,9 @@ class MFGD(StratifiedMF):
     def uses_safeguard(self) -> bool:
         return self.opts["mode"] == "strata" and super().uses_safeguard()   # full mode: Armijo is the safeguard
 
+    def strata_steps(self) -> bool:
+        return self.opts["mode"] == "strata"
+
     def step(self) -> Stop | None:
         if self.opts["mode"] == "strata":
             return super().step()
