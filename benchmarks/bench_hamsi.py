@@ -247,6 +247,12 @@ def scale_worker(n_ratings: int, k: int, epochs: int, solver: str = "hamsi") -> 
         print(f"UPTIME {os.getloadavg()}", flush=True)
 
 
+def _ref_errors(stdout: str) -> np.ndarray:
+    """The reference's per-epoch training RMSE lines ("Current error is: X in E iterations")."""
+    import re
+    return np.array([float(x) for x in re.findall(r"Current error is: (\S+) in", stdout)])
+
+
 def reference_ratio(binary: str, args: str, epochs: int, k: int, tmp: str, repeats: int = 3) -> None:
     """The C++ ``hamsi-mf`` reference against ``hamsi`` with the ``hamsi-mf`` preset on the same
     generated MovieLens-100k-like file (items as rows, 1 rank / 1 thread), ``repeats`` interleaved
