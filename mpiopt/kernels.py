@@ -52,7 +52,7 @@ HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 JIT = HAVE_NUMBA and sys.byteorder == "little" and os.environ.get("MPIOPT_JIT", "1") != "0"
 
 _KERNELS = ("_clip", "_message", "_pack_pass", "sign_message_pack", "_apply_pack_pass", "apply_message_pack",
-            "apply_at_rows", "vote_words", "apply_words", "prox_step_en", "csr_rows_dot", "csr_rows_scatter")  # callees first
+            "apply_at_rows", "_vote_small", "vote_words", "apply_words", "prox_step_en", "csr_rows_dot", "csr_rows_scatter")  # callees first
 _compiled = False
 
 
@@ -309,6 +309,53 @@ def apply_at_rows(indptr, indices, rows, x, dneg, dnz, has_dnz, gamma, done):
             x[j] = x[j] - d
 
 
+def _vote_small(neg_rows, P, tie, rand, out_neg, out_nz):
+    # vote_words for 1-bit codes and P <= 7: the same counters (3 bit planes) kept in registers
+    W = neg_rows.shape[1]
+    ones = np.uint64(0xFFFFFFFFFFFFFFFF)
+    zero = np.uint64(0)
+    c = P // 2
+    for w in range(W):
+        c0 = zero
+        c1 = zero
+        c2 = zero
+        for r in range(P):
+            a = neg_rows[r, w]
+            t0 = c0 & a
+            c0 ^= a
+            t1 = c1 & t0
+            c1 ^= t0
+            c2 ^= t1
+        gt = zero
+        eq = ones
+        if (c >> 2) & 1:
+            eq &= c2
+        else:
+            gt |= eq & c2
+            eq &= ~c2
+        if (c >> 1) & 1:
+            eq &= c1
+        else:
+            gt |= eq & c1
+            eq &= ~c1
+        if c & 1:
+            eq &= c0
+        else:
+            gt |= eq & c0
+            eq &= ~c0
+        if P % 2:
+            eq = zero
+        if tie == 0:
+            out_neg[w] = gt
+            out_nz[w] = ~eq
+        elif tie == 1:
+            out_neg[w] = gt
+            out_nz[w] = ones
+        else:
+            out_neg[w] = gt | (eq & rand[w])
+            out_nz[w] = ones
+
+
 def vote_words(neg_rows, nz_rows, ternary, tie, rand, out_neg, out_nz):
     """Majority vote on packed words (bit-sliced counters per word, as :func:`sign_codec.vote`):
     P rows of W words -> decision planes (out_neg, out_nz). tie: 0 zero, 1 plus, 2 shared_random."""
@@ -317,6 +364,9 @@ def vote_words(neg_rows, nz_rows, ternary, tie, rand, out_neg, out_nz):
     while (P >> nplanes) > 0:
         nplanes += 1
     ones = np.uint64(0xFFFFFFFFFFFFFFFF)
+    if not ternary and P <= 7:
+        _vote_small(neg_rows, P, tie, rand, out_neg, out_nz)
+        return
     cn = np.zeros(nplanes, dtype=np.uint64)
     cp = np.zeros(nplanes, dtype=np.uint64)
     for w in range(W):
