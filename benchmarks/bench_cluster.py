@@ -51,7 +51,7 @@ def layout_of(s: str) -> tuple[int, int]:
 
 # -- worker: one path of bench_signprox's iteration benchmark (runs under mpirun) ------------------
 def worker_signprox(n: int, reps: int, path: str) -> None:
-    sys.path.insert(0, HERE)
+    sys.path[:0] = [HERE, ROOT]                       # the repository's mpiopt, installed or not
     import bench_signprox as bs                       # the shared-memory benchmark's own worker
     bs.PATHS = {path: bs.PATHS[path]}
     bs.worker_comm(n, reps)
