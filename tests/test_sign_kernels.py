@@ -1,5 +1,9 @@
 """The compiled sign-path kernels (mpiopt.kernels) against their numpy reference implementations
 (mpiopt.comm.sign_codec, mpiopt.prox): bit-identical results on random and edge-case inputs."""
+import os
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -398,3 +402,37 @@ def test_apply_message_pack_equals_apply_then_pack(kind, l1, l2, encoding):
             assert i0 == i1 and (i0 < 0 or np.array_equal(b0, b1, equal_nan=True)), (n, case)
             if i0 < 0:
                 assert np.array_equal(n0, n1) and (not ternary or np.array_equal(z0, z1)), (n, case)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare for a read-only bind mount")
+def test_a_read_only_install_runs_with_and_without_a_cache_directory(tmp_path):
+    """The package on a read-only filesystem (a read-only bind mount: as root, file modes alone do not
+    stop writes): with NUMBA_CACHE_DIR the kernels are cached there; with no writable cache location at
+    all the run still succeeds (each process compiles, one warning)."""
+    import subprocess
+    import sys
+    src = Path(K.__file__).resolve().parent
+    pkg = tmp_path / "ro"
+    shutil.copytree(src, pkg / "mpiopt", ignore=shutil.ignore_patterns("__pycache__"))
+    run = tmp_path / "run"
+    run.mkdir()
+    argv = [sys.executable, "-m", "mpiopt.run", "signprox", "--problem", "logistic", "--set", "solver.max_iter=3",
+            "problem.n_samples=200", "problem.n_features=300", "problem.density=0.05", "problem.reference=no",
+            "run.progress=none"]
+    for case in ("cache_dir", "no_cache"):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+        env.update(PYTHONPATH=str(pkg), HOME=str(pkg), XDG_CACHE_HOME=str(pkg / "cache"))
+        if case == "cache_dir":
+            env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba")
+        cmd = " ".join(["mount --bind {0} {0} && mount -o remount,bind,ro {0} &&".format(pkg),
+                        *argv, "--out", str(run / f"{case}.h5")])
+        p = subprocess.run(["unshare", "-m", "sh", "-c", cmd], env=env, cwd=run, capture_output=True, text=True,
+                           timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert (run / f"{case}.h5").exists()
+        assert not (pkg / "mpiopt" / "__pycache__").exists()          # nothing written into the package
+        if case == "cache_dir":
+            assert any(f.name.startswith("kernels.") for f in (tmp_path / "numba").rglob("*.nbi"))
+        else:
+            assert "no writable cache directory" in p.stderr
