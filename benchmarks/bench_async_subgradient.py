@@ -51,6 +51,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)                    # the checkout's mpiopt, installed or not
 
 
 VARIANTS = {
@@ -166,10 +167,12 @@ def rma_worker(sizes: list[int], seconds: float) -> None:
             ctl.free()
 
 
-def bn_rma_worker(seconds: float) -> None:
+def bn_rma_worker(seconds: float, rounds: int) -> None:
     """Under mpirun: every rank but 0 reads and writes a bare shared model of the cnn_bn (width 16)
     and ResNet18 sizes with and without shared BatchNorm statistics, back to back, ``seconds`` per
-    row, in each method's write mode; rank 0 prints us per read and per write and the bytes moved."""
+    cell, in each method's write mode, ``rounds`` times over all cells (local and shared alternate, so
+    both see the same load); rank 0 prints the median over rounds of the us per read and per write
+    (each round: median of the workers' means), the shared/local ratios and the bytes moved."""
     import time
     from mpi4py import MPI
     from mpiopt.comm import Comm
@@ -177,54 +180,65 @@ def bn_rma_worker(seconds: float) -> None:
     from mpiopt.nn.flat import FlatModel, partition_elements
     from mpiopt.nn.models import build_model
     c = Comm(MPI.COMM_WORLD)
-    models = {"cnn_bn w16": build_model("cnn_bn", (1, 8, 8), 10), "resnet18": build_model("resnet18", (3, 32, 32), 10)}
+    sizes = {name: (f.n, f.n_stats) for name, f in
+             (("cnn_bn w16", FlatModel(build_model("cnn_bn", (1, 8, 8), 10))),
+              ("resnet18", FlatModel(build_model("resnet18", (3, 32, 32), 10))))}
     modes = {"hw (plain)": dict(writes="plain"), "hw-atomic": dict(writes="atomic"),
              "assm (locked r+w)": dict(writes="atomic", lock_reads=True, lock_writes=True), "passm": None}
+    workers = list(range(1, c.size))
     if c.rank == 0:
-        print(f"# {c.size - 1} workers back to back, {seconds:g} s per row; us per read / write: median of the "
-              f"workers' means; bytes per update from the model's own count (read, write)")
+        print(f"# {c.size - 1} workers back to back, {seconds:g} s per cell, {rounds} round(s); us per read / write: "
+              f"median over rounds of the median of the workers' means; bytes per update from the model's own count")
+    cells: dict[tuple[str, str, str], list[tuple[float, float, int]]] = {}
+    info: dict[tuple[str, str, str], tuple[int, int, int, int]] = {}
+    grid = [(mname, mode, bn) for _ in range(rounds) for mname in sizes for mode in modes for bn in ("local", "shared")]
+    for mname, mode, bn in grid:
+        n, m = sizes[mname]
+        k_stats = m if bn == "shared" else 0
+        kw = modes[mode]
+        ctl = Control(c, shared=True)
+        if kw is None:
+            model = BlockModel(c, n, partition_elements(n, len(workers)), workers, ctl, shared=True, n_stats=k_stats)
+        else:
+            model = HostedModel(c, n, ctl, shared=True, n_stats=k_stats, **kw)
+        lo, hi = model.writable(c.rank in workers)
+        x = np.zeros(n + k_stats, np.float32)              # [parameters | statistics], as FlatModel.state
+        d, sd = np.full(hi - lo, 1e-6, np.float32), np.full(m, 1e-6, np.float32)
+        c.Barrier()
+        tr = tw = 0.0
+        k = 0
+        if c.rank:
+            t_end = time.perf_counter() + seconds
+            while time.perf_counter() < t_end:
+                t0 = time.perf_counter()
+                model.read(x)
+                t1 = time.perf_counter()
+                model.write(d, lo, hi, 1, sd if k_stats else None)
+                tw += time.perf_counter() - t1
+                tr += t1 - t0
+                k += 1
+        c.Barrier()
+        rows = c.gather_obj((k, tr / max(1, k), tw / max(1, k)))
+        if c.rank == 0:
+            w = rows[1:]
+            cells.setdefault((mname, mode, bn), []).append(
+                (float(np.median([r[1] for r in w])), float(np.median([r[2] for r in w])), sum(r[0] for r in w)))
+            info[(mname, mode, bn)] = (n, k_stats, *model.bytes_per_update())
+        c.Barrier()
+        model.free()
+        ctl.free()
+    if c.rank == 0:
         print(f"{'model':11s} {'mode':18s} {'bn':7s} {'n':>9s} {'stats':>6s} {'read us':>9s} {'write us':>9s} "
-              f"{'read B':>10s} {'write B':>10s} {'updates':>8s}")
-    for mname, module in models.items():
-        f = FlatModel(module)
-        n, m = f.n, f.n_stats
-        workers = list(range(1, c.size))
-        for mode, kw in modes.items():
-            for bn in ("local", "shared"):
-                k_stats = m if bn == "shared" else 0
-                ctl = Control(c, shared=True)
-                if kw is None:
-                    model = BlockModel(c, n, partition_elements(n, len(workers)), workers, ctl, shared=True,
-                                       n_stats=k_stats)
-                else:
-                    model = HostedModel(c, n, ctl, shared=True, n_stats=k_stats, **kw)
-                lo, hi = model.writable(c.rank in workers)
-                x = np.zeros(n + k_stats, np.float32)              # [parameters | statistics], as FlatModel.state
-                d, sd = np.full(hi - lo, 1e-6, np.float32), np.full(m, 1e-6, np.float32)
-                c.Barrier()
-                tr = tw = 0.0
-                k = 0
-                if c.rank:
-                    t_end = time.perf_counter() + seconds
-                    while time.perf_counter() < t_end:
-                        t0 = time.perf_counter()
-                        model.read(x)
-                        t1 = time.perf_counter()
-                        model.write(d, lo, hi, 1, sd if k_stats else None)
-                        tw += time.perf_counter() - t1
-                        tr += t1 - t0
-                        k += 1
-                c.Barrier()
-                rows = c.gather_obj((k, tr / max(1, k), tw / max(1, k)))
-                rb, wb = model.bytes_per_update()
-                if c.rank == 0:
-                    w = rows[1:]
-                    print(f"{mname:11s} {mode:18s} {bn:7s} {n:9d} {k_stats:6d} {1e6 * np.median([r[1] for r in w]):9.1f} "
-                          f"{1e6 * np.median([r[2] for r in w]):9.1f} {rb:10d} {wb:10d} {sum(r[0] for r in w):8d}",
-                          flush=True)
-                c.Barrier()
-                model.free()
-                ctl.free()
+              f"{'read B':>10s} {'write B':>10s} {'updates':>8s} {'shared/local r+w':>17s}")
+        for (mname, mode, bn), vals in cells.items():
+            n, k_stats, rb, wb = info[(mname, mode, bn)]
+            rd, wr = np.median([v[0] for v in vals]), np.median([v[1] for v in vals])
+            ratio = ""
+            if bn == "shared":
+                loc = cells[(mname, mode, "local")]
+                ratio = f"{(rd + wr) / (np.median([v[0] for v in loc]) + np.median([v[1] for v in loc])):17.2f}"
+            print(f"{mname:11s} {mode:18s} {bn:7s} {n:9d} {k_stats:6d} {1e6 * rd:9.1f} {1e6 * wr:9.1f} {rb:10d} "
+                  f"{wb:10d} {sum(v[2] for v in vals):8d} {ratio}", flush=True)
 
 
 def main() -> None:
@@ -249,16 +263,17 @@ def main() -> None:
                     "sgd@1 and every variant @4 with solver.bn=local and solver.bn=shared")
     ap.add_argument("--bn-rma", action="store_true", help="the RMA cost of shared statistics alone (mpirun -n 4)")
     ap.add_argument("--bn-rma-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=3, help="--bn-rma: rounds over all cells (medians)")
     args = ap.parse_args()
     if args.rma_worker:
         rma_worker([10_000, 100_000, 1_000_000], args.rma_seconds)
         return
     if args.bn_rma_worker:
-        bn_rma_worker(args.rma_seconds)
+        bn_rma_worker(args.rma_seconds, args.rounds)
         return
     if args.bn_rma:
         cmd = ["mpirun", "-n", "4", sys.executable, os.path.abspath(__file__), "--bn-rma-worker",
-               "--rma-seconds", str(args.rma_seconds)]
+               "--rma-seconds", str(args.rma_seconds), "--rounds", str(args.rounds)]
         subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT), check=True)
         return
     if args.rma:

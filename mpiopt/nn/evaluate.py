@@ -53,6 +53,8 @@ def evaluate_snapshots(result: Any, problem: Any, eval_samples: int | None = Non
     evaluate = Evaluator(problem, int(o.get("eval_samples", 0) if eval_samples is None else eval_samples),
                          int(o.get("train_eval_samples", 1000)), int(o.get("bn_batches", 8)),
                          int(o.get("batch_size", 64)), recalibrate=not shared)
+    if shared and len(stats) < len(snaps):                 # a live file caught between the two appends
+        snaps = snaps[:len(stats)]
     h = result.history
     by_snapshot = {int(k): i for i, k in enumerate(h.get("snapshot", []))}
     idx = list(range(0, len(snaps), every))
