@@ -27,7 +27,7 @@ def _compiled_chunk(p, c):
     t = [np.empty(cnt, np.int32), np.empty(cnt, np.int32), np.empty(cnt)]
     seed_word = np.uint64((seed * 0x632BE59BD9B4E019 + 0x1234567) % (1 << 64))
     kept, nt = layout.generate_chunk(np.random.default_rng([seed, 5, c]), cnt, crow, *layout.guide_table(crow),
-                                     prow, ccol, *layout.guide_table(ccol), pcol, U, V, float(o["mean"]),
+                                     prow, ccol, *layout.guide_table(ccol), pcol, U[prow], V[pcol], float(o["mean"]),
                                      float(o["noise"]), float(o["test_fraction"]), seed_word, r, cc, v, 7, *t)
     return r[7:7 + kept], cc[7:7 + kept], v[7:7 + kept], t[0][:nt], t[1][:nt], t[2][:nt]
 

@@ -77,24 +77,26 @@ def hash_uniform_one(a, b, seed_word):
 
 
 @njit(cache=True, nogil=True)
-def generate_chunk(rng, cnt, crow, rlo, rh, rinv, prow, ccol, clo, ch, cinv, pcol, U, V,
+def generate_chunk(rng, cnt, crow, rlo, rh, rinv, prow, ccol, clo, ch, cinv, pcol, Up, Vp,
                    mean, noise, test_fraction, seed_word, rows, cols, vals, pos, trows, tcols, tvals):
     """One chunk of ``synthetic_mf``: ``cnt`` ratings drawn from ``rng`` (rows, then columns, then
-    the noise, as the numpy version). Training ratings are written to rows/cols/vals from ``pos``
-    (the arrays need room for ``cnt`` there), held-out ones to trows/tcols/tvals from 0.
-    Returns (training ratings written, held-out ones)."""
+    the noise, as the numpy version). ``Up``/``Vp``: the planted factors in popularity order
+    (``U[prow]``, ``V[pcol]``: the popular rows are read from a small, cached part). Training
+    ratings are written to rows/cols/vals from ``pos`` (the arrays need room for ``cnt`` there),
+    held-out ones to trows/tcols/tvals from 0. Returns (training ratings written, held-out ones)."""
     m = prow.size
     n = pcol.size
     tot_r = crow[-1]
     tot_c = ccol[-1]
+    for t in range(cnt):                     # popularity ranks first, the permuted ids at the end
+        rows[pos + t] = min(_search(crow, rlo, rh, rinv, rng.random() * tot_r), m - 1)
     for t in range(cnt):
-        a = _search(crow, rlo, rh, rinv, rng.random() * tot_r)
-        rows[pos + t] = prow[min(a, m - 1)]
+        cols[pos + t] = min(_search(ccol, clo, ch, cinv, rng.random() * tot_c), n - 1)
     for t in range(cnt):
-        b = _search(ccol, clo, ch, cinv, rng.random() * tot_c)
-        cols[pos + t] = pcol[min(b, n - 1)]
-    for t in range(cnt):
-        vals[pos + t] = (mean + _einsum_dot(U, V, rows[pos + t], cols[pos + t])) + noise * rng.standard_normal()
+        a, b = rows[pos + t], cols[pos + t]
+        vals[pos + t] = (mean + _einsum_dot(Up, Vp, a, b)) + noise * rng.standard_normal()
+        rows[pos + t] = prow[a]
+        cols[pos + t] = pcol[b]
     if test_fraction <= 0.0:
         return cnt, 0
     w = pos
@@ -165,50 +167,42 @@ def owner_positions(rows, rcuts, P, pos):
 
 
 @njit(cache=True, nogil=True)
+def _local_row(rows, t, rcuts, P, roff):
+    rb = np.searchsorted(rcuts, rows[t], side="right") - 1
+    return rb, roff[rb // P] + rows[t] - rcuts[rb]
+
+
+@njit(cache=True, nogil=True)
 def block_row_positions(rows, cols, rcuts, ccuts, nb, P, q, groups, pos):
     """Destination of every rating of this rank's row blocks in the block layout: by block key
     (stratum * q + local group), then by row, then in the given order (a stable sort by row
     followed by a stable sort by block). ``groups[t]``: the row block of local group t.
-    Returns the nb*q + 1 block edges."""
-    nkeys = nb * q
-    # rows of this rank, group by group: local row number lr = roff[t] + row - rcuts[b]
-    roff = np.zeros(q + 1, dtype=np.int64)
+    One counting sort on the key (stratum, local row): two passes over the ratings and a table of
+    nb x (this rank's rows) counters. Returns the nb*q + 1 block edges."""
+    roff = np.zeros(q + 1, dtype=np.int64)          # local row number lr = roff[t] + row - rcuts[b]
     for t in range(q):
         b = groups[t]
         roff[t + 1] = roff[t] + rcuts[b + 1] - rcuts[b]
     nrows = roff[q]
-    rcount = np.zeros(nrows + 1, dtype=np.int64)     # ratings per local row
+    nxt = np.zeros(nb * nrows + 1, dtype=pos.dtype)   # key s * nrows + lr: stratum, then group, then row
     for t in range(rows.size):
-        rb = np.searchsorted(rcuts, rows[t], side="right") - 1
-        rcount[roff[rb // P] + rows[t] - rcuts[rb] + 1] += 1
-    for r in range(nrows):
-        rcount[r + 1] += rcount[r]
-    # block sizes, then the position of each rating: block start + ratings of earlier rows of the
-    # same block + earlier ratings of the same row. Rows are visited in order through the row sort.
-    bcount = np.zeros(nkeys + 1, dtype=np.int64)
-    for t in range(rows.size):
-        rb = np.searchsorted(rcuts, rows[t], side="right") - 1
+        rb, lr = _local_row(rows, t, rcuts, P, roff)
         cb = np.searchsorted(ccuts, cols[t], side="right") - 1
-        bcount[((rb - cb) % nb) * q + rb // P + 1] += 1
-    for b in range(nkeys):
-        bcount[b + 1] += bcount[b]
-    # row order of the ratings (stable), then walk it assigning block slots
-    rnext = rcount[:-1].copy()
-    byrow = np.empty(rows.size, dtype=pos.dtype)
+        nxt[((rb - cb) % nb) * nrows + lr + 1] += 1
+    for u in range(nb * nrows):
+        nxt[u + 1] += nxt[u]
+    edges = np.empty(nb * q + 1, dtype=np.int64)
+    for s in range(nb):
+        for t in range(q):
+            edges[s * q + t] = nxt[s * nrows + roff[t]]
+    edges[nb * q] = rows.size
     for t in range(rows.size):
-        rb = np.searchsorted(rcuts, rows[t], side="right") - 1
-        lr = roff[rb // P] + rows[t] - rcuts[rb]
-        byrow[rnext[lr]] = t
-        rnext[lr] += 1
-    bnext = bcount[:-1].copy()
-    for u in range(rows.size):
-        t = byrow[u]
-        rb = np.searchsorted(rcuts, rows[t], side="right") - 1
+        rb, lr = _local_row(rows, t, rcuts, P, roff)
         cb = np.searchsorted(ccuts, cols[t], side="right") - 1
-        key = ((rb - cb) % nb) * q + rb // P
-        pos[t] = bnext[key]
-        bnext[key] += 1
-    return bcount
+        key = ((rb - cb) % nb) * nrows + lr
+        pos[t] = nxt[key]
+        nxt[key] += 1
+    return edges
 
 
 @njit(cache=True, nogil=True)

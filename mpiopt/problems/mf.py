@@ -297,6 +297,8 @@ class SyntheticMF(MFProblem):
         nchunks = -(-N // GEN_CHUNK)
         mine = range(comm.rank, nchunks, comm.size)
         total = sum(min(GEN_CHUNK, N - c * GEN_CHUNK) for c in mine)
+        Up, Vp = U[prow], V[pcol]                     # popularity order: the hot rows stay in cache
+        del U, V
         r, c_, v = np.empty(total, np.int32), np.empty(total, np.int32), np.empty(total)
         tf = float(o["test_fraction"])
         tbuf = [np.empty(GEN_CHUNK if tf > 0 else 0, dt) for dt in (np.int32, np.int32, np.float64)]
@@ -305,7 +307,7 @@ class SyntheticMF(MFProblem):
         for c in mine:
             cnt = min(GEN_CHUNK, N - c * GEN_CHUNK)
             kept, nt = layout.generate_chunk(np.random.default_rng([seed, 5, c]), cnt, crow, *rg, prow, ccol, *cg,
-                                             pcol, U, V, float(o["mean"]), float(o["noise"]), tf, seed_word,
+                                             pcol, Up, Vp, float(o["mean"]), float(o["noise"]), tf, seed_word,
                                              r, c_, v, pos, *tbuf)
             pos += kept
             if nt:
