@@ -168,3 +168,43 @@ def test_shared_statistics_snapshots_resume_and_offline_evaluation(tmp_path):
     p = run_mpi([*base, "solver.snapshot_eval=off", "solver.target_accuracy=0.9", "--out", tmp_path / "d.h5"],
                 n=1, timeout=60)
     assert p.returncode == 2 and p.output.count("solver.snapshot_eval=off") == 1, p.output
+
+
+PLUGIN = '''
+from mpiopt import register_problem
+from mpiopt.problems.torch_models import Digits
+
+
+@register_problem("digits_cma_bn")
+class DigitsCmaBn(Digits):
+    summary = "digits with cnn_bn whose BatchNorm layers keep a cumulative average (momentum=None)"
+
+    def build_model(self):
+        import torch
+        model = super().build_model()
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None
+        return model
+'''
+
+
+def test_one_rank_shared_statistics_and_bad_batchnorm_momentum(tmp_path):
+    """One rank (host and worker in one process) keeps the statistics in its window like the others;
+    a BatchNorm with momentum=None (cumulative average over a local count) is refused with bn=shared."""
+    from mpiopt.io import load_result
+    p = run_mpi(["async_subgradient", "--problem", "digits", "--set", "problem.model=cnn_bn", "problem.width=4",
+                 "solver.method=sgd", "solver.max_epochs=2", "run.snapshot_every=0.2", "--out", tmp_path / "a.h5"],
+                n=1, timeout=120)
+    assert p.returncode == 0, p.output
+    a = load_result(str(tmp_path / "a.h5"))
+    assert np.array_equal(a.groups["snapshot_stats"][-1], a.solution["bn_stats"])
+    assert not np.array_equal(a.groups["snapshot_stats"][0], a.solution["bn_stats"])
+    plugin = tmp_path / "cma_bn.py"
+    plugin.write_text(PLUGIN)
+    base = ["async_subgradient", "--plugin", plugin, "--problem", "digits_cma_bn", "--set", "problem.model=cnn_bn",
+            "problem.width=4", "solver.max_epochs=1", "run.snapshot_every=0"]
+    p = run_mpi([*base, "--out", tmp_path / "b.h5"], n=1, timeout=120)
+    assert p.returncode == 2 and p.output.count("momentum=None") == 1, p.output
+    p = run_mpi([*base, "solver.bn=local", "--out", tmp_path / "c.h5"], n=1, timeout=120)
+    assert p.returncode == 0, p.output
