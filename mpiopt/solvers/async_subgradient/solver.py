@@ -70,7 +70,8 @@ OPTIONS = (
            choices=("shared", "local")),
     Option("race_stats", True, "count reads that overlapped a write (possibly torn): a few atomics per "
            "read and write", bool),
-    Option("save_snapshots", True, "store every snapshot vector in the result file (/snapshots)", bool),
+    Option("save_snapshots", True, "store every snapshot vector in the result file (/snapshots; shared "
+           "BatchNorm statistics in /snapshot_stats)", bool),
     Option("window", "auto", "window memory: auto (shared on one node), shared (Allocate_shared), "
            "allocate (Win.Allocate)", str, choices=("auto", "shared", "allocate")),
     Option("rank_history_every", 1.0, "seconds between a worker's history rows (/workers/rankN)", float,
