@@ -10,7 +10,8 @@ accuracy, giving (fl, g, fu) from the incumbent and the MIP bound (the inexact c
 
 Every HiGHS solve has a time limit (``problem.oracle_time_limit``). At the limit a MIP answers with
 what it has (its incumbent, or y = 0, which is always feasible, and its bound: a valid but less
-accurate answer); an LP is solved again from scratch once, then the oracle fails (the run stops
+accurate answer); an LP at its limit, or any solve that ends without a verdict (a warm-started
+solve can end "Unknown"), is solved again from scratch once, then the oracle fails (the run stops
 with status failed and names the block).
 """
 from __future__ import annotations
@@ -86,8 +87,11 @@ class BlockOracle(Oracle):
             if sol.value_valid and len(sol.col_value) == self.c.size:
                 return np.clip(np.asarray(sol.col_value), 0.0, 1.0)
             return np.zeros(self.c.size)            # y = 0 is feasible (d >= 0)
-        if not self.integer and status == hs.HighsModelStatus.kTimeLimit and not retried:
-            self.timeouts += 1
+        if not retried:
+            # An LP over its time limit, or a warm-started solve that ends without a verdict (HiGHS can
+            # report "Unknown" after many cost changes): solve once more from scratch.
+            if status == hs.HighsModelStatus.kTimeLimit:
+                self.timeouts += 1
             h.clearSolver()
             h.run()
             return self._solution(retried=True)
