@@ -267,6 +267,30 @@ def permute_inplace(order, a, b, c):
 
 
 @njit(cache=True, nogil=True)
+def tile_positions(j, tile, ntiles, pos):
+    """Stable counting sort of ratings by column tile ``j // tile``: ``pos[t]`` (preallocated) is
+    rating t's place when stored tile by tile, storage order kept within a tile."""
+    edges = np.zeros(ntiles + 1, dtype=np.int64)
+    for t in range(j.size):
+        edges[j[t] // tile + 1] += 1
+    for b in range(ntiles):
+        edges[b + 1] += edges[b]
+    for t in range(j.size):
+        b = j[t] // tile
+        pos[t] = edges[b]
+        edges[b] += 1
+
+
+@njit(cache=True, nogil=True)
+def scatter_back(a, pos, tmp):
+    """a <- a placed at ``pos`` (through ``tmp``, at least as long as ``a``)."""
+    for t in range(a.size):
+        tmp[pos[t]] = a[t]
+    for t in range(a.size):
+        a[t] = tmp[t]
+
+
+@njit(cache=True, nogil=True)
 def axpy(a, x, y):
     """y += a * x without a temporary (the product rounded, then added: as numpy's two passes)."""
     for i in range(y.size):
@@ -287,6 +311,11 @@ def warm_up() -> None:
         permute_inplace(np.zeros(1, np.int32), i.copy(), i.copy(), v)
         sgd_block(i, i, v, np.zeros(1, np.int64), A.copy(), A.copy(), 1, 0.1, 1, 0.0, 0.0, e, e, e, e)
     counting_order(i, 1, np.zeros(1, np.int32))
+    for ot in (np.int32, np.int64):
+        p = np.zeros(1, ot)
+        tile_positions(i, 1, 1, p)
+        for a in (i, np.zeros(1), np.zeros(1, np.float32)):
+            scatter_back(a, p, a.copy())
     row_owner(i, cuts, 1)
     block_keys(i, i, cuts, cuts, 1, 1, 1)
     axpy(1.0, e, e)

@@ -1,7 +1,8 @@
 """One block of ratings (local row and column indices) and its kernels.
 
-A block stores its ratings grouped by row (input order kept within a row). The kernels that run
-every iteration are compiled (:mod:`.fused`: one pass over the ratings, no temporaries); the numpy
+A block stores its ratings grouped by row (input order kept within a row); a block with many
+columns by column tile, then by row (its B rows stay in cache). The kernels that run every
+iteration are compiled (:mod:`.fused`: one pass over the ratings, no temporaries); the numpy
 versions (``*_reference``: chunked gathers, sparse-dense products in scipy) are kept as reference
 implementations for the tests and for checking the compiled ones.
 
@@ -16,6 +17,9 @@ import scipy.sparse as sp
 from . import fused
 
 _CHUNK_ELEMS = 1 << 16   # gathered factor entries per chunk (512 kB per operand: stays in cache)
+# column tile: the B and gradient rows of one tile's columns take at most this many bytes (they
+# stay in a core's L2 cache while the tile's ratings run); blocks with fewer columns are not tiled
+TILE_BYTES = 1 << 20
 _NONE = np.zeros(0)
 
 
@@ -26,7 +30,9 @@ class RatingBlock:
     ``reg_rows``/``reg_cols`` (optional) are per-row/column L2 weights of this block, in objective
     units: the block's loss is ``sum r^2 / (2 nnz) + (reg_rows.|a_i[:k]|^2 + reg_cols.|b_j[:k]|^2) / 2``
     plus ``(reg_bias_rows.a_i[k]^2 + reg_bias_cols.b_j[k]^2) / 2`` with biases.
-    ``sorted_rows``: the ratings already come grouped by row (no sort, arrays kept as given)."""
+    ``sorted_rows``: the ratings already come grouped by row (no sort, arrays kept as given).
+    A block whose column factors exceed :data:`TILE_BYTES` is stored by column tile, then by row
+    (in place, :meth:`tile_columns`): the kernels' random reads of B rows then hit a core's cache."""
 
     def __init__(self, i: np.ndarray, j: np.ndarray, v: np.ndarray, n_rows: int, n_cols: int,
                  k: int | None = None, sorted_rows: bool = False):
@@ -48,6 +54,24 @@ class RatingBlock:
         self._R: sp.csr_matrix | None = None
         self._resid: np.ndarray | None = None    # residuals of the last loss(keep=True), made on demand
         self._resid_kept = False
+        self.tiles = 1
+        self.tile_columns()
+
+    def tile_columns(self) -> None:
+        """Reorder the ratings (in place) by column tile, keeping the row order within a tile, when
+        the block's B rows and their gradient (w = k+1 columns assumed) exceed TILE_BYTES. The tile
+        size depends only on the block's shape: same order at any rank count for a fixed grid."""
+        w = (self.k or 1) + 1
+        cols = max(1, TILE_BYTES // (16 * w))
+        ntiles = -(-self.n_cols // cols)
+        if ntiles <= 1 or self.nnz == 0:
+            return
+        pos = np.empty(self.nnz, np.int32 if self.nnz < 2 ** 31 else np.int64)
+        fused.tile_positions(self.j, cols, ntiles, pos)
+        tmp = np.empty(self.nnz * max(self.i.itemsize, self.v.itemsize), np.uint8)   # scratch for each array in turn
+        for a in (self.i, self.j, self.v):
+            fused.scatter_back(a, pos, tmp.view(a.dtype)[:a.size])
+        self.tiles = ntiles
 
     @property
     def row_counts(self) -> np.ndarray:
@@ -120,7 +144,10 @@ class RatingBlock:
         if self._R is None:
             indptr = np.zeros(self.n_rows + 1, dtype=np.int32 if self.nnz < 2**31 else np.int64)
             np.cumsum(self.row_counts, out=indptr[1:])
-            self._R = sp.csr_matrix((np.zeros(self.nnz), self.j.copy(), indptr),
+            # CSR position of each rating (None: storage order is already grouped by row)
+            self._csr = None if not np.any(np.diff(self.i) < 0) else np.argsort(self.i, kind="stable")
+            jj = self.j if self._csr is None else self.j[self._csr]
+            self._R = sp.csr_matrix((np.zeros(self.nnz), jj.copy(), indptr),
                                     shape=(self.n_rows, self.n_cols), copy=False)
         return self._R
 
@@ -157,10 +184,11 @@ class RatingBlock:
                             ) -> tuple[float, float, np.ndarray, np.ndarray]:
         k = self._k(A)
         R = self.R
-        r = self.predict_reference(A, B, out=R.data)
+        r = self.predict_reference(A, B)
         r -= self.v
         sse = float(r @ r)
         r *= inv_nnz
+        R.data[:] = r if self._csr is None else r[self._csr]
         gA, gB = np.zeros_like(A), np.zeros_like(B)
         gA[:, :k] = np.asarray(R @ B[:, :k])
         gB[:, :k] = np.asarray(R.T @ A[:, :k])
