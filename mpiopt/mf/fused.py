@@ -210,63 +210,6 @@ def sgd_block(ii, jj, v, perm, A, B, k, lr, bs, lam, lam_b, lam_r, lamb_r, lam_c
 
 
 @njit(cache=True, nogil=True)
-def block_keys(rows, cols, rcuts, ccuts, nb, P, q):
-    """Key (stratum * q + local group) of every rating of this rank's row blocks (binary search in
-    the cuts; no int64 temporaries)."""
-    out = np.empty(rows.size, dtype=np.int32)
-    for t in range(rows.size):
-        rb = np.searchsorted(rcuts, rows[t], side="right") - 1
-        cb = np.searchsorted(ccuts, cols[t], side="right") - 1
-        out[t] = ((rb - cb) % nb) * q + rb // P
-    return out
-
-
-@njit(cache=True, nogil=True)
-def row_owner(rows, rcuts, P):
-    """Rank owning each rating's row block (int32)."""
-    out = np.empty(rows.size, dtype=np.int32)
-    for t in range(rows.size):
-        out[t] = (np.searchsorted(rcuts, rows[t], side="right") - 1) % P
-    return out
-
-
-@njit(cache=True, nogil=True)
-def counting_order(key, nkeys, order):
-    """Stable counting sort: ``order`` (preallocated, int32 or int64) lists the entries by key;
-    returns the key edges (nkeys + 1)."""
-    edges = np.zeros(nkeys + 1, dtype=np.int64)
-    for t in range(key.size):
-        edges[key[t] + 1] += 1
-    for b in range(nkeys):
-        edges[b + 1] += edges[b]
-    pos = edges[:-1].copy()
-    for t in range(key.size):
-        b = key[t]
-        order[pos[b]] = t
-        pos[b] += 1
-    return edges
-
-
-@njit(cache=True, nogil=True)
-def permute_inplace(order, a, b, c):
-    """a, b, c <- a[order], b[order], c[order] in place (cycle following; no copies). ``order`` is
-    used as the visited mark and left bit-flipped (discard it)."""
-    for s in range(order.size):
-        if order[s] < 0:
-            continue
-        ta, tb, tc = a[s], b[s], c[s]
-        cur = s
-        while True:
-            nxt = order[cur]
-            order[cur] = ~nxt
-            if nxt == s:
-                a[cur], b[cur], c[cur] = ta, tb, tc
-                break
-            a[cur], b[cur], c[cur] = a[nxt], b[nxt], c[nxt]
-            cur = nxt
-
-
-@njit(cache=True, nogil=True)
 def tile_positions(j, tile, ntiles, pos):
     """Stable counting sort of ratings by column tile ``j // tile``: ``pos[t]`` (preallocated) is
     rating t's place when stored tile by tile, storage order kept within a tile."""
@@ -300,7 +243,6 @@ def axpy(a, x, y):
 def warm_up() -> None:
     """Compile (or load from the cache) every kernel signature the solvers use."""
     i = np.zeros(1, np.int32)
-    cuts = np.zeros(2, np.int64)
     A = np.zeros((1, 2))
     e = np.zeros(0)
     for vt in (np.float64, np.float32):
@@ -308,16 +250,12 @@ def warm_up() -> None:
         loss_grad(i, i, v, A, A, 1, 1.0, e, e, e, e, A.copy(), A.copy(), e, False)
         loss(i, i, v, A, A, 1, 1.0, e, e, e, e, e, False)
         sq_errors(i, i, v, A, A, 1, 0.0, 1.0)
-        permute_inplace(np.zeros(1, np.int32), i.copy(), i.copy(), v)
         sgd_block(i, i, v, np.zeros(1, np.int64), A.copy(), A.copy(), 1, 0.1, 1, 0.0, 0.0, e, e, e, e)
-    counting_order(i, 1, np.zeros(1, np.int32))
     for ot in (np.int32, np.int64):
         p = np.zeros(1, ot)
         tile_positions(i, 1, 1, p)
         for a in (i, np.zeros(1), np.zeros(1, np.float32)):
             scatter_back(a, p, a.copy())
-    row_owner(i, cuts, 1)
-    block_keys(i, i, cuts, cuts, 1, 1, 1)
     axpy(1.0, e, e)
 
 
