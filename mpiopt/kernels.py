@@ -64,22 +64,11 @@ def compile_kernels() -> None:
     global _compiled
     if _compiled or not HAVE_NUMBA:
         return
-    from numba import njit
+    from .compiled import njit
     g = globals()
-    cache = True
     for name in _KERNELS:
         # error_model="numpy": float division as in numpy (no Python ZeroDivisionError branch)
-        try:
-            g[name] = njit(cache=cache, nogil=True, error_model="numpy")(g[name])
-        except RuntimeError:
-            # no writable cache location (read-only install, no NUMBA_CACHE_DIR, no writable user cache
-            # directory): compile in every process instead of failing
-            if cache:
-                import warnings
-                warnings.warn("numba: no writable cache directory (set NUMBA_CACHE_DIR); the kernels are "
-                              "compiled in every process", RuntimeWarning, stacklevel=2)
-            cache = False
-            g[name] = njit(cache=False, nogil=True, error_model="numpy")(g[name])
+        g[name] = njit(nogil=True, error_model="numpy")(g[name])
     _compiled = True
 
 

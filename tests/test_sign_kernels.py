@@ -409,7 +409,7 @@ def test_apply_message_pack_equals_apply_then_pack(kind, l1, l2, encoding):
 def test_a_read_only_install_runs_with_and_without_a_cache_directory(tmp_path):
     """The package on a read-only filesystem (a read-only bind mount: as root, file modes alone do not
     stop writes): with NUMBA_CACHE_DIR the kernels are cached there; with no writable cache location at
-    all the run still succeeds (each process compiles, one warning)."""
+    all the run still succeeds (each process compiles, one warning), for the sign and the MF kernels."""
     import subprocess
     import sys
     src = Path(K.__file__).resolve().parent
@@ -436,3 +436,14 @@ def test_a_read_only_install_runs_with_and_without_a_cache_directory(tmp_path):
             assert any(f.name.startswith("kernels.") for f in (tmp_path / "numba").rglob("*.nbi"))
         else:
             assert "no writable cache directory" in p.stderr
+    # the MF kernels (decorated when their modules are imported) fall back the same way
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+    env.update(PYTHONPATH=str(pkg), HOME=str(pkg), XDG_CACHE_HOME=str(pkg / "cache"))
+    mf = [sys.executable, "-m", "mpiopt.run", "hamsi", "--problem", "synthetic_mf", "--set", "solver.max_epochs=1",
+          "problem.n_ratings=2000", "run.progress=none", "--out", str(run / "mf.h5")]
+    cmd = " ".join(["mount --bind {0} {0} && mount -o remount,bind,ro {0} &&".format(pkg), *mf])
+    p = subprocess.run(["unshare", "-m", "sh", "-c", cmd], env=env, cwd=run, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (run / "mf.h5").exists() and "no writable cache directory" in p.stderr
+    assert not (pkg / "mpiopt" / "__pycache__").exists()

@@ -11,11 +11,13 @@ implementations the tests compare these kernels with.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
-from numba import njit
+from ..compiled import njit
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _reg(A, B, k, reg_r, reg_c, regb_r, regb_c, gA, gB, grad):
     """0.5 sum_i reg_r[i] |a_i[:k]|^2 (+ bias terms) + same for B; adds the gradient if ``grad``."""
     w = A.shape[1]
@@ -47,7 +49,7 @@ def _reg(A, B, k, reg_r, reg_c, regb_r, regb_c, gA, gB, grad):
     return 0.5 * f
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def loss_grad(ii, jj, v, A, B, k, inv_nnz, reg_r, reg_c, regb_r, regb_c, gA, gB, resid, use_resid):
     """(objective part, sse) of the block; its gradient into gA (rows x w) and gB (cols x w).
     ``use_resid``: the residuals of these same factors are in ``resid`` (skips the predictions).
@@ -92,7 +94,7 @@ def loss_grad(ii, jj, v, A, B, k, inv_nnz, reg_r, reg_c, regb_r, regb_c, gA, gB,
     return f, sse
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def loss(ii, jj, v, A, B, k, inv_nnz, reg_r, reg_c, regb_r, regb_c, resid, keep):
     """(objective part, sse) of the block; the residuals into ``resid`` if ``keep``."""
     w = A.shape[1]
@@ -115,7 +117,7 @@ def loss(ii, jj, v, A, B, k, inv_nnz, reg_r, reg_c, regb_r, regb_c, resid, keep)
     return f, sse
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def sq_errors(ii, jj, v, A, B, k, lo, hi):
     """(sum of squared errors, same with predictions clipped to [lo, hi])."""
     w = A.shape[1]
@@ -137,7 +139,7 @@ def sq_errors(ii, jj, v, A, B, k, lo, hi):
     return sse, ssc
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _add_mean(F, idx, G, n, scale, acc, cnt):
     """F[r] += scale * (mean of the rows G[t] with idx[t] == r), t < n; each row's sum in t order.
     ``acc`` (rows of F x w) and ``cnt`` (rows of F) are zero on entry and left zero."""
@@ -161,7 +163,7 @@ def _add_mean(F, idx, G, n, scale, acc, cnt):
             cnt[r] = 0
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def sgd_block(ii, jj, v, perm, A, B, k, lr, bs, lam, lam_b, lam_r, lamb_r, lam_c, lamb_c):
     """Minibatch SGD over one block (``dsgd``): ratings in the order ``perm``, ``bs`` at a time; in a
     minibatch every update is computed at the same point, and a row or column met several times
@@ -209,7 +211,7 @@ def sgd_block(ii, jj, v, perm, A, B, k, lr, bs, lam, lam_b, lam_r, lamb_r, lam_c
         _add_mean(B, bj, gB, n, -lr, accB, cntB)
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def tile_positions(j, tile, ntiles, pos):
     """Stable counting sort of ratings by column tile ``j // tile``: ``pos[t]`` (preallocated) is
     rating t's place when stored tile by tile, storage order kept within a tile."""
@@ -224,7 +226,7 @@ def tile_positions(j, tile, ntiles, pos):
         edges[b] += 1
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def scatter_back(a, pos, tmp):
     """a <- a placed at ``pos`` (through ``tmp``, at least as long as ``a``)."""
     for t in range(a.size):
@@ -233,37 +235,44 @@ def scatter_back(a, pos, tmp):
         a[t] = tmp[t]
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def axpy(a, x, y):
     """y += a * x without a temporary (the product rounded, then added: as numpy's two passes)."""
     for i in range(y.size):
         y[i] += x[i] * a
 
 
-def warm_up() -> None:
-    """Compile (or load from the cache) every kernel signature the solvers use."""
+def warm_ups() -> list[Callable[[], None]]:
+    """One call per kernel that compiles (or loads from the cache) every signature the solvers use."""
     i = np.zeros(1, np.int32)
     A = np.zeros((1, 2))
     e = np.zeros(0)
-    for vt in (np.float64, np.float32):
-        v = np.zeros(1, vt)
-        loss_grad(i, i, v, A, A, 1, 1.0, e, e, e, e, A.copy(), A.copy(), e, False)
-        loss(i, i, v, A, A, 1, 1.0, e, e, e, e, e, False)
-        sq_errors(i, i, v, A, A, 1, 0.0, 1.0)
-        sgd_block(i, i, v, np.zeros(1, np.int64), A.copy(), A.copy(), 1, 0.1, 1, 0.0, 0.0, e, e, e, e)
-    for ot in (np.int32, np.int64):
-        p = np.zeros(1, ot)
-        tile_positions(i, 1, 1, p)
-        for a in (i, np.zeros(1), np.zeros(1, np.float32)):
-            scatter_back(a, p, a.copy())
-    axpy(1.0, e, e)
+    vals = (np.zeros(1), np.zeros(1, np.float32))
+
+    def each_value_type(fn: Callable[[np.ndarray], None]) -> Callable[[], None]:
+        def run() -> None:
+            for v in vals:
+                fn(v)
+        return run
+
+    def scatters() -> None:
+        for ot in (np.int32, np.int64):
+            p = np.zeros(1, ot)
+            tile_positions(i, 1, 1, p)
+            for a in (i, np.zeros(1), np.zeros(1, np.float32)):
+                scatter_back(a, p, a.copy())
+
+    return [each_value_type(lambda v: loss_grad(i, i, v, A, A, 1, 1.0, e, e, e, e, A.copy(), A.copy(), e, False)),
+            each_value_type(lambda v: loss(i, i, v, A, A, 1, 1.0, e, e, e, e, e, False)),
+            each_value_type(lambda v: sq_errors(i, i, v, A, A, 1, 0.0, 1.0)),
+            each_value_type(lambda v: sgd_block(i, i, v, np.zeros(1, np.int64), A.copy(), A.copy(), 1, 0.1, 1,
+                                                0.0, 0.0, e, e, e, e)),
+            scatters,
+            lambda: axpy(1.0, e, e)]
 
 
-def compile_once(comm) -> None:
-    """Collective: rank 0 compiles the kernels (or loads them from the cache) before the other
-    ranks, which then load them from the cache instead of compiling them again."""
-    if comm.rank == 0:
-        warm_up()
-    comm.Barrier()
-    if comm.rank != 0:
-        warm_up()
+def warm_up() -> None:
+    """Compile (or load from the cache) every kernel signature the solvers use, in this process."""
+    for w in warm_ups():
+        w()
+

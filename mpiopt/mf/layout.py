@@ -7,8 +7,10 @@ generator draws the same random streams in the same order), so data and iterates
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
-from numba import njit
+from ..compiled import njit
 
 
 # -- synthetic_mf generator ----------------------------------------------------------------------
@@ -23,7 +25,7 @@ def guide_table(cum: np.ndarray) -> tuple[np.ndarray, float, float]:
     return lo, h, (1.0 / h if h > 0 else 0.0)
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _search(cum, lo, h, inv_h, x):
     """``np.searchsorted(cum, x, side='left')`` through the index table (the same answer; the bucket
     edges k h are computed as in :func:`guide_table`)."""
@@ -45,7 +47,7 @@ def _search(cum, lo, h, inv_h, x):
     return a
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _einsum_dot(U, V, i, j):
     """Row dot product U[i].V[j] summed as numpy's ``einsum('ij,ij->i')`` does on x86-64 (two lanes,
     blocks of eight in reverse pair order, lanes added last): the same bits."""
@@ -66,7 +68,7 @@ def _einsum_dot(U, V, i, j):
     return a0 + a1
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def hash_uniform_one(a, b, seed_word):
     """One number of :func:`mpiopt.problems.mf.hash_uniform` (splitmix64 of (a, b, seed))."""
     z = (np.uint64(a) * np.uint64(0x9E3779B97F4A7C15)) ^ (np.uint64(b) * np.uint64(0xC2B2AE3D27D4EB4F)) ^ seed_word
@@ -76,7 +78,7 @@ def hash_uniform_one(a, b, seed_word):
     return float(z >> np.uint64(11)) * 2.0 ** -53
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def generate_chunk(rng, cnt, crow, rlo, rh, rinv, prow, ccol, clo, ch, cinv, pcol, Up, Vp,
                    mean, noise, test_fraction, seed_word, rows, cols, vals, pos, trows, tcols, tvals):
     """One chunk of ``synthetic_mf``: ``cnt`` ratings drawn from ``rng`` (rows, then columns, then
@@ -112,7 +114,7 @@ def generate_chunk(rng, cnt, crow, rlo, rh, rinv, prow, ccol, clo, ch, cinv, pco
     return w - pos, nt
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def split_inplace(rows, cols, vals, seed_word, fraction, trows, tcols, tvals):
     """Move the ratings whose :func:`hash_uniform_one` of (row, col) is below ``fraction`` to
     trows/tcols/tvals (room for them needed: :func:`count_split`) and compact the others in place,
@@ -130,7 +132,7 @@ def split_inplace(rows, cols, vals, seed_word, fraction, trows, tcols, tvals):
     return w
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def count_split(rows, cols, seed_word, fraction):
     """How many ratings :func:`split_inplace` moves out."""
     nt = 0
@@ -140,7 +142,7 @@ def count_split(rows, cols, seed_word, fraction):
     return nt
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def count_into(idx, counts):
     """counts[idx[t]] += 1 (a bincount without an int64 copy of ``idx``)."""
     for t in range(idx.size):
@@ -148,7 +150,7 @@ def count_into(idx, counts):
 
 
 # -- routing and sorting of the grid ---------------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def owner_positions(rows, rcuts, P, pos):
     """Destination of every rating when grouped by the rank owning its row block (stable):
     ``pos`` (preallocated) gets the positions; returns the P + 1 group edges."""
@@ -166,13 +168,13 @@ def owner_positions(rows, rcuts, P, pos):
     return edges
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _local_row(rows, t, rcuts, P, roff):
     rb = np.searchsorted(rcuts, rows[t], side="right") - 1
     return rb, roff[rb // P] + rows[t] - rcuts[rb]
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def block_row_positions(rows, cols, rcuts, ccuts, nb, P, q, groups, pos):
     """Destination of every rating of this rank's row blocks in the block layout: by block key
     (stratum * q + local group), then by row, then in the given order (a stable sort by row
@@ -205,7 +207,7 @@ def block_row_positions(rows, cols, rcuts, ccuts, nb, P, q, groups, pos):
     return edges
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def scatter(src, pos, out):
     """out[pos[t]] = src[t]."""
     for t in range(src.size):
@@ -219,33 +221,51 @@ def scattered(a: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return out
 
 
-def warm_up() -> None:
-    """Compile (or load from the cache) every kernel signature used."""
+def warm_ups() -> list[Callable[[], None]]:
+    """One call per kernel that compiles (or loads from the cache) every signature used."""
     i = np.zeros(1, np.int32)
     cuts = np.array([0, 1], np.int64)
-    for pt in (np.int32, np.int64):
-        p = np.zeros(1, pt)
-        owner_positions(i, cuts, 1, p)
-        block_row_positions(i, i, cuts, cuts, 1, 1, 1, cuts[:1], p)
-        for a in (i, np.zeros(1), np.zeros(1, np.float32)):
-            scatter(a, p, a.copy())
     c = np.ones(1)
     lo, h, inv = guide_table(c)
     A = np.zeros((1, 1))
-    for it in (np.int32, np.int64):
-        a = np.zeros(1, it)
-        count_into(a, np.zeros(1, np.int64))
-        count_split(a, a, np.uint64(1), 0.5)
-        for vt in (np.float32, np.float64):
-            split_inplace(a, a.copy(), np.zeros(1, vt), np.uint64(1), 0.5, a.copy(), a.copy(), np.zeros(1, vt))
-    generate_chunk(np.random.default_rng(0), 1, c, lo, h, inv, cuts[:1], c, lo, h, inv, cuts[:1], A, A,
-                   0.0, 0.0, 0.5, np.uint64(1), i.copy(), i.copy(), np.zeros(1), 0, i.copy(), i.copy(), np.zeros(1))
+    ints = (np.zeros(1, np.int32), np.zeros(1, np.int64))
+
+    def positions() -> None:
+        for p in ints:
+            owner_positions(i, cuts, 1, p.copy())
+            block_row_positions(i, i, cuts, cuts, 1, 1, 1, cuts[:1], p.copy())
+
+    def scatters() -> None:
+        for p in ints:
+            for a in (i, np.zeros(1), np.zeros(1, np.float32)):
+                scatter(a, p, a.copy())
+
+    def counts() -> None:
+        for a in ints:
+            count_into(a, np.zeros(1, np.int64))
+            count_split(a, a, np.uint64(1), 0.5)
+
+    def splits() -> None:
+        for a in ints:
+            for vt in (np.float32, np.float64):
+                split_inplace(a.copy(), a.copy(), np.zeros(1, vt), np.uint64(1), 0.5, a.copy(), a.copy(),
+                              np.zeros(1, vt))
+
+    def generate() -> None:
+        generate_chunk(np.random.default_rng(0), 1, c, lo, h, inv, cuts[:1], c, lo, h, inv, cuts[:1], A, A,
+                       0.0, 0.0, 0.5, np.uint64(1), i.copy(), i.copy(), np.zeros(1), 0, i.copy(), i.copy(),
+                       np.zeros(1))
+
+    return [generate, positions, scatters, counts, splits]
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) every kernel signature used, in this process."""
+    for w in warm_ups():
+        w()
 
 
 def compile_once(comm) -> None:
-    """Collective: rank 0 compiles (or loads) the kernels before the others load them from the cache."""
-    if comm.rank == 0:
-        warm_up()
-    comm.Barrier()
-    if comm.rank != 0:
-        warm_up()
+    """Collective: each kernel compiled once per job (:func:`mpiopt.comm.jit.compile_once`)."""
+    from ..comm.jit import compile_once as spread
+    spread(comm, warm_ups())

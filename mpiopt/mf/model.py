@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..comm import Comm
+from ..comm.jit import compile_once
 from ..comm.ring import alltoallv_grouped, block_sum, gather_to_root, ring_exchange
 from .cuts import balanced_cuts
 from .init import random_rows
@@ -36,8 +37,7 @@ class DistMF:
         so that they are held once."""
         P, r = comm.size, comm.rank
         assert nb % P == 0, "nb must be a multiple of the rank count"
-        fused.compile_once(comm)
-        layout.compile_once(comm)
+        compile_once(comm, fused.warm_ups() + layout.warm_ups())
         self.comm, self.P, self.rank, self.nb, self.q, self.k = comm, P, r, nb, nb // P, int(k)
         self.bias = bool(bias)
         self.w = self.k + (1 if self.bias else 0)     # stored columns per factor row
