@@ -2,6 +2,7 @@
 
     python benchmarks/bench_hamsi.py [--quick] [--ml PATH] [--ranks 1,2,4] [--epochs E] [--k K]
                                      [--reference-binary PATH [--reference-args ARGS]]
+    python benchmarks/bench_hamsi.py --libmf-binary PATH [--libmf-args ARGS]
     python benchmarks/bench_hamsi.py --scale 1e7,3e7 [--ranks 2] [--k 10] [--epochs 2]
     python benchmarks/bench_hamsi.py --sweep
 
@@ -343,6 +344,102 @@ def reference_ratio(binary: str, args: str, epochs: int, k: int, tmp: str, repea
         print(f"  final factors not compared: {exc}")
 
 
+def _libmf_va(stdout: str) -> np.ndarray:
+    """LIBMF mf-train's per-iteration validation RMSE (third column of its "iter tr_rmse va_rmse obj" table)."""
+    rows = [ln.split() for ln in stdout.splitlines()]
+    return np.array([float(r[2]) for r in rows if len(r) == 4 and r[0].isdigit()])
+
+
+def libmf_ratio(binary: str, args: str, target: float, tmp: str, repeats: int = 3, timeout: float = 20) -> None:
+    """LIBMF's ``mf-train`` against ``hamsi`` with the project defaults on one generated
+    MovieLens-100k-like train/test pair (seed 0, 20 % held out by the ``movielens`` random split,
+    written as u1.base/u1.test for mpiopt and as 0-based ``user item rating`` lines for LIBMF),
+    1 process / 1 thread each, ``repeats`` interleaved runs (best times reported). ``args`` is
+    mf-train's command line with {iters} {train} {test} {model} placeholders. LIBMF prints no times:
+    its time to the best (or ``target``) validation RMSE is the whole process of a run stopped at
+    that iteration; hamsi's are the history's solver time at that epoch and the whole process."""
+    from mpiopt.comm import world
+    from mpiopt.data.movielens import read_ratings, write_movielens, write_movielens_like
+    from mpiopt.io import load_result
+    from mpiopt.problems.mf import random_split
+    d = os.path.join(tmp, "libmf")
+    os.makedirs(d, exist_ok=True)
+    write_movielens_like(os.path.join(d, "u.data"))
+    u, i, v = read_ratings(os.path.join(d, "u.data"), world())
+    ku, ki, kv, tu, ti, tv = random_split(u.copy(), i.copy(), v.astype(np.float64), 0, 0.2)
+    write_movielens(os.path.join(d, "u1.base"), ku, ki, kv)
+    write_movielens(os.path.join(d, "u1.test"), tu, ti, tv)
+    tr, te, model = os.path.join(d, "tr.txt"), os.path.join(d, "te.txt"), os.path.join(d, "libmf.model")
+    for name, a, b, c in ((tr, ku, ki, kv), (te, tu, ti, tv)):
+        np.savetxt(name, np.column_stack([a - 1, b - 1, c]), fmt="%d %d %g")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = os.path.join(d, "ours.h5")
+
+    def ours(*extra: str) -> list[str]:
+        return [sys.executable, "-m", "mpiopt.run", "hamsi", "--problem", "movielens", "--set", f"problem.path={d}",
+                "problem.split=u1", "run.progress=none", *extra, "--out", out, "-q"]
+    ours_cmd = ours()
+
+    def libmf(iters: int) -> tuple[float, np.ndarray]:
+        cmd = [binary, *args.format(iters=iters, train=tr, test=te, model=model).split()]
+        t = time.perf_counter()
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=d, check=False)
+        if p.returncode:
+            raise RuntimeError(f"{binary} exit {p.returncode}: {(p.stdout + p.stderr).strip()[-300:]}")
+        return time.perf_counter() - t, _libmf_va(p.stdout)
+
+    def retry(iters: int) -> tuple[float, np.ndarray]:
+        for _ in range(3):          # LIBMF 1.x's thread scheduler can hang now and then: time out, run again
+            try:
+                return libmf(iters)
+            except subprocess.TimeoutExpired:
+                print(f"  mf-train -t {iters}: no exit within {timeout:g} s, run again", flush=True)
+        return math.nan, np.array([])
+
+    subprocess.run(ours_cmd, capture_output=True, text=True, timeout=3600, env=env, check=False)   # numba cache warm-up
+    _, va = retry(400)                                   # the validation curve (400 iterations)
+    if va.size == 0:
+        print("  LIBMF gave no validation RMSE lines; check --libmf-args")
+        return
+    it_best = int(np.argmin(va))
+    hit = np.flatnonzero(va <= target)
+    it_hit = int(hit[0]) if hit.size else -1
+    rows = []
+    for _ in range(repeats):
+        lb = retry(it_best + 1)[0]
+        lt = retry(it_hit + 1)[0] if it_hit >= 0 else math.nan
+        t = time.perf_counter()
+        q = subprocess.run(ours_cmd, capture_output=True, text=True, timeout=3600, env=env, check=False)
+        t_ours = time.perf_counter() - t
+        if q.returncode:
+            print(f"  mpiopt exit {q.returncode}: {q.stderr.strip()[-300:]}")
+            return
+        r = load_result(out)
+        h = r.history
+        te_r, tt = np.asarray(h["test_rmse"], float), np.asarray(h["time"], float)
+        eb = int(np.nanargmin(te_r))
+        hh = np.flatnonzero(te_r <= target)
+        t = time.perf_counter()           # whole process of a run that stops at the target (solver.target_test_rmse)
+        subprocess.run(ours(f"solver.target_test_rmse={target}"), capture_output=True, text=True, timeout=3600,
+                       env=env, check=False)
+        t_ours_hit = time.perf_counter() - t
+        rows.append((lb, lt, t_ours, float(tt[eb]), float(tt[hh[0]]) if hh.size else math.nan,
+                     float(r.attrs.get("run_time", math.nan)), t_ours_hit, float(r.attrs.get("setup_time", math.nan))))
+    lb, lt, t_ours, s_best, s_hit, run_ours, t_ours_hit, setup = (min(c) for c in zip(*rows))
+    print(f"\n== LIBMF mf-train vs hamsi (project defaults), generated MovieLens-100k-like data, {kv.size} training / "
+          f"{tv.size} held-out ratings, 1 process / 1 thread; best of {repeats} interleaved runs, load "
+          f"{os.getloadavg()[0]:.2f} ==")
+    print(f"  LIBMF ({args.split(' -p')[0]}): best validation RMSE {va[it_best]:.4f} at iteration {it_best + 1}; "
+          f"whole process stopped there {lb:.3f} s; RMSE <= {target:g} at iteration {it_hit + 1}, whole process "
+          f"{lt:.3f} s")
+    print(f"  hamsi: best held-out RMSE {np.nanmin(te_r):.4f} at epoch {eb} of {te_r.size - 1}; solver time to it "
+          f"{s_best:.3f} s (run_time {run_ours:.3f} s), to <= {target:g} {s_hit:.3f} s; whole process {t_ours:.2f} s "
+          f"(problem set-up {setup:.2f} s, the rest interpreter, imports, numba cache load, result file), "
+          f"{t_ours_hit:.2f} s stopping at <= {target:g} (solver.target_test_rmse)")
+    print(f"  ratios hamsi / LIBMF: to best, solver {s_best / lb:.2f}, whole process {t_ours / lb:.2f}; "
+          f"to <= {target:g}, solver {s_hit / lt:.2f}, whole process {t_ours_hit / lt:.2f}")
+
+
 def sweep(tmp: str, seeds: tuple[int, ...] = (0, 1)) -> None:
     """Defaults by measurement: hamsi on generated MovieLens-like data (100k ratings, 943 x 1682,
     stars 1-5, skewed counts; 20 % held out), one rank, in-process through the run builder."""
@@ -423,6 +520,10 @@ def main() -> None:
                     "adds the whole-process time ratio on the same file")
     ap.add_argument("--reference-args", default="{data} -p{threads} -l{k} -i{epochs} -t100000",
                     help="the reference's command line after the binary ({data} {k} {epochs} {threads} filled in)")
+    ap.add_argument("--libmf-binary", help="LIBMF's mf-train (built outside this repository): time hamsi with the "
+                    "project defaults against it on a generated MovieLens-100k-like train/test pair")
+    ap.add_argument("--libmf-args", default="-k 10 -l 0.1 -r 0.1 -s 1 -t {iters} -p {test} {train} {model}",
+                    help="mf-train's command line ({iters} {train} {test} {model} filled in)")
     ap.add_argument("--scale-solver", default="hamsi", choices=SOLVERS, help="solver of the scale runs")
     ap.add_argument("--step-forms", nargs="*", metavar="SETTINGS",
                     help="only solver.step_form=reference against paper on synthetic_mf at 1 rank (--ratings, "
@@ -452,6 +553,10 @@ def main() -> None:
     if a.sweep:
         with tempfile.TemporaryDirectory() as tmp:
             sweep(tmp)
+        return
+    if a.libmf_binary:
+        with tempfile.TemporaryDirectory() as tmp:
+            libmf_ratio(a.libmf_binary, a.libmf_args, a.target_test_rmse or 0.93, tmp)
         return
     if a.reference_binary:
         with tempfile.TemporaryDirectory() as tmp:
