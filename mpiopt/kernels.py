@@ -51,7 +51,7 @@ HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 #: the compiled kernels are used (numba installed, little-endian words, MPIOPT_JIT not "0")
 JIT = HAVE_NUMBA and sys.byteorder == "little" and os.environ.get("MPIOPT_JIT", "1") != "0"
 
-_KERNELS = ("_clip", "_message", "_pack_pass", "sign_message_pack", "_apply_pack_pass", "apply_message_pack",
+_KERNELS = ("_clip", "_message", "_pack_pass", "_pack_columns", "sign_message_pack", "_apply_pack_pass", "apply_message_pack",
             "apply_at_rows", "_vote_small", "vote_words", "apply_words", "prox_step_en", "csr_rows_dot", "csr_rows_scatter")  # callees first
 _compiled = False
 
@@ -173,6 +173,23 @@ def _pack_pass(kind, x, g, use_g, t, a, has_l1, l1, dd, has_l2, l2, ef, has_ef, 
     return -1
 
 
+def _pack_columns(kind, x, g, cols, t, a, has_l1, l1, dd, has_l2, l2, ternary, neg, nz):
+    """Make the messages of the elements ``cols`` again with their g and set their bits (a sparse g
+    is +0.0 elsewhere); False, leaving the planes partly patched, at the first non-finite message."""
+    one = np.uint64(1)
+    for c in range(cols.size):
+        j = cols[c]
+        m = _message(kind, x[j], g[j], t, a, has_l1, l1, dd, has_l2, l2)
+        if not math.isfinite(m):
+            return False
+        w = j >> 6
+        bit = one << np.uint64((j & 63) ^ 7)
+        neg[w] = (neg[w] | bit) if m < 0.0 else (neg[w] & ~bit)
+        if ternary:
+            nz[w] = (nz[w] | bit) if m != 0.0 else (nz[w] & ~bit)
+    return True
+
+
 def sign_message_pack(kind, x, g, t, a, has_l1, l1, dd, has_l2, l2, ef, has_ef, ternary, neg, nz, bad, cols,
                       sparse):
     """One pass: m_i = message(x_i, g_i) (with error feedback p_i = m_i + e_i, stored back into e),
@@ -186,19 +203,8 @@ def sign_message_pack(kind, x, g, t, a, has_l1, l1, dd, has_l2, l2, ef, has_ef, 
     if not sparse or has_ef:
         return _pack_pass(kind, x, g, True, t, a, has_l1, l1, dd, has_l2, l2, ef, has_ef, ternary, neg, nz, bad)
     i = _pack_pass(kind, x, g, False, t, a, has_l1, l1, dd, has_l2, l2, ef, False, ternary, neg, nz, bad)
-    if i >= 0:
+    if i >= 0 or not _pack_columns(kind, x, g, cols, t, a, has_l1, l1, dd, has_l2, l2, ternary, neg, nz):
         return _pack_pass(kind, x, g, True, t, a, has_l1, l1, dd, has_l2, l2, ef, False, ternary, neg, nz, bad)
-    one = np.uint64(1)
-    for c in range(cols.size):
-        j = cols[c]
-        m = _message(kind, x[j], g[j], t, a, has_l1, l1, dd, has_l2, l2)
-        if not math.isfinite(m):
-            return _pack_pass(kind, x, g, True, t, a, has_l1, l1, dd, has_l2, l2, ef, False, ternary, neg, nz, bad)
-        w = j >> 6
-        bit = one << np.uint64((j & 63) ^ 7)
-        neg[w] = (neg[w] | bit) if m < 0.0 else (neg[w] & ~bit)
-        if ternary:
-            nz[w] = (nz[w] | bit) if m != 0.0 else (nz[w] & ~bit)
     return -1
 
 
@@ -272,19 +278,8 @@ def apply_message_pack(kind, x, g, t, a, has_l1, l1, dd, has_l2, l2, ternary, ne
     sign_message_pack."""
     i = _apply_pack_pass(kind, x, t, a, has_l1, l1, dd, has_l2, l2, ternary, neg, nz, bad, dneg, dnz, has_dnz,
                          gamma, done)
-    if i >= 0:
+    if i >= 0 or not _pack_columns(kind, x, g, cols, t, a, has_l1, l1, dd, has_l2, l2, ternary, neg, nz):
         return _pack_pass(kind, x, g, True, t, a, has_l1, l1, dd, has_l2, l2, x, False, ternary, neg, nz, bad)
-    one = np.uint64(1)
-    for c in range(cols.size):
-        j = cols[c]
-        m = _message(kind, x[j], g[j], t, a, has_l1, l1, dd, has_l2, l2)
-        if not math.isfinite(m):
-            return _pack_pass(kind, x, g, True, t, a, has_l1, l1, dd, has_l2, l2, x, False, ternary, neg, nz, bad)
-        w = j >> 6
-        bit = one << np.uint64((j & 63) ^ 7)
-        neg[w] = (neg[w] | bit) if m < 0.0 else (neg[w] & ~bit)
-        if ternary:
-            nz[w] = (nz[w] | bit) if m != 0.0 else (nz[w] & ~bit)
     return -1
 
 
