@@ -52,7 +52,7 @@ HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 JIT = HAVE_NUMBA and sys.byteorder == "little" and os.environ.get("MPIOPT_JIT", "1") != "0"
 
 _KERNELS = ("_clip", "_message", "_pack_pass", "_pack_columns", "sign_message_pack", "_apply_pack_pass", "apply_message_pack",
-            "apply_at_rows", "_vote_small", "vote_words", "apply_words", "prox_step_en", "csr_rows_dot", "csr_rows_scatter")  # callees first
+            "apply_at_rows", "_decide", "_vote_small", "vote_words", "apply_words", "prox_step_en", "csr_rows_dot", "csr_rows_scatter")  # callees first
 _compiled = False
 
 
@@ -304,6 +304,20 @@ def apply_at_rows(indptr, indices, rows, x, dneg, dnz, has_dnz, gamma, done):
             x[j] = x[j] - d
 
 
+def _decide(w, gt, eq, tie, rand, out_neg, out_nz):
+    # word w of the decision from its "more negative" and "tied" masks, by the tie rule
+    # (0: zero, 1: +1, else the random bit of rand)
+    if tie == 0:
+        out_neg[w] = gt
+        out_nz[w] = ~eq
+    elif tie == 1:
+        out_neg[w] = gt
+        out_nz[w] = np.uint64(0xFFFFFFFFFFFFFFFF)
+    else:
+        out_neg[w] = gt | (eq & rand[w])
+        out_nz[w] = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
 def _vote_small(neg_rows, P, tie, rand, out_neg, out_nz):
     # vote_words for 1-bit codes and P <= 7: the same counters (3 bit planes) kept in registers
     W = neg_rows.shape[1]
@@ -340,15 +354,7 @@ def _vote_small(neg_rows, P, tie, rand, out_neg, out_nz):
             eq &= ~c0
         if P % 2:
             eq = zero
-        if tie == 0:
-            out_neg[w] = gt
-            out_nz[w] = ~eq
-        elif tie == 1:
-            out_neg[w] = gt
-            out_nz[w] = ones
-        else:
-            out_neg[w] = gt | (eq & rand[w])
-            out_nz[w] = ones
+        _decide(w, gt, eq, tie, rand, out_neg, out_nz)
 
 
 def vote_words(neg_rows, nz_rows, ternary, tie, rand, out_neg, out_nz):
@@ -405,15 +411,7 @@ def vote_words(neg_rows, nz_rows, ternary, tie, rand, out_neg, out_nz):
             for k in range(nplanes - 1, -1, -1):
                 gt |= cn[k] & ~cp[k] & eq
                 eq &= ~(cn[k] ^ cp[k])
-        if tie == 0:
-            out_neg[w] = gt
-            out_nz[w] = ~eq
-        elif tie == 1:
-            out_neg[w] = gt
-            out_nz[w] = ones
-        else:
-            out_neg[w] = gt | (eq & rand[w])
-            out_nz[w] = ones
+        _decide(w, gt, eq, tie, rand, out_neg, out_nz)
 
 
 def apply_words(x, neg, nz, has_nz, gamma, ef, has_ef, prox, a, has_l1, dd, has_l2):
