@@ -11,6 +11,7 @@ stop and whether to checkpoint now.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Any
@@ -41,6 +42,7 @@ class RunContext:
         self.problem = problem
         self.config = config or {}
         self.resume = resume
+        self.inputs: dict[str, Any] = {}     # identities of the data files (preflight.input_identities)
         self.verbose = verbose
         self.quiet = quiet
         self.seed = int(run_cfg.get("seed", 0))
@@ -76,8 +78,11 @@ class RunContext:
         return self.resume.iteration if self.resume is not None else 0
 
     def _checkpoint_meta(self) -> dict[str, Any]:
-        return {"solver": self.solver, "problem": self.problem, "n_ranks": self.comm.size,
+        meta = {"solver": self.solver, "problem": self.problem, "n_ranks": self.comm.size,
                 "config": self.config, "elapsed": self.elapsed(), "seed": self.seed}
+        if self.inputs:
+            meta["inputs"] = json.dumps(self.inputs)
+        return meta
 
     def poll(self, iteration: int, state_fn: StateFn | None = None, local_stop: bool = False,
              force: bool = False) -> int | None:

@@ -19,6 +19,25 @@ from .errors import InputError
 
 SECTIONS = ("solver", "problem", "run")
 _MISSING = object()
+INT_MIN, INT_MAX = -2 ** 63, 2 ** 63 - 1      # every integer option fits an int64 (HDF5 attributes, numpy)
+DURATION_MAX = 1e9                            # seconds: the longest finite duration (timers take < 9.2e9)
+CONFIG_MAX_BYTES = 4 << 20                    # a config file larger than this is refused unread
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (error messages stay one short line)."""
+    try:
+        text = repr(value)
+    except ValueError:                       # an int too long to print
+        text = f"<integer of {value.bit_length()} bits>" if isinstance(value, int) else "<value>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _int_in_range(value: int, where: str) -> int:
+    if not INT_MIN <= value <= INT_MAX:
+        raise InputError(f"{where}: {show(value)} is out of range (integers must lie in "
+                         f"[-2**63, 2**63-1] = [{INT_MIN}, {INT_MAX}])")
+    return value
 
 
 @dataclass(frozen=True)
@@ -41,15 +60,16 @@ class Every:
         try:
             if t.endswith("s"):
                 secs = float(t[:-1])
-                if not (0 <= secs < math.inf):
+                if not (0 <= secs <= DURATION_MAX):
                     raise ValueError
                 return cls(0, secs)
             iters = int(float(t)) if _looks_like_int_float(t) else int(t)
-            if iters < 0:
+            if not 0 <= iters <= INT_MAX:
                 raise ValueError
             return cls(iters, 0.0)
-        except ValueError:
-            raise InputError(f"{where}: expected N iterations or Ns seconds (e.g. 100 or 30s), got {text!r}") from None
+        except (ValueError, OverflowError):
+            raise InputError(f"{where}: expected N iterations (0 to 2**63-1) or Ns seconds (0 to {DURATION_MAX:g}), "
+                             f"e.g. 100 or 30s, got {show(text)}") from None
 
     @property
     def never(self) -> bool:
@@ -107,7 +127,7 @@ class Option:
                 raise InputError(f"{where}: expected true or false, got {value!r}")
         elif kind is int:
             if isinstance(value, bool):
-                raise InputError(f"{where}: expected an integer, got {value!r}")
+                raise InputError(f"{where}: expected an integer, got {show(value)}")
             if isinstance(value, int):
                 out = value
             elif isinstance(value, float) and value.is_integer():
@@ -115,40 +135,51 @@ class Option:
             elif isinstance(value, str):
                 try:
                     out = int(float(value)) if _looks_like_int_float(value) else int(value)
-                except ValueError:
-                    raise InputError(f"{where}: expected an integer, got {value!r}") from None
+                except (ValueError, OverflowError):
+                    raise InputError(f"{where}: expected an integer, got {show(value)}") from None
             else:
-                raise InputError(f"{where}: expected an integer, got {value!r}")
+                raise InputError(f"{where}: expected an integer, got {show(value)}")
+            out = _int_in_range(out, where)
         elif kind is float:
             if isinstance(value, bool):
-                raise InputError(f"{where}: expected a number, got {value!r}")
+                raise InputError(f"{where}: expected a number, got {show(value)}")
             if isinstance(value, (int, float)):
-                out = float(value)
+                try:
+                    out = float(value)
+                except OverflowError:
+                    raise InputError(f"{where}: must be a finite number, got {show(value)} (too large)") from None
             elif isinstance(value, str):
                 try:
                     out = float(value)
                 except ValueError:
-                    raise InputError(f"{where}: expected a number, got {value!r}") from None
+                    raise InputError(f"{where}: expected a number, got {show(value)}") from None
             else:
-                raise InputError(f"{where}: expected a number, got {value!r}")
+                raise InputError(f"{where}: expected a number, got {show(value)}")
             if math.isnan(out):
                 raise InputError(f"{where}: NaN is not a valid value")
             allow_inf = self.allow_inf if self.allow_inf is not None else (
                 isinstance(self.default, float) and math.isinf(self.default))
             if math.isinf(out) and not allow_inf:
-                raise InputError(f"{where}: must be a finite number, got {value!r}")
+                raise InputError(f"{where}: must be a finite number, got {show(value)}")
         elif kind is Every:
             if isinstance(value, bool):
-                raise InputError(f"{where}: expected N iterations or Ns seconds, got {value!r}")
+                raise InputError(f"{where}: expected N iterations or Ns seconds, got {show(value)}")
             out = str(Every.parse(value, where))
         elif kind is str:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise InputError(f"{where}: expected a string, got {value!r}")
-            out = str(value)
+                raise InputError(f"{where}: expected a string, got {show(value)}")
+            try:
+                out = str(value)
+            except ValueError:       # an int too long to print
+                raise InputError(f"{where}: expected a string, got {show(value)}") from None
+            if not out.strip():
+                raise InputError(f"{where}: must not be empty" + (" (none: leave it unset)" if self.nullable else ""))
+            if "\x00" in out:
+                raise InputError(f"{where}: contains a NUL character")
         else:  # pragma: no cover - programming error
             raise TypeError(f"unsupported option type {kind}")
         if self.choices is not None and out not in self.choices:
-            raise InputError(f"{where}: {out!r} is not one of {', '.join(map(str, self.choices))}")
+            raise InputError(f"{where}: {show(out)} is not one of {', '.join(map(str, self.choices))}")
         if isinstance(out, (int, float)) and not isinstance(out, bool):
             if self.low is not None and (out < self.low or (self.low_open and out == self.low)):
                 op = ">" if self.low_open else ">="
@@ -222,11 +253,11 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("poll_every", 1, "iterations between the collective stop/checkpoint polls", int, low=1),
     Option("debug", False, "extra consistency checks (e.g. replica checksums)", bool),
     Option("term_grace", 60.0, "seconds a rank may take to checkpoint and stop after SIGTERM/SIGINT before the "
-           "job is ended without a checkpoint (0: wait forever)", float, low=0.0),
+           "job is ended without a checkpoint (0: wait forever)", float, low=0.0, high=DURATION_MAX),
     Option("hang_timeout", 0.0, "end the job when a rank completes no iteration and no MPI operation for this "
-           "many seconds (0: off)", float, low=0.0),
+           "many seconds (0: off)", float, low=0.0, high=DURATION_MAX),
     Option("snapshot_every", 60.0, "seconds between snapshots of a shared model saved into the result file "
-           "(async_subgradient; 0: only at start and end)", float, low=0.0),
+           "(async_subgradient; 0: only at start and end)", float, low=0.0, high=DURATION_MAX),
 )
 
 
@@ -239,23 +270,31 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError):   # not a TOML literal: the text itself
         value = raw
     return key, value
 
 
 def load_toml(path: str) -> dict:
-    """Read a TOML config file; errors name the file."""
+    """Read a TOML config file: a regular file (checked before it is opened) of at most
+    :data:`CONFIG_MAX_BYTES`, UTF-8 text. Errors are one line naming the file (and the byte or line)."""
+    from .preflight import read_input
+    where = f"config file {path}"
+    data = read_input(path, "config file", CONFIG_MAX_BYTES)
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise InputError(f"config file {path}: not found") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"{where}: byte {exc.start} (line {line}) is 0x{data[exc.start]:02x}, not UTF-8 text; "
+                         "save the file as UTF-8") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"config file {path}: {exc}") from None
-    except OSError as exc:
-        raise InputError(f"config file {path}: {exc.strerror}") from None
-    return data
+        raise InputError(f"{where}: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{where}: arrays or tables nested too deeply") from None
+    except ValueError as exc:      # e.g. an integer of more digits than Python converts
+        raise InputError(f"{where}: {show(str(exc), 160)}") from None
 
 
 def flatten_config(data: dict, source: str) -> dict[str, Any]:

@@ -57,9 +57,11 @@ def load_plugin(module: str) -> None:
     """Import a user module (dotted name or path to a .py file) that registers solvers/problems."""
     try:
         if module.endswith(".py") or os.sep in module:
+            from .preflight import check_input_file
             path = os.path.abspath(module)
             if not os.path.exists(path):
                 raise InputError(f"--plugin {module}: file not found")
+            check_input_file(module, "--plugin")
             spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
             mod = importlib.util.module_from_spec(spec)
             assert spec.loader is not None

@@ -745,19 +745,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-samples", type=int, help="--evaluate: test images used (default: the run's "
                    "solver.eval_samples; 0: all)")
     p.add_argument("--every", type=int, default=1, help="--evaluate: every k-th snapshot (and the last)")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help="--evaluate: module or .py file registering the run's problem (a result file never "
+                        "loads code itself)")
+    p.add_argument("--set", dest="sets", action="append", nargs="+", default=[], metavar="problem.KEY=VALUE",
+                   help="--evaluate: problem settings, e.g. --set problem.path=DATA (the data files are read "
+                        "only from paths given here, never from the result file's config)")
     return p
 
 
-def evaluate_files(paths: Sequence[str], out_dir: str, eval_samples: int | None, every: int, quiet: bool) -> None:
-    """``--evaluate``: evaluate the snapshots of each result file, print and write them as CSV."""
+def evaluate_files(paths: Sequence[str], out_dir: str, eval_samples: int | None, every: int, quiet: bool,
+                   plugins: Sequence[str] = (), sets: Sequence[str] = ()) -> None:
+    """``--evaluate``: evaluate the snapshots of each result file, print and write them as CSV.
+    ``plugins`` (modules or files) and ``sets`` (``problem.KEY=VALUE``) are the user's: the problem's code
+    and data paths never come from a result file."""
+    from . import options as O
+    from . import registry
     from .nn.evaluate import format_rows, to_csv
     from .solvers.async_subgradient.offline import evaluate_file
+    for plugin in plugins:
+        registry.load_plugin(plugin)
+    settings = [(*O.parse_assignment(item), "--set") for item in sets]
     results, _ = collect(paths)
     if not results:
         raise InputError("--evaluate: no result files given")
-    os.makedirs(out_dir, exist_ok=True)
     for r in results:
-        rows = evaluate_file(r.path, eval_samples, every)
+        rows = evaluate_file(r.path, eval_samples, every, settings=settings)
+        os.makedirs(out_dir, exist_ok=True)      # only once there is something to write
         out = os.path.join(out_dir, f"evaluation-{os.path.splitext(os.path.basename(r.path))[0]}.csv")
         with open(out, "w", encoding="utf-8") as fh:
             fh.write(to_csv(rows))
@@ -798,8 +812,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     ns = build_parser().parse_args(argv)
     try:
+        if (ns.plugin or ns.sets) and not ns.evaluate:
+            raise InputError("--plugin and --set apply only with --evaluate")
         if ns.evaluate:
-            evaluate_files(ns.paths, ns.out_dir, ns.eval_samples, ns.every, ns.quiet)
+            evaluate_files(ns.paths, ns.out_dir, ns.eval_samples, ns.every, ns.quiet, ns.plugin,
+                           [item for group in ns.sets for item in group])
             return EXIT_OK
         metrics: Sequence[str] | str = [m.strip() for m in ns.metrics.split(",") if m.strip()] or "key"
         formats = [f.strip().lower() for f in ns.formats.split(",") if f.strip()]

@@ -22,8 +22,9 @@ from . import registry
 from . import result as R
 from .errors import EXIT_FAILURE, EXIT_OK, CheckpointError, InputError
 from .options import Every
-from .preflight import (available_memory, check_checkpoint_dir, check_checkpoint_dir_not_input, check_memory,
-                        check_not_an_input, check_output_file, check_requirements, input_paths)
+from .preflight import (available_memory, check_checkpoint_dir, check_checkpoint_dir_not_input, check_input_file,
+                        check_inputs, check_inputs_unchanged, check_memory, check_not_an_input, check_output_file,
+                        check_requirements, input_identities, input_paths)
 from .provenance import git_commit, now, versions
 
 DEMO_SOLVER = "signprox"          # the default job: SignProx, then its baseline (DEMO_BASELINE)
@@ -186,6 +187,7 @@ def _find_resume(spec: RunSpec, ckpts: Any) -> Any:
         path = ckpts.latest()
         if path is None:
             return None
+        check_input_file(path, "--resume latest", folder_ok=True, missing_ok=True)
     else:
         path = target
     ck = load_checkpoint(path, spec.solver, spec.problem)
@@ -194,12 +196,14 @@ def _find_resume(spec: RunSpec, ckpts: Any) -> Any:
         if old.get("problem", {}).get(key, val) != val:
             raise CheckpointError(f"--resume {path}: checkpoint has problem.{key}="
                                   f"{old['problem'][key]!r}, this run {val!r}")
+    check_inputs_unchanged(ck.meta.get("inputs"), spec.config, f"--resume {path}")
     return ck
 
 
 def preflight(spec: RunSpec, problem_cls: type, n_ranks: int, write_result: bool = True) -> None:
     """Every path the run reads or writes, before any heavy work (InputError naming it)."""
     run = spec.config["run"]
+    check_inputs(spec.config)
     inputs = input_paths(spec.config, spec.config_file, spec.plugins)
     if write_result and run["out"]:
         check_output_file(run["out"])
@@ -280,6 +284,8 @@ def _build_run(spec: RunSpec, comm: Any, *, verbose: bool, quiet: bool, write_re
     resume = collective_check(comm, lambda: _find_resume(spec, ckpts))
     if run["resume"] == "latest" and resume is None:
         say(f"no checkpoint in {run['checkpoint_dir']}: starting a new run")
+    # identities of the data files, recorded in each checkpoint so that a resume can refuse changed data
+    identities = comm.bcast_obj(input_identities(cfg) if rank == 0 else None) if ckpts is not None else {}
 
     # 2. data: each rank loads or generates its shard; one error message for all ranks
     if problem is None:
@@ -323,6 +329,7 @@ def _build_run(spec: RunSpec, comm: Any, *, verbose: bool, quiet: bool, write_re
     # 4. context and solver, then the resume state
     ctx = RunContext(comm, run, solver=spec.solver, problem=spec.problem, config=cfg, writer=writer,
                      checkpoints=ckpts, resume=resume, verbose=verbose, quiet=quiet, stop=stop)
+    ctx.inputs = identities
     solver = solver_cls(problem, cfg["solver"], ctx)
     if resume is not None:
         collective_check(comm, lambda: solver.load_state_dict(resume.state))

@@ -5,14 +5,19 @@ folder. Never downloads. Format: big-endian int32 header (magic 2051: count, row
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
+from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
+from ..preflight import check_input_file, open_input
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
+IDX_MAX_BYTES = 4 << 30      # MNIST's images file holds 47 MB; a header declaring more than this is refused
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
@@ -20,42 +25,52 @@ FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 def _find(folder: str, name: str) -> str:
     for cand in (name, name + ".gz", name.replace("-idx", ".idx"), name.replace("-idx", ".idx") + ".gz"):
         p = os.path.join(folder, cand)
-        if os.path.exists(p):
+        if os.path.lexists(p):
+            check_input_file(p)
             return p
     raise InputError(f"problem.path {folder}: MNIST file {name}[.gz] not found")
 
 
-def _read_bytes(path: str) -> bytes:
+def _read_exactly(fh: Any, n: int, path: str) -> bytes:
+    """``n`` bytes of ``fh``, or fewer at the end of the file (one extra byte tells a longer file)."""
     try:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
-        with open(path, "rb") as fh:
-            return fh.read()
-    except (OSError, EOFError) as exc:
+        return fh.read(n)
+    except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{path}: cannot read ({exc})") from None
 
 
 def read_idx(path: str) -> np.ndarray:
-    """An idx file as a uint8 array: (count, rows, cols) for images, (count,) for labels."""
-    data = _read_bytes(path)
-    if len(data) < 8:
-        raise InputError(f"{path}: too short for an idx header ({len(data)} bytes)")
-    magic = int.from_bytes(data[0:4], "big")
-    if magic == IMAGES_MAGIC:
-        if len(data) < 16:
-            raise InputError(f"{path}: too short for an idx image header")
-        n, rows, cols = (int.from_bytes(data[i:i + 4], "big") for i in (4, 8, 12))
-        shape, head = (n, rows, cols), 16
-    elif magic == LABELS_MAGIC:
-        n = int.from_bytes(data[4:8], "big")
-        shape, head = (n,), 8
-    else:
-        raise InputError(f"{path}: bad idx magic number {magic} (expected {IMAGES_MAGIC} or {LABELS_MAGIC})")
-    need = int(np.prod(shape))
-    if len(data) - head != need:
-        raise InputError(f"{path}: header says {need} data bytes, file has {len(data) - head}")
-    return np.frombuffer(data, dtype=np.uint8, offset=head).reshape(shape)
+    """An idx file as a uint8 array: (count, rows, cols) for images, (count,) for labels. Only as many
+    bytes as the header declares (at most :data:`IDX_MAX_BYTES`) are read, compressed or not."""
+    raw = open_input(path)
+    try:
+        fh = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
+        data = _read_exactly(fh, 8, path)
+        if len(data) < 8:
+            raise InputError(f"{path}: too short for an idx header ({len(data)} bytes)")
+        magic = int.from_bytes(data[0:4], "big")
+        if magic == IMAGES_MAGIC:
+            data += _read_exactly(fh, 8, path)
+            if len(data) < 16:
+                raise InputError(f"{path}: too short for an idx image header")
+            n, rows, cols = (int.from_bytes(data[i:i + 4], "big") for i in (4, 8, 12))
+            shape: tuple[int, ...] = (n, rows, cols)
+        elif magic == LABELS_MAGIC:
+            shape = (int.from_bytes(data[4:8], "big"),)
+        else:
+            raise InputError(f"{path}: bad idx magic number {magic} (expected {IMAGES_MAGIC} or {LABELS_MAGIC})")
+        need = math.prod(shape)
+        if need > IDX_MAX_BYTES:
+            raise InputError(f"{path}: header declares {need} data bytes, more than the {IDX_MAX_BYTES >> 30} GiB "
+                             "an idx file may have")
+        body = _read_exactly(fh, need + 1, path)
+    finally:
+        raw.close()
+    if len(body) < need:
+        raise InputError(f"{path}: header says {need} data bytes, file has {len(body)}")
+    if len(body) > need:
+        raise InputError(f"{path}: header says {need} data bytes, the file has more")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
 def write_idx(path: str, array: np.ndarray) -> None:

@@ -15,22 +15,25 @@ import numpy as np
 
 from ..comm import collective_check
 from ..errors import InputError
+from ..preflight import check_input_file, open_input
 from .shards import byte_range, read_lines_bytes, read_shard_bytes
 
 FOLDER_FILES = ("u.data", "ratings.dat", "ratings.csv")
 PARSE_PIECE = 1 << 20     # bytes of text parsed at a time (the parser's temporaries: ~10x that)
 
 
-def resolve_path(path: str) -> str:
-    """The ratings file of ``path`` (a file, or an ml-* folder holding one of FOLDER_FILES)."""
+def resolve_path(path: str, key: str = "problem.path") -> str:
+    """The ratings file of ``path`` (a regular file, or an ml-* folder holding one of FOLDER_FILES)."""
     if not os.path.exists(path):
-        raise InputError(f"problem.path {path}: not found")
+        raise InputError(f"{key} {path}: not found")
     if os.path.isdir(path):
         for name in FOLDER_FILES:
             cand = os.path.join(path, name)
-            if os.path.isfile(cand):
+            if os.path.lexists(cand):
+                check_input_file(cand, key)
                 return cand
-        raise InputError(f"problem.path {path}: folder has none of {', '.join(FOLDER_FILES)}")
+        raise InputError(f"{key} {path}: folder has none of {', '.join(FOLDER_FILES)}")
+    check_input_file(path, key)
     return path
 
 
@@ -197,17 +200,17 @@ def write_reference(path: str, rows: np.ndarray, cols: np.ndarray, vals: np.ndar
 def is_reference_format(path: str) -> bool:
     """True when the file starts with the reference header line ``2`` (number of dimensions)."""
     try:
-        with open(path, "rb") as fh:
+        with open_input(path) as fh:
             return fh.readline().strip() == b"2"
-    except OSError:
+    except (OSError, InputError):
         return False
 
 
 def read_reference(path: str, comm) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """Collective: this rank's (rows, cols, values) (0-based) and (m, n) of a reference-format file
     (``2`` / ``m n`` / ``nnz`` / nnz lines ``i j value``, 1-based). Each rank parses a byte range."""
-    with open(path, "rb") as fh:
-        head = [fh.readline() for _ in range(3)]
+    with open_input(path) as fh:
+        head = [fh.readline(4096) for _ in range(3)]
         body_start = fh.tell()
     try:
         m, n = (int(t) for t in head[1].split())

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+from ..preflight import open_input
+
 
 def byte_range(path: str, rank: int, size: int, start: int = 0) -> tuple[int, int]:
     """[lo, hi) byte range of ``rank``'s shard of ``path`` from byte ``start`` on (e.g. after a header);
@@ -13,7 +15,7 @@ def byte_range(path: str, rank: int, size: int, start: int = 0) -> tuple[int, in
 
 def read_lines_bytes(path: str, lo: int, hi: int) -> bytes:
     """The bytes of the whole lines that start in [lo, hi)."""
-    with open(path, "rb") as fh:
+    with open_input(path) as fh:
         if lo > 0:
             fh.seek(lo - 1)
             if fh.read(1) != b"\n":

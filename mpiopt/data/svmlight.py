@@ -8,18 +8,20 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import InputError
+from ..preflight import check_input_file, open_input
 from .shards import byte_range, read_lines_bytes
 
 
 def read_shard(path: str, rank: int, size: int, n_features: int | None = None,
-               zero_based: bool = False) -> tuple[sp.csr_matrix, np.ndarray]:
+               zero_based: bool = False, key: str = "problem.path") -> tuple[sp.csr_matrix, np.ndarray]:
     """Read this rank's lines of a LIBSVM file as (CSR matrix, labels). Errors name file and line."""
     from sklearn.datasets import load_svmlight_file
 
     if not os.path.exists(path):
-        raise InputError(f"problem.path {path}: file not found")
+        raise InputError(f"{key} {path}: file not found")
     if os.path.isdir(path):
-        raise InputError(f"problem.path {path}: is a folder, expected an svmlight/LIBSVM file")
+        raise InputError(f"{key} {path}: is a folder, expected an svmlight/LIBSVM file")
+    check_input_file(path, key)
     lo, hi = byte_range(path, rank, size)
     if hi <= lo:
         return sp.csr_matrix((0, n_features or 0)), np.zeros(0)
@@ -45,7 +47,7 @@ def _first_line_number(path: str, lo: int) -> int:
     if lo == 0:
         return 1
     count = 0
-    with open(path, "rb") as fh:
+    with open_input(path) as fh:
         remaining = lo
         while remaining > 0:
             block = fh.read(min(1 << 20, remaining))
@@ -61,7 +63,7 @@ def _first_line_number(path: str, lo: int) -> int:
 
 def _shard_lines(path: str, lo: int, hi: int):
     """Yield (line_number, text) of the lines starting in [lo, hi)."""
-    with open(path, "rb") as fh:
+    with open_input(path) as fh:
         fh.seek(lo)
         number = _first_line_number(path, lo)
         if lo > 0:

@@ -8,14 +8,51 @@ snapshot when they were shared, recalibrated on fixed training batches when they
 run can set ``solver.snapshot_eval=off`` and be evaluated afterwards:
 ``mpiopt-report --evaluate RESULT.h5`` (which rebuilds the problem from the file's config with
 :func:`mpiopt.solvers.async_subgradient.offline.evaluate_file`).
+
+A result file is data: it never chooses what code or files the evaluation loads. The problem must be
+built in or registered by a ``--plugin`` the user names, and every file or folder the problem reads is
+taken from the command line (``--set problem.path=...``), never from the file's config
+(:func:`evaluation_settings`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from .. import options as O
 from ..errors import InputError
+
+Setting = tuple[str, Any, str]       # (dotted key, value, where it came from), as options.resolve takes
+
+
+def path_options(options: Sequence[O.Option]) -> list[str]:
+    """Names of the options that can name a file or folder: free-form strings (no choices)."""
+    return [o.name for o in options if o.kind is str and o.choices is None]
+
+
+def evaluation_settings(path: str, problem_name: str, options: Sequence[O.Option], file_config: dict[str, Any],
+                        given: Iterable[Setting] = ()) -> dict[str, Any]:
+    """The problem settings to evaluate the result file ``path`` with: the file's ``problem`` settings
+    (validated like a config file), then ``given`` (the user's ``--set problem.KEY=VALUE``). Every
+    setting that can name a file (:func:`path_options`) and is set in the file must be given: the data
+    read is the user's choice, not the file's; else one line saying which flags to pass."""
+    given = list(given)
+    named = {k.split(".", 1)[1] for k, _, _ in given if k.startswith("problem.")}
+    for k, _, src in given:
+        if not k.startswith("problem."):
+            raise InputError(f"{src} {k}: --evaluate takes only problem.KEY=VALUE settings")
+    known = {o.name for o in options}
+    file_cfg = {k: v for k, v in (file_config or {}).items() if k in known}
+    missing = [(k, file_cfg[k]) for k in path_options(options)
+               if k not in named and isinstance(file_cfg.get(k), str) and file_cfg[k]]
+    if missing:
+        flags = " ".join(f"--set problem.{k}=..." for k, _ in missing)
+        names = ", ".join(f"problem.{k}={O.show(v, 120)}" for k, v in missing)
+        raise InputError(f"{path}: its config names {names}; --evaluate reads data only from paths given on the "
+                         f"command line: pass {flags} (the same path to use it)")
+    values = [(f"problem.{k}", v, f"config of {path}") for k, v in file_cfg.items()] + given
+    return O.resolve({"problem": options}, values, {"problem": f"problem {problem_name!r}"})["problem"]
 
 COLUMNS = ("snapshot", "iteration", "time", "epoch", "bn", "train_loss", "train_accuracy", "test_loss",
            "test_accuracy", "eval_seconds")
