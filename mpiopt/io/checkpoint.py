@@ -6,8 +6,6 @@ import io
 import json
 import os
 import re
-import socket
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +15,8 @@ import numpy as np
 
 from ..errors import CheckpointError, OutputError
 from ..procs import pid_alive
+from .fs import atomic_write_bytes, describe_os_error, fsync_dir, tmp_prefix as _tmp_prefix
+from .safe import open_hdf5
 from .tree import decode_attr, read_tree, write_tree
 
 CKPT_FORMAT = "mpiopt-checkpoint"
@@ -24,24 +24,6 @@ CKPT_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d+)\.h5$")
 _TMP = re.compile(r"^\.tmp-(?P<host>[^.]+?)-(?P<pid>\d+)-.*$")
 STALE_SECONDS = 24 * 3600     # temporary files older than this are removed whoever left them
-
-
-def _tmp_prefix() -> str:
-    """Prefix of this process's temporary files: ``.tmp-<host>-<pid>-`` (so stale ones can be found)."""
-    host = socket.gethostname().split(".")[0].replace("-", "_") or "host"
-    return f".tmp-{host}-{os.getpid()}-"
-
-
-def describe_os_error(exc: BaseException) -> str:
-    """``strerror (errno N)`` of an OSError, also when HDF5 wrapped it in its message."""
-    if isinstance(exc, OSError) and exc.errno:
-        return f"{exc.strerror or os.strerror(exc.errno)} (errno {exc.errno})"
-    text = str(exc)
-    m = re.search(r"errno = (\d+)", text)
-    if m:
-        n = int(m.group(1))
-        return f"{os.strerror(n)} (errno {n})"
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def clean_stale_temporaries(folder: str) -> list[str]:
@@ -88,41 +70,6 @@ def content_digest(f: h5py.File) -> str:
                 h.update(arr.tobytes() if arr.dtype.kind != "O" else repr(arr.tolist()).encode())
     visit(f, "/")
     return h.hexdigest()
-
-
-def fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix
-    (temporary file in the same folder, fsync, rename, fsync of the folder). On failure nothing is
-    left behind and :class:`~mpiopt.errors.OutputError` names the file and the errno."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=_tmp_prefix(), suffix=".part")
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {describe_os_error(exc)}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(folder)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise OutputError(f"{path}: cannot write: {describe_os_error(exc)}") from None
-        raise
 
 
 @dataclass
@@ -227,14 +174,12 @@ class CheckpointManager:
 def load_checkpoint(path: str, solver: str | None = None, problem: str | None = None) -> Checkpoint:
     """Read a checkpoint; refuse one of another solver, problem or an unknown format version, and
     one whose content does not match its digest (corrupted)."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"--resume {path}: checkpoint not found")
-    if os.path.isdir(path):
-        raise CheckpointError(f"--resume {path}: is a folder; give a checkpoint file or use --resume latest")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise CheckpointError(f"--resume {path}: not a readable HDF5 checkpoint ({describe_os_error(exc)})") from None
+    label = f"--resume {path}"
+    if not os.path.lexists(path):
+        raise CheckpointError(f"{label}: checkpoint not found")
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise CheckpointError(f"{label}: is a folder; give a checkpoint file or use --resume latest")
+    f = open_hdf5(path, label, error=CheckpointError, what="checkpoint", follow_symlinks=False)
     try:
         with f:
             meta = {k: decode_attr(v) for k, v in f.attrs.items()}

@@ -11,7 +11,8 @@ import h5py
 import numpy as np
 
 from ..errors import InputError, OutputError
-from .checkpoint import describe_os_error, fsync_dir
+from .fs import describe_os_error, fsync_dir
+from .safe import open_hdf5
 from .tree import dataset_kwargs, decode_attr, read_tree, write_tree
 
 FORMAT = "mpiopt-result"
@@ -221,14 +222,11 @@ def load_result(path: str, swmr: bool = True) -> Result:
     """Read a result file (also one still being written, through SWMR). A run writes ``PATH.part``
     and renames it onto ``PATH`` when it ends: while no ``PATH`` exists yet, the live ``PATH.part``
     is read."""
-    if not os.path.exists(path) and os.path.exists(path + ".part"):
+    if not os.path.lexists(path) and os.path.lexists(path + ".part"):
         path = path + ".part"
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         raise InputError(f"result file {path}: not found")
-    try:
-        f = h5py.File(path, "r", swmr=swmr, libver="latest") if swmr else h5py.File(path, "r")
-    except OSError:
-        f = h5py.File(path, "r")
+    f = open_hdf5(path, path, what="result file", swmr=swmr)
     with f:
         attrs = {k: decode_attr(v) for k, v in f.attrs.items()}
         if attrs.get("format") != FORMAT:
