@@ -201,7 +201,7 @@ def is_reference_format(path: str) -> bool:
     """True when the file starts with the reference header line ``2`` (number of dimensions)."""
     try:
         with open_input(path) as fh:
-            return fh.readline().strip() == b"2"
+            return fh.readline(64).strip() == b"2"
     except (OSError, InputError):
         return False
 
