@@ -326,14 +326,20 @@ def _build_run(spec: RunSpec, comm: Any, *, verbose: bool, quiet: bool, write_re
                 writer = ResultWriter(run["out"], attrs)
         collective_check(comm, open_writer)
 
-    # 4. context and solver, then the resume state
-    ctx = RunContext(comm, run, solver=spec.solver, problem=spec.problem, config=cfg, writer=writer,
-                     checkpoints=ckpts, resume=resume, verbose=verbose, quiet=quiet, stop=stop)
-    ctx.inputs = identities
-    solver = solver_cls(problem, cfg["solver"], ctx)
-    if resume is not None:
-        collective_check(comm, lambda: solver.load_state_dict(resume.state))
-        say(f"resumed from {resume.path} at iteration {resume.iteration}")
+    # 4. context and solver, then the resume state; a failure here (e.g. a solver's own input file)
+    # leaves no result file behind
+    try:
+        ctx = RunContext(comm, run, solver=spec.solver, problem=spec.problem, config=cfg, writer=writer,
+                         checkpoints=ckpts, resume=resume, verbose=verbose, quiet=quiet, stop=stop)
+        ctx.inputs = identities
+        solver = solver_cls(problem, cfg["solver"], ctx)
+        if resume is not None:
+            collective_check(comm, lambda: solver.load_state_dict(resume.state))
+            say(f"resumed from {resume.path} at iteration {resume.iteration}")
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        raise
     ctx.start_clock()       # history times and wall_time count from here; set-up is setup_time
     run_obj = Run(spec, comm, problem, solver, ctx, writer, resume, say, quiet)
     run_obj.setup_time = time.perf_counter() - t_build

@@ -205,6 +205,18 @@ def _mnist_gz_bomb(d: Path) -> None:
     write_idx(str(d / "mn" / "train-labels-idx1-ubyte"), np.zeros(4, np.uint8))
 
 
+def _init_h5_external(d: Path) -> None:
+    with h5py.File(d / "other.h5", "w") as f:
+        f["W"] = np.zeros((2, 2))
+    with h5py.File(d / "f.h5", "w") as f:
+        f["W"] = h5py.ExternalLink("other.h5", "W")
+        f["H"] = np.zeros((2, 2))
+
+
+def _init_npz_pickle(d: Path) -> None:
+    np.savez(d / "f.npz", W=np.array([_Call(os.system, f"touch {d / MARKER}")], dtype=object), H=np.zeros(2))
+
+
 SVM = ["prox_sgd", "--problem", "logistic", "--set", "problem.path=d.svm", "solver.max_iter=5", "run.progress=none"]
 TORCH = ["async_subgradient", "--set", "solver.max_epochs=1", "problem.model=mlp", "problem.width=4",
          "run.progress=none"]
@@ -229,6 +241,12 @@ CASES: dict[str, Case] = {
                           r"train-images-idx3-ubyte\.gz: header declares \d+ data bytes", _mnist_gz_bomb),
     "weights_device": Case(["prox_sgd", "--set", "problem.reg=weighted_l1", "problem.weights=/dev/zero"], 2,
                            r"problem\.weights /dev/zero: is a device"),
+    "init_h5_external_link": Case(["hamsi", "--set", "solver.init=f.h5", "solver.max_epochs=1"], 2,
+                                  r"solver\.init f\.h5: .*external link", _init_h5_external),
+    "init_npz_pickled": Case(["hamsi", "--set", "solver.init=f.npz", "solver.max_epochs=1"], 2,
+                             r"solver\.init f\.npz: cannot read", _init_npz_pickle),
+    "init_fifo": Case(["hamsi", "--set", "solver.init=f.h5", "solver.max_epochs=1"], 2,
+                      r"solver\.init f\.h5: is a FIFO", _fifo("f.h5")),
     "resume_fifo": Case(["prox_sgd", *QUICK, "--resume", "ck.h5"], 2, r"--resume ck\.h5: is a FIFO", _fifo("ck.h5")),
     "latest_fifo": Case(["prox_sgd", *QUICK, "--checkpoint-dir", "ck", "--resume", "latest"], 2,
                         r"ck/latest: is a FIFO", _latest_fifo),

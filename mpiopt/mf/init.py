@@ -61,15 +61,15 @@ def read_factors(path: str, m: int, n: int, k: int, biases: bool = False) -> tup
         raise InputError(f"{where}: file not found")
     try:
         if path.endswith(".npz"):
-            with np.load(path) as z:
+            with np.load(path, allow_pickle=False) as z:
                 if "W" not in z or "H" not in z:
                     raise InputError(f"{where}: needs arrays 'W' (rows x k) and 'H' (columns x k), has {sorted(z.files)}")
                 W, H = np.array(z["W"], dtype=np.float64), np.array(z["H"], dtype=np.float64)
                 ub = np.array(z["row_bias"], dtype=np.float64) if "row_bias" in z else None
                 vb = np.array(z["col_bias"], dtype=np.float64) if "col_bias" in z else None
         else:
-            import h5py
-            with h5py.File(path, "r") as f:
+            from ..io.safe import open_hdf5
+            with open_hdf5(path, where, what="file of factors") as f:
                 grp = f["solution"] if "W" not in f and "solution" in f else f
                 if "W" not in grp or "H" not in grp:
                     raise InputError(f"{where}: needs datasets 'W' and 'H' (at / or /solution)")
