@@ -11,7 +11,7 @@ from .kernels import BLOCK, blocks
 
 
 def soft_threshold(v: np.ndarray, thresh: float | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """sign(v) * max(|v| - thresh, 0), elementwise."""
+    """``sign(v) * max(|v| - thresh, 0)``, elementwise."""
     # v - clip(v, -t, t): two passes, bit-identical to max(v - t, 0) + min(v + t, 0)
     if np.ndim(thresh) == 0:
         thresh = float(thresh)       # a weak Python scalar keeps v's dtype
@@ -31,7 +31,7 @@ def soft_threshold(v: np.ndarray, thresh: float | np.ndarray, out: np.ndarray | 
 class ElasticNet:
     """r(x) = l1*||x||_1 + (l2/2)*||x||^2 (l1 = 0: ridge; l2 = 0: lasso penalty)."""
 
-    #: prox acts on each element alone with scalar parameters: it may be applied to any slice
+    #: prox acts on each element alone with scalar parameters, so it may be applied to any slice
     elementwise = True
 
     def __init__(self, l1: float = 0.0, l2: float = 0.0):
@@ -107,7 +107,7 @@ class L1(ElasticNet):
 
 
 class WeightedL1:
-    """r(x) = lam * sum_i w_i |x_i|, w_i >= 0 (w_i = 0: unpenalised)."""
+    """``r(x) = lam * sum_i w_i |x_i|``, ``w_i >= 0`` (``w_i = 0``: unpenalised)."""
 
     def __init__(self, lam: float, weights: np.ndarray):
         self.lam = float(lam)
@@ -190,7 +190,7 @@ class L2Ball:
 
 
 class GroupLasso:
-    """r(x) = lam * sum_g sqrt(|g|) ||x_g||_2 over non-overlapping groups (``groups[i]`` = group id
+    """``r(x) = lam * sum_g sqrt(|g|) ||x_g||_2`` over non-overlapping groups (``groups[i]`` = group id
     of x_i, ids 0..G-1); block soft threshold per group."""
 
     def __init__(self, lam: float, groups: np.ndarray, weighted: bool = True):
@@ -219,7 +219,7 @@ class GroupLasso:
 
 class L0:
     """r(x) = lam * #{i: x_i != 0} (nonconvex); prox: hard threshold at sqrt(2 t lam)
-    (ties |v_i| = sqrt(2 t lam) keep v_i)."""
+    (ties ``|v_i| = sqrt(2 t lam)`` keep v_i)."""
 
     def __init__(self, lam: float):
         self.lam = float(lam)
@@ -267,7 +267,7 @@ class Simplex:
 
 
 class L1Ball:
-    """Indicator of ||x||_1 <= radius (projection through the simplex of |v|)."""
+    """Indicator of ``||x||_1 <= radius`` (projection through the simplex of ``|v|``)."""
 
     def __init__(self, radius: float = 1.0):
         if radius <= 0:
@@ -456,7 +456,7 @@ class TotalVariation:
         return 2 if len(self.shape) == 1 else 4
 
     def component_value(self, x: np.ndarray, k: int) -> float:
-        """r_k(x) = K lam * sum over the pairs (a, b) of set k of |x_b - x_a|."""
+        """``r_k(x) = K lam * sum`` over the pairs (a, b) of set k of ``|x_b - x_a|``."""
         a, b = self._pairs(x.reshape(self.shape), k)
         return self.n_components * self.lam * float(np.abs(b - a).sum())
 

@@ -4,15 +4,24 @@ from __future__ import annotations
 from typing import Any
 
 # Status codes shared by all solvers.
-CONVERGED = 0          # a tolerance test fired
-MAX_ITER = 1           # iteration / epoch budget used up
-MAX_TIME = 2           # wall-time budget used up
-CALLBACK_STOP = 3      # the callback raised StopIteration
-INTERRUPTED = 4        # SIGTERM / SIGINT
-INEXACT = 5            # inexact oracles cannot answer accurately enough for the tolerance (gap not closed)
-FAILED = -1            # numerical failure (NaN, divergence)
-NO_STOP = -100         # "no stop": the one sentinel where a status must be a number (flags on the wire)
+#: a tolerance test fired
+CONVERGED = 0
+#: iteration / epoch budget used up
+MAX_ITER = 1
+#: wall-time budget used up
+MAX_TIME = 2
+#: the callback raised StopIteration
+CALLBACK_STOP = 3
+#: SIGTERM / SIGINT
+INTERRUPTED = 4
+#: inexact oracles cannot answer accurately enough for the tolerance (gap not closed)
+INEXACT = 5
+#: numerical failure (NaN, divergence)
+FAILED = -1
+#: "no stop": the one sentinel where a status must be a number (flags on the wire)
+NO_STOP = -100
 
+#: status code -> the name written to result files (``status`` attribute) and printed in summaries
 STATUS_NAMES = {
     CONVERGED: "converged",
     MAX_ITER: "max_iter",
@@ -26,7 +35,19 @@ STATUS_NAMES = {
 
 class OptimizeResult(dict):
     """Dict with attribute access: ``x``, ``fun``, ``nit``, ``status``, ``success``, ``message`` and
-    solver-specific fields. ``success`` is true when the run converged or used up its budget."""
+    solver-specific fields. ``success`` is true when the run converged or used up its budget.
+
+    Attributes:
+        x: the final variables as one vector in global order (solvers with structured variables, such
+            as the factors of matrix factorization, also return them by name in ``solution``).
+        fun: the final objective value (the training loss for the torch solvers).
+        nit: the solver's count of what it did: iterations, epochs or updates.
+        status: one of the status codes of this module (:data:`CONVERGED`, :data:`MAX_ITER`,
+            :data:`MAX_TIME`, :data:`CALLBACK_STOP`, :data:`INTERRUPTED`, :data:`INEXACT`,
+            :data:`FAILED`).
+        success: ``status`` is :data:`CONVERGED`, :data:`MAX_ITER` or :data:`MAX_TIME`.
+        message: why the run stopped, in words.
+    """
 
     def __getattr__(self, name: str) -> Any:
         try:

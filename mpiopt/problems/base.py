@@ -14,11 +14,16 @@ class Problem:
     """Base of every problem. ``__init__`` is cheap; :meth:`setup` loads or generates this rank's
     data and raises :class:`~mpiopt.errors.InputError` on bad input (reported once, exit 2)."""
 
+    #: the registered name (set by :func:`~mpiopt.registry.register_problem`)
     name: ClassVar[str] = ""
+    #: one line for ``--help`` listings
     summary: ClassVar[str] = ""
+    #: the kind of problem, shown by ``--problem NAME --help``
     kind_name: ClassVar[str] = "generic"
+    #: the problem's options (``problem.*`` keys); their resolved values are in ``self.opts``
     options: ClassVar[tuple[Option, ...]] = ()
-    requires: ClassVar[tuple[tuple[str, str], ...]] = ()   # (optional module, pip extra) checked before work
+    #: (optional module, pip extra) pairs checked before any work
+    requires: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init__(self, options: dict[str, Any], comm: Comm):
         self.opts = options
