@@ -73,10 +73,6 @@ class RunContext:
         """Start the run's clock now: set-up (data, reference optimum, kernel compilation) is not run time."""
         self.t0 = time.perf_counter()
 
-    @property
-    def start_iteration(self) -> int:
-        return self.resume.iteration if self.resume is not None else 0
-
     def _checkpoint_meta(self) -> dict[str, Any]:
         meta = {"solver": self.solver, "problem": self.problem, "n_ranks": self.comm.size,
                 "config": self.config, "elapsed": self.elapsed(), "seed": self.seed}

@@ -27,13 +27,6 @@ class SimResult:
     history: dict[str, list] = field(default_factory=dict)
     busy: float = 0.0                            # virtual seconds the master spent in QPs
 
-    def time_to(self, rel_gap: float) -> float:
-        """First virtual time at which the relative gap was <= ``rel_gap`` (inf if never)."""
-        for t, g in zip(self.history["time"], self.history["rel_gap"]):
-            if g <= rel_gap:
-                return t
-        return math.inf
-
 
 def evaluate_request(oracles: Sequence[Any], owners: Sequence[np.ndarray], req: Request, n: int) -> Answer:
     """Run the oracles of ``req.worker``'s components at ``req.x``."""

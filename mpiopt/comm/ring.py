@@ -8,7 +8,6 @@ owns blocks ``r, r+P, r+2P, ...`` ("groups" ``t = 0..q-1``, ``q = nb/P``).
 from __future__ import annotations
 
 import time
-from typing import Sequence
 
 import numpy as np
 from mpi4py import MPI
@@ -27,34 +26,6 @@ def transfer_spin(nbytes: float) -> float:
     return SPIN_SECONDS + float(nbytes) / SPIN_BYTES_PER_SECOND
 
 
-def alltoallv_arrays(comm: Comm, arrays: Sequence[np.ndarray], dest: np.ndarray,
-                     tag: str = "route") -> list[np.ndarray]:
-    """Route the rows of equally long 1-D ``arrays`` to ranks ``dest`` (one entry per row).
-
-    Returns the received arrays (rows grouped by source rank, source order kept)."""
-    P = comm.size
-    dest = np.asarray(dest, dtype=np.int64)
-    order = np.argsort(dest, kind="stable")
-    send_counts = np.bincount(dest, minlength=P).astype(np.int64)
-    if P == 1:
-        return [np.ascontiguousarray(a[order]) for a in arrays]
-    recv_counts = np.empty(P, dtype=np.int64)
-    comm.Alltoall(send_counts, recv_counts, tag=tag)
-    sdispl = np.concatenate([[0], np.cumsum(send_counts)[:-1]])
-    rdispl = np.concatenate([[0], np.cumsum(recv_counts)[:-1]])
-    out = []
-    for a in arrays:
-        sendbuf = np.ascontiguousarray(a[order])
-        recvbuf = np.empty(int(recv_counts.sum()), dtype=sendbuf.dtype)
-        mpitype = MPI._typedict[sendbuf.dtype.char]
-        req = comm.mpi.Ialltoallv([sendbuf, (send_counts, sdispl), mpitype],
-                                  [recvbuf, (recv_counts, rdispl), mpitype])
-        polite_wait(req, spin=transfer_spin(max(sendbuf.nbytes, recvbuf.nbytes)))
-        comm.stats.add(tag, int(sendbuf.nbytes - send_counts[comm.rank] * sendbuf.itemsize))
-        out.append(recvbuf)
-    return out
-
-
 def alltoallv_grouped(comm: Comm, array: np.ndarray, send_counts: np.ndarray,
                       tag: str = "route") -> np.ndarray:
     """Send a 1-D ``array`` already grouped by destination rank (``send_counts[p]`` entries for rank
@@ -69,7 +40,7 @@ def alltoallv_grouped(comm: Comm, array: np.ndarray, send_counts: np.ndarray,
     rdispl = np.concatenate([[0], np.cumsum(recv_counts)[:-1]])
     sendbuf = np.ascontiguousarray(array)
     recvbuf = np.empty(int(recv_counts.sum()), dtype=sendbuf.dtype)
-    mpitype = MPI._typedict[sendbuf.dtype.char]
+    mpitype = MPI.Datatype.fromcode(sendbuf.dtype.char)
     req = comm.mpi.Ialltoallv([sendbuf, (send_counts, sdispl), mpitype], [recvbuf, (recv_counts, rdispl), mpitype])
     polite_wait(req, spin=transfer_spin(max(sendbuf.nbytes, recvbuf.nbytes)))
     comm.stats.add(tag, int(sendbuf.nbytes - send_counts[comm.rank] * sendbuf.itemsize))

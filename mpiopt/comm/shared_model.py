@@ -99,9 +99,6 @@ class Control:
         """Worker: whether a sync was requested since the last one this rank joined."""
         return self.read(SYNC) != self.seen_sync
 
-    def joined_sync(self) -> None:
-        self.seen_sync = self.read(SYNC)
-
     def request_from_worker(self) -> None:
         """A worker asks the host for a sync (e.g. it received a signal)."""
         self.write(REQUEST, 1)

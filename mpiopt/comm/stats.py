@@ -41,10 +41,6 @@ class CommStats:
         """Bytes of evaluations, checks and reporting (:data:`DIAGNOSTIC_OPS`)."""
         return int(sum(b for op, b in self.bytes_by_op.items() if op in DIAGNOSTIC_OPS))
 
-    @property
-    def comm_time(self) -> float:
-        return float(sum(self.time_by_op.values()))
-
     def reset(self) -> None:
         self.bytes_by_op.clear()
         self.calls_by_op.clear()

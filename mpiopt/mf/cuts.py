@@ -62,16 +62,6 @@ def balanced_cuts_loop(counts: np.ndarray, nblocks: int) -> np.ndarray:
     return np.asarray(cuts, dtype=np.int64)
 
 
-def block_index(cuts: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Block of each index for the ranges ``[cuts[b], cuts[b+1])``."""
-    return (np.searchsorted(cuts, idx, side="right") - 1).astype(np.int64)
-
-
-def stratum_of(row_block: np.ndarray, col_block: np.ndarray, nb: int) -> np.ndarray:
-    """Stratum s = (rb - cb) mod nb: the nb blocks of a stratum share no rows or columns."""
-    return (np.asarray(row_block) - np.asarray(col_block)) % nb
-
-
 def stratum_at(e: int, nstrata: int) -> int:
     """Stratum of inner step ``e`` in the reference's rotating order (closed form (e+1) mod C)."""
     return (e + 1) % nstrata
