@@ -124,7 +124,7 @@ class Option:
             elif isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
                 out = False
             else:
-                raise InputError(f"{where}: expected true or false, got {value!r}")
+                raise InputError(f"{where}: expected true or false, got {show(value)}")
         elif kind is int:
             if isinstance(value, bool):
                 raise InputError(f"{where}: expected an integer, got {show(value)}")
@@ -264,7 +264,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
 def parse_assignment(text: str) -> tuple[str, Any]:
     """Parse ``KEY=VALUE`` from ``--set``; VALUE is read as a TOML literal when it parses as one."""
     if "=" not in text:
-        raise InputError(f"--set {text!r}: expected KEY=VALUE, e.g. solver.max_iter=100")
+        raise InputError(f"--set {show(text)}: expected KEY=VALUE, e.g. solver.max_iter=100")
     key, raw = text.split("=", 1)
     key = key.strip()
     raw = raw.strip()
@@ -327,14 +327,14 @@ def resolve(
     cfg = {sec: {o.name: o.default for o in opts} for sec, opts in sections.items()}
     for key, value, source in values:
         if "." not in key:
-            raise InputError(f"{source}: {key!r} is not a dotted key like solver.max_iter")
+            raise InputError(f"{source}: {show(key)} is not a dotted key like solver.max_iter")
         sec, name = key.split(".", 1)
         if sec not in table:
-            raise InputError(f"{source}: unknown key {key!r} (sections are {', '.join(SECTIONS)})")
+            raise InputError(f"{source}: unknown key {show(key)} (sections are {', '.join(SECTIONS)})")
         opt = table[sec].get(name)
         if opt is None:
             owner = owners.get(sec, sec)
             known = ", ".join(sorted(table[sec])) or "none"
-            raise InputError(f"{source}: unknown key {key!r}: {owner} has no option {name!r} (known: {known})")
+            raise InputError(f"{source}: unknown key {show(key)}: {owner} has no option {show(name)} (known: {known})")
         cfg[sec][name] = opt.coerce(value, f"{source}: {key}")
     return cfg

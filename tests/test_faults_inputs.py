@@ -292,6 +292,10 @@ CASES: dict[str, Case] = {
     "bool_odd": Case(["prox_sgd", "--set", "run.debug=maybe"], 2, r"--set: run\.debug: expected true or false"),
     "string_for_array": Case(["prox_sgd", "--config", "run.toml"], 2, r"config file run\.toml: run\.out: expected a string",
                              _config("[run]\nout = [1, 2]\n")),
+    "long_key_and_bool_shown_short": Case(["prox_sgd", "--set", "run.debug=" + "y" * 5000, "solver." + "k" * 5000 + "=1"],
+                                          2, r"--set: run\.debug: expected true or false, got 'y{50,60}\.\.\."),
+    "long_unknown_key_shown_short": Case(["prox_sgd", "--set", "solver." + "k" * 5000 + "=1"], 2,
+                                         r"unknown key 'solver\.k{40,60}\.\.\.: solver 'prox_sgd' has no option"),
     "long_value_shown_short": Case(["prox_sgd", "--set", "solver.schedule=" + "x" * 5000], 2,
                                    r"--set: solver\.schedule: 'x{50,60}\.\.\. is not one of"),
 }
