@@ -90,13 +90,22 @@ def read_input(path: str, key: str | None, limit: int) -> bytes:
     return data
 
 
+def named_paths(cfg: dict[str, dict[str, Any]], sections: Iterable[str] = ("problem", "solver")) -> dict[str, str]:
+    """``{"problem.path": "data/a9a", ...}``: every setting of ``sections`` whose value names an existing
+    file system entry (without following it further than ``lstat``)."""
+    out: dict[str, str] = {}
+    for sec in sections:
+        for k, v in cfg.get(sec, {}).items():
+            if isinstance(v, str) and v and "\x00" not in v and os.path.lexists(v):
+                out[f"{sec}.{k}"] = v
+    return out
+
+
 def check_inputs(cfg: dict[str, dict[str, Any]]) -> None:
     """Every file the run's settings name (solver.*, problem.*, --resume, the ``latest`` pointer) that
     exists is a regular file or a folder (stat only; a missing one is named by its reader)."""
-    for sec in ("problem", "solver"):
-        for k, v in cfg.get(sec, {}).items():
-            if isinstance(v, str) and v:
-                check_input_file(v, f"{sec}.{k}", folder_ok=True, missing_ok=True)
+    for key, path in named_paths(cfg).items():
+        check_input_file(path, key, folder_ok=True, missing_ok=True)
     run = cfg["run"]
     resume = run.get("resume")
     if resume and resume != "latest":
@@ -157,13 +166,11 @@ def input_identities(cfg: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """``{"problem.path": identity, ...}`` of every existing file or folder the problem's and the
     solver's settings name (one that cannot be read is left out: its reader names it)."""
     out: dict[str, Any] = {}
-    for sec in ("problem", "solver"):
-        for k, v in cfg.get(sec, {}).items():
-            if isinstance(v, str) and v and os.path.exists(v):
-                try:
-                    out[f"{sec}.{k}"] = {"path": v, **file_identity(v)}
-                except (InputError, OSError):
-                    pass
+    for key, path in named_paths(cfg).items():
+        try:
+            out[key] = {"path": path, **file_identity(path)}
+        except (InputError, OSError):
+            pass
     return out
 
 
@@ -248,7 +255,7 @@ def check_checkpoint_dir(path: str, key: str = "--checkpoint-dir") -> None:
 def input_paths(cfg: dict[str, dict[str, Any]], config_file: str | None = None,
                 plugins: Iterable[str] = ()) -> dict[str, str]:
     """The files this run reads, by where they were given: the config file, the checkpoint to resume,
-    plug-in files and every existing path among the problem's settings."""
+    plug-in files and every existing path among the problem's and the solver's settings."""
     out: dict[str, str] = {}
     if config_file:
         out["--config"] = config_file
@@ -258,9 +265,7 @@ def input_paths(cfg: dict[str, dict[str, Any]], config_file: str | None = None,
     for p in plugins:
         if os.path.isfile(p):
             out["--plugin"] = p
-    for k, v in cfg["problem"].items():
-        if isinstance(v, str) and v and os.path.exists(v):
-            out[f"problem.{k}"] = v
+    out.update(named_paths(cfg))
     return out
 
 
