@@ -59,7 +59,8 @@ class RunContext:
         self.stop = stop if stop is not None else StopPolicy(
             self.elapsed, float(run_cfg.get("max_time", math.inf)), int(run_cfg.get("poll_every", 1)),
             rank=comm.rank, term_grace=float(run_cfg.get("term_grace", 60.0)),
-            hang_timeout=float(run_cfg.get("hang_timeout", 0.0)))
+            hang_timeout=float(run_cfg.get("hang_timeout", 0.0)),
+            setup_timeout=float(run_cfg.get("setup_timeout", 600.0)))
         self.stop.clock = self.elapsed      # the time budget counts across resumes
         self.checkpoints = CheckpointSchedule(
             comm, checkpoints, Every.parse(run_cfg.get("checkpoint_every", "0"), "run.checkpoint_every"),

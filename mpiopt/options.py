@@ -255,7 +255,11 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("term_grace", 60.0, "seconds a rank may take to checkpoint and stop after SIGTERM/SIGINT before the "
            "job is ended without a checkpoint (0: wait forever)", float, low=0.0, high=DURATION_MAX),
     Option("hang_timeout", 0.0, "end the job when a rank completes no iteration and no MPI operation for this "
-           "many seconds (0: off)", float, low=0.0, high=DURATION_MAX),
+           "many seconds of its own running time (a suspended job's stop is not counted; 0: off)", float, low=0.0,
+           high=DURATION_MAX),
+    Option("setup_timeout", 600.0, "with run.hang_timeout: the same limit during set-up (data, reference optimum, "
+           "kernel compilation, plug-in set-up), never less than run.hang_timeout (0: no limit during set-up)",
+           float, low=0.0, high=DURATION_MAX),
     Option("snapshot_every", 60.0, "seconds between snapshots of a shared model saved into the result file "
            "(async_subgradient; 0: only at start and end)", float, low=0.0, high=DURATION_MAX),
 )

@@ -114,6 +114,7 @@ class Run:
         The signal handlers installed by :func:`build_run` are removed when it returns."""
         comm, ctx = self.comm, self.ctx
         comm.Barrier()
+        ctx.stop.begin_solve()      # every rank has finished set-up: the watchdog's limit is hang_timeout
         t0 = time.perf_counter()
         try:
             res = self.solver.solve(callback=callback)
@@ -229,7 +230,8 @@ def build_run(spec: RunSpec, comm: Any = None, *, verbose: bool = False, quiet: 
     run_cfg = spec.config["run"]
     stop = StopPolicy(time.perf_counter, run_cfg["max_time"], run_cfg["poll_every"],
                       rank=(comm_.rank if comm_ is not None else _world_rank()),
-                      term_grace=run_cfg["term_grace"], hang_timeout=run_cfg["hang_timeout"])
+                      term_grace=run_cfg["term_grace"], hang_timeout=run_cfg["hang_timeout"],
+                      setup_timeout=run_cfg["setup_timeout"])
     if install_signals:
         stop.install_signal_handlers()
     try:

@@ -279,24 +279,28 @@ def test_failed_run_keeps_the_previous_result(tmp_path):
 
 def test_sigterm_with_a_rank_stuck_in_user_code_ends_the_job(tmp_path):
     """SIGTERM always ends the job in bounded time: a rank stuck in a plug-in loop cannot checkpoint,
-    so after run.term_grace every rank says so and the job exits 128+15."""
+    so after run.term_grace the ranks say so and the job exits 128+15. The signal is sent only once
+    rank 1 is in its loop (it says so with a marker file): sent earlier, the job would stop in
+    order at its next poll, without the message. The line itself cannot be lost: a rank that ends
+    the job waits until the launcher has read it before it aborts."""
+    marker = tmp_path / "stuck"
     cmd = [find_mpirun(), "-n", "2", sys.executable, "-m", "mpiopt.run", "prox_sgd", "--problem", "faulty",
-           "--plugin", FAULTY, "--set", "problem.fail_rank=1", "problem.hang_at=5", "run.term_grace=2",
-           "run.progress=lines", "--checkpoint-dir", "ck", "--out", "r.h5"]
+           "--plugin", FAULTY, "--set", "problem.fail_rank=1", "problem.hang_at=5", f"problem.hang_marker={marker}",
+           "run.term_grace=2", "run.progress=lines", "--checkpoint-dir", "ck", "--out", "r.h5"]
     p = subprocess.Popen(cmd, cwd=tmp_path, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not (tmp_path / "r.h5.part").exists():
-            time.sleep(0.2)
-        time.sleep(1.0)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not marker.exists() and p.poll() is None:
+            time.sleep(0.1)
+        assert marker.exists(), "rank 1 never reached its loop"
         t0 = time.monotonic()
         os.killpg(p.pid, signal.SIGTERM)
-        out, err = p.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
+        out, err = p.communicate(timeout=90)
+    except (subprocess.TimeoutExpired, AssertionError):
         os.killpg(p.pid, signal.SIGKILL)
         raise
-    assert time.monotonic() - t0 < 30
+    assert time.monotonic() - t0 < 60
     assert p.returncode == 143, out + err
     assert "run.term_grace" in err and "Traceback" not in err
 

@@ -27,6 +27,11 @@ def mark_progress() -> None:
     _last_progress = time.monotonic()
 
 
+def last_progress() -> float:
+    """``time.monotonic()`` of this rank's last progress mark (for watchdogs)."""
+    return _last_progress
+
+
 def seconds_since_progress() -> float:
     """Seconds since this rank last completed an MPI operation or marked progress (for watchdogs)."""
     return time.monotonic() - _last_progress

@@ -20,9 +20,17 @@ class Faulty(CompositeProblem):
         Option("bad_input_rank", -1, "rank whose setup raises InputError", int),
         Option("slow", 0.0, "seconds of sleep per gradient call", float, low=0.0),
         Option("hang_at", 0, "gradient call at which fail_rank loops forever in Python (0: never)", int, low=0),
+        Option("hang_marker", "", "file fail_rank creates when it starts looping (empty: none)", str),
+        Option("setup_rank", -1, "rank whose setup takes setup_seconds (-1: none)", int),
+        Option("setup_seconds", 0.0, "seconds setup_rank spends in setup (busy in Python, like a compiler)", float,
+               low=0.0),
     )
 
     def setup(self):
+        if self.comm.rank == self.opts["setup_rank"]:
+            t_end = time.monotonic() + self.opts["setup_seconds"]
+            while time.monotonic() < t_end:
+                pass
         if self.comm.rank == self.opts["bad_input_rank"]:
             raise InputError(f"faulty.dat:{3 + self.comm.rank}: bad value on purpose")
         self.n_vars, self.n_local = 20, 100
@@ -38,6 +46,8 @@ class Faulty(CompositeProblem):
         if self.comm.rank == self.opts["fail_rank"] and self.calls >= self.opts["fail_at"] > 0:
             raise RuntimeError(f"injected failure at call {self.calls} (pid {os.getpid()})")
         if self.comm.rank == self.opts["fail_rank"] and self.calls >= self.opts["hang_at"] > 0:
+            if self.opts["hang_marker"]:
+                open(self.opts["hang_marker"], "w").close()
             while True:      # a plug-in stuck in user code
                 pass
         if self.opts["slow"]:
