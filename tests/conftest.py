@@ -15,6 +15,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The environment the tests need, set here (not only by .ci/run): one OpenMP/BLAS thread per rank
+# unless the caller chose otherwise.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The Open MPI leg (tests/test_cluster.py): the venv .ci/setup-system.sh makes at its fixed default
+# location, unless MPIOPT_OPENMPI_PYTHON names another Python.
+OPENMPI_VENV_DEFAULT = Path(os.environ.get("MPIOPT_OPENMPI_VENV", "/opt/mpiopt-openmpi"))
+if not os.environ.get("MPIOPT_OPENMPI_PYTHON") and (OPENMPI_VENV_DEFAULT / "bin" / "python").exists():
+    os.environ["MPIOPT_OPENMPI_PYTHON"] = str(OPENMPI_VENV_DEFAULT / "bin" / "python")
+
 
 @dataclass
 class Proc:

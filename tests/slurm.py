@@ -1,4 +1,5 @@
-"""A real single-node Slurm (with munge) for the tests: install, start, submit, wait, stop by pid.
+"""A real single-node Slurm (with munge) for the tests: start, submit, wait, stop by pid (the Debian
+packages come from ``.ci/setup-system.sh``; the tests install nothing).
 
 Everything lives in a private state folder: munge key and socket, ``slurm.conf``, spool and state
 folders, logs and pid files; daemons listen on free ports, so nothing of a system Slurm is touched.
@@ -40,10 +41,6 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PRE
                 "BOOT_FAIL", "DEADLINE"}
 
 
-class SlurmUnavailable(Exception):
-    """Slurm cannot be run here (not root, or no apt-get): the tests skip with this message."""
-
-
 def _run(cmd: list[str], timeout: float, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and p.returncode != 0:
@@ -56,24 +53,14 @@ def missing_binaries() -> list[str]:
     return [b for b in BINARIES if shutil.which(b, path=search) is None]
 
 
-def ensure_installed(timeout: float = 300) -> float:
-    """Install the Debian packages when a binary is missing (root only); returns seconds spent."""
-    if not missing_binaries():
-        return 0.0
-    if os.geteuid() != 0:
-        raise SlurmUnavailable(f"Slurm is not installed ({', '.join(missing_binaries())} missing) and installing "
-                               "it needs root: run as root (CI does) or apt-get install " + " ".join(PACKAGES))
-    if shutil.which("apt-get") is None:
-        raise SlurmUnavailable("Slurm is not installed and there is no apt-get to install it")
-    t0 = time.monotonic()
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    _run(["apt-get", "update", "-q"], timeout=timeout, env=env)
-    left = max(30.0, timeout - (time.monotonic() - t0))
-    _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES], timeout=left, env=env)
-    still = missing_binaries()
-    if still:
-        raise RuntimeError(f"apt-get installed {PACKAGES} but {still} are still missing")
-    return time.monotonic() - t0
+def unavailable_reason() -> str | None:
+    """Why Slurm cannot be run here (binaries missing), or None. The tests never install it: run
+    ``.ci/setup-system.sh`` as root (CI does)."""
+    missing = missing_binaries()
+    if missing:
+        return (f"Slurm is not installed ({', '.join(missing)} missing): run .ci/setup-system.sh as root "
+                f"(apt-get install {' '.join(PACKAGES)})")
+    return None
 
 
 def _free_port() -> int:
@@ -422,8 +409,9 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
 
 def running_cluster(why_root: str, extra_check=None, start_timeout: float = 60, **kwargs):
     """Generator for a module fixture: a started :class:`SlurmCluster` (``kwargs``), stopped and
-    cleaned up afterwards. Missing root, a failed ``extra_check()`` (a reason or None) or no way to
-    install Slurm skip the tests with the reason, except under CI (``CI`` set), where they fail."""
+    cleaned up afterwards. Missing root, a failed ``extra_check()`` (a reason or None) or Slurm not
+    installed (``.ci/setup-system.sh``) skip the tests with the reason, except under CI (``CI`` set),
+    where they fail."""
     import pytest
     in_ci = bool(os.environ.get("CI"))
 
@@ -434,10 +422,7 @@ def running_cluster(why_root: str, extra_check=None, start_timeout: float = 60, 
         need(why_root)
     if extra_check is not None:
         need(extra_check())
-    try:
-        ensure_installed(timeout=240)
-    except SlurmUnavailable as exc:
-        need(str(exc))
+    need(unavailable_reason())
     cluster = SlurmCluster(**kwargs)
     cluster.start(timeout=start_timeout)
     try:

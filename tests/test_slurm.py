@@ -1,7 +1,8 @@
-"""The batch scripts of ``jobs/`` on a real single-node Slurm (installed and started by ``tests/slurm.py``).
+"""The batch scripts of ``jobs/`` on a real single-node Slurm (started by ``tests/slurm.py``; the packages
+come from ``.ci/setup-system.sh``).
 
-Needs root (to apt-get install slurmctld/slurmd/munge and run the daemons); skips with that message
-otherwise. The daemons are started once for this module and stopped by pid in the fixture teardown.
+Needs root (to run the daemons) and the Debian slurmctld/slurmd/slurm-client/munge packages; skips with
+the reason otherwise, fails under ``CI``. The daemons are started once for this module and stopped by pid in the fixture teardown.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def slurm():
     # CI runs as root on a machine that reaches Debian's packages: there the Slurm tests must run, and
     # any reason they cannot is a failure. Only a developer's non-root or offline machine skips them.
     import slurm as S
-    yield from S.running_cluster("the Slurm tests install and start slurmctld/slurmd/munge, which needs root",
+    yield from S.running_cluster("the Slurm tests start slurmctld/slurmd/munge, which needs root",
                                  cpus=16)
 
 

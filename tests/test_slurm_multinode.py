@@ -2,7 +2,7 @@
 (``tests/slurm.py`` with ``nodes=4`` on ``mpiopt.testing.cluster``), so ``sbatch -N 2``/``-N 4`` jobs get
 several nodes, ``srun`` places ranks on different hosts and MPI traffic crosses the emulated links.
 
-Needs root (apt-get, daemons, network namespaces); skips with the reason outside CI, fails under ``CI``.
+Needs root (daemons, network namespaces) and the packages of ``.ci/setup-system.sh``; skips with the reason outside CI, fails under ``CI``.
 The daemons and nodes are started once for the module and removed in the fixture's teardown.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ FAULTY = ROOT / "tests" / "plugins" / "faulty.py"
 def slurm():
     import slurm as S
     from mpiopt.testing.cluster import unavailable_reason
-    yield from S.running_cluster("the multi-node Slurm tests install Slurm and create network namespaces, "
+    yield from S.running_cluster("the multi-node Slurm tests start Slurm daemons and create network namespaces, "
                                  "which needs root", unavailable_reason, start_timeout=90, cpus=2, nodes=4)
 
 
