@@ -1,7 +1,10 @@
 """The result object every solver returns (scipy.optimize style)."""
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import numpy as np
 
 # Status codes shared by all solvers.
 #: a tolerance test fired
@@ -88,3 +91,30 @@ def stop_message(status: int) -> str:
     return {MAX_TIME: "reached the wall-time budget (run.max_time)",
             INTERRUPTED: "interrupted by a signal",
             CALLBACK_STOP: "stopped by the callback"}.get(status, STATUS_NAMES.get(status, "stopped"))
+
+
+def nonfinite(value: Any) -> float | None:
+    """The first NaN or infinity in ``value`` (a number or an array of numbers), or None if there is none."""
+    if value is None or isinstance(value, (bool, str)):
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        v = float(value)
+        return None if math.isfinite(v) else v
+    a = np.asarray(value)
+    if a.dtype.kind not in "fc" or a.size == 0:
+        return None
+    a = a.ravel()
+    if a.dtype.kind == "c":
+        a = np.concatenate([a.real, a.imag])
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.dot(a, a)):        # fast path: one BLAS pass (may overflow for huge finite values)
+            return None
+    bad = np.flatnonzero(~np.isfinite(a))
+    return float(a[bad[0]]) if bad.size else None
+
+
+def failure_message(quantity: str, value: float, iteration: int, hint: str = "", unit: str = "iteration") -> str:
+    """The message of a numerical failure: "numerical failure: objective is nan at iteration 12; try a
+    smaller solver.step0" (``hint``: what to try, may be empty)."""
+    text = f"numerical failure: {quantity} is {value} at {unit} {iteration}"
+    return f"{text}; {hint}" if hint else text

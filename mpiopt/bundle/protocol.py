@@ -122,6 +122,21 @@ class Master:
     def dispatch(self) -> list[Request]:
         raise NotImplementedError
 
+    def admit(self, answers: Sequence[Answer]) -> bool:
+        """True when every answer is finite; else stop with FAILED, a numerical failure naming the first
+        non-finite quantity, its component and the master step (drivers call it before :meth:`receive`)."""
+        for a in answers:
+            for name, arr in (("oracle value", a.fl), ("oracle upper value", a.fu), ("oracle subgradient", a.G)):
+                bad = R.nonfinite(arr)
+                if bad is None:
+                    continue
+                rows = np.asarray(arr, dtype=np.float64).reshape(len(a.comps), -1)
+                j = int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
+                self.stop(R.FAILED, R.failure_message(f"{name} of component {int(a.comps[j])}", bad, self.steps,
+                                                      "check the problem's oracle", unit="master step"))
+                return False
+        return True
+
     def stop(self, status: int, message: str) -> None:
         """Stop for an external reason (time budget, signal, callback, failure)."""
         if not self.done:

@@ -82,6 +82,8 @@ def simulate(master: Master, oracles: Sequence[Any], delays: Any, *, batch: bool
                 got.append(heapq.heappop(heap)[2])
         k0, q0, l0 = master.k, master.qp_seconds + master.lp_seconds, master.n_lp
         s0 = master.steps
+        if not master.admit(got):           # a NaN or infinity: the master stopped with FAILED
+            break
         master.receive(got)
         if qp_cost == "measured":
             cost = master.qp_seconds + master.lp_seconds - q0

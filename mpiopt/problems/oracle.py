@@ -145,15 +145,14 @@ class OracleBlock:
 
     def answer(self, x: np.ndarray, eta: float, out: np.ndarray) -> None:
         """Fill ``out`` (one row ``comp, fl, fu, g(n)`` per component) and emulate the oracles' time.
-        Raises FloatingPointError on a non-finite value or subgradient."""
+        A non-finite value or subgradient is sent as it is: the master stops the run with status failed
+        (:meth:`mpiopt.bundle.protocol.Master.admit`)."""
         delay = 0.0
         for j, i in enumerate(self.comps):
             fl, g, fu = self.oracles[j](x, eta)
             out[j, 0], out[j, 1], out[j, 2] = i, fl, fu
             out[j, 3:] = g
             delay += self.delays.draw(int(i))
-        if not np.isfinite(out).all():
-            raise FloatingPointError("oracle returned a non-finite value or subgradient")
         polite_delay(delay)
 
 

@@ -3,25 +3,39 @@
 A solver writes one iteration as in its paper (:meth:`Solver.step`), the values of a history row
 (:meth:`Solver.values`) and the result (:meth:`Solver.finish`); :meth:`Solver.solve` owns the
 rest: the iteration budget, history records, the user callback, the collective stop/checkpoint
-poll and the stop message.
+poll, the stop message and the numerical checks.
+
+Numerical checks (every solver, also those that override :meth:`Solver.solve`): a non-finite
+objective at a history row (:meth:`Solver.record`, or :meth:`Solver.watch` where a solver records
+its own rows), a non-finite quantity of :meth:`Solver.numeric_checks` after an iteration, or a
+non-finite ``fun`` / ``fun_raw`` in the result ends the run with status FAILED, ``success`` False
+and the message of :func:`numerical_failure`. The checks read values, they never change an iterate.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, NamedTuple
+import functools
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple
 
 from ..comm import Comm
 from ..context import RunContext
 from ..options import Option
 from ..problems.base import Problem
-from ..result import CALLBACK_STOP, CONVERGED, MAX_ITER, OptimizeResult, stop_message
+from ..result import (CALLBACK_STOP, CONVERGED, FAILED, INTERRUPTED, MAX_ITER, OptimizeResult, failure_message,
+                      nonfinite, stop_message)
 
 Callback = Callable[[OptimizeResult], Any]
+START_HINT = "at the starting point: check the data for huge values and the initial point"
 
 
 class Stop(NamedTuple):
     """Why a solver stops: a status code (:mod:`mpiopt.result`) and a message."""
     status: int
     message: str
+
+
+def numerical_failure(quantity: str, value: float, iteration: int, hint: str = "", unit: str = "iteration") -> Stop:
+    """The FAILED stop of a non-finite ``quantity`` (message: :func:`mpiopt.result.failure_message`)."""
+    return Stop(FAILED, failure_message(quantity, value, iteration, hint, unit))
 
 
 class Solver:
@@ -51,6 +65,15 @@ class Solver:
     history_points: ClassVar[int] = 50              # default: about this many history rows per run
     progress_unit: ClassVar[str] = "it"
     requires: ClassVar[tuple[tuple[str, str], ...]] = ()   # (optional module, pip extra) checked before work
+    failure_hint: ClassVar[str] = ""                # what to try after a numerical failure (ends its message)
+    collective_records: ClassVar[bool] = True       # history rows recorded on every rank (same values)
+    result_checks: ClassVar[tuple[str, ...]] = ("fun", "fun_raw")   # result fields that must be finite
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("solve")
+        if own is not None and not getattr(own, "_checked", False):   # a solver's own loop: checked the same
+            cls.solve = _checked_solve(own)
 
     def __init__(self, problem: Problem, options: dict[str, Any], ctx: RunContext):
         self.problem = problem
@@ -60,6 +83,7 @@ class Solver:
         self.nit = 0
         self._callback: Callback | None = None
         self._callback_stop = False
+        self.failure: Stop | None = None     # the first numerical failure seen (:meth:`watch`)
 
     @classmethod
     def check_problem(cls, problem_cls: type) -> str | None:
@@ -94,6 +118,12 @@ class Solver:
         """Collective: restore from ``state`` (as read back from a checkpoint, on every rank)."""
         raise NotImplementedError
 
+    def numeric_checks(self) -> Mapping[str, Any]:
+        """Hook: this solver's own quantities that must stay finite after an iteration, by name ("iterate",
+        "gradient", ...); values the same on every rank and cheap to test. Default: none (the objective of
+        every history row and the result are checked anyway)."""
+        return {}
+
     # -- overridable policy --------------------------------------------------------------
     def budget(self) -> int:
         """Iterations to run in all (counted from 0, resumes included)."""
@@ -121,12 +151,19 @@ class Solver:
         stop = Stop(MAX_ITER, f"reached {self.budget_option}={T}")
         if self.nit == 0:
             self.record()
-        while self.nit < T:
+        failed = self.failure if self.collective_records else None
+        if failed is not None:
+            stop = failed
+        while failed is None and self.nit < T:
             got = self.step()
+            if got is None or got.status != FAILED:
+                got = self.check_numerics(self.nit + 1) or got
             self.nit += 1
             self.ctx.stop.heartbeat()
             if self.record_due(got, T):
                 self.record()
+                if got is None and self.failure is not None and self.collective_records:
+                    got = self.failure
             if got is not None:
                 stop = got
                 break
@@ -137,10 +174,48 @@ class Solver:
         self.ctx.history.close()
         return self.finish(stop)
 
+    # -- numerical checks --------------------------------------------------------------------
+    def watch(self, quantity: str, value: Any, iteration: int) -> Stop | None:
+        """Note a value that must be finite: the first non-finite one is kept in ``self.failure`` (a FAILED
+        stop naming ``quantity`` and ``iteration``) and returned; None while all are finite."""
+        bad = nonfinite(value)
+        if bad is None:
+            return None
+        if self.failure is None:
+            unit = "iteration" if self.progress_unit == "it" else self.progress_unit
+            hint = self.failure_hint if iteration > 0 else START_HINT
+            self.failure = numerical_failure(quantity, bad, iteration, hint, unit)
+        return self.failure
+
+    def check_numerics(self, iteration: int) -> Stop | None:
+        """The FAILED stop of the first non-finite quantity of :meth:`numeric_checks`, or None."""
+        for name, value in self.numeric_checks().items():
+            bad = self.watch(name, value, iteration)
+            if bad is not None:
+                return bad
+        return None
+
+    def checked_result(self, res: OptimizeResult) -> OptimizeResult:
+        """``res`` as FAILED when a numerical failure was seen or a field of :attr:`result_checks` is not
+        finite (a run stopped by a signal keeps its status; a run that did no iteration is not checked)."""
+        if res.get("status") in (FAILED, INTERRUPTED):
+            return res
+        fail = self.failure if self.collective_records else None
+        if fail is None and res.get("nit"):
+            for key in self.result_checks:
+                fail = self.watch("objective" if key == "fun" else "objective before the polish",
+                                  res.get(key), int(res["nit"]))
+                if fail is not None:
+                    break
+        if fail is not None:
+            res.update(status=fail.status, success=False, message=fail.message)
+        return res
+
     # -- helpers for subclasses ----------------------------------------------------------
     def record(self) -> None:
-        """Collective: record a history row of :meth:`values` at ``self.nit``."""
+        """Collective: record a history row of :meth:`values` at ``self.nit`` (its objective is watched)."""
         vals = self.values()
+        self.watch("objective", vals.get("objective"), self.nit)
         self.notify(self.nit, self.x, vals.pop("objective", None), **vals)
 
     def notify(self, iteration: int, x: Any, fun: float | None, **values: Any) -> None:
@@ -158,3 +233,15 @@ class Solver:
         if status is None and self._callback_stop:
             return CALLBACK_STOP
         return status
+
+
+def _checked_solve(solve: Callable[..., OptimizeResult]) -> Callable[..., OptimizeResult]:
+    """``solve`` followed by :meth:`Solver.checked_result` (every solver's loop, its own or the template's)."""
+    @functools.wraps(solve)
+    def checked(self: Solver, callback: Callback | None = None) -> OptimizeResult:
+        return self.checked_result(solve(self, callback))
+    checked._checked = True  # type: ignore[attr-defined]
+    return checked
+
+
+Solver.solve = _checked_solve(Solver.solve)  # type: ignore[method-assign]

@@ -53,6 +53,8 @@ class DDP(Solver):
     default_problem = "digits"
     deterministic = True
     budget_option = "max_epochs"
+    failure_hint = "try a smaller solver.gamma"
+    collective_records = False          # evaluations on rank 0; the replicated parameters are checked every step
     # async_subgradient's demo budget and evaluation schedule, so the two can be drawn together
     demo_settings = {"solver.max_epochs": 40, "solver.target_accuracy": 0.95, "run.snapshot_every": 0.5,
                      "run.max_time": 60}
@@ -106,6 +108,9 @@ class DDP(Solver):
         momentum_delta(self.u, g, o["momentum"], step_size(o["gamma"], 1.0, self.nit + 1), out=self.delta)
         x += self.delta
         return None
+
+    def numeric_checks(self) -> dict[str, Any]:
+        return {"iterate": self.flat.flat_np}      # the same on every rank (DDP-averaged gradients)
 
     def poll(self, iteration: int, force: bool = False) -> int | None:
         if self._target_hit and iteration % self.ctx.stop.poll_every == 0:

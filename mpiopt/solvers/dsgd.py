@@ -29,6 +29,7 @@ from .mf_base import MFSolver, common_options
 class DSGD(MFSolver):
     summary = "DSGD: stratified (minibatch) SGD for matrix factorization, column blocks rotating between ranks"
     demo_settings = {"problem.n_ratings": 100000, "problem.latent_dim": 10, "solver.max_epochs": 30}
+    failure_hint = "try a smaller solver.lr"
     options = (
         *common_options(max_epochs=50),
         Option("lr", 0.01, "initial learning rate lr0 (per rating)", float, low=0.0, low_open=True),

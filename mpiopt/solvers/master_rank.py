@@ -96,7 +96,7 @@ class MasterRank:
                         M.stop(R.FAILED, f"oracle rank {w + 1} failed: {ch.error_text(w)}")
                         break
                     answers.append(a)
-                if M.done:
+                if M.done or not M.admit(answers):      # admit: a non-finite answer stops with FAILED
                     break
                 s0 = M.steps
                 self.timed(lambda a=answers: M.receive(a))

@@ -179,8 +179,9 @@ class MFSolver(Solver):
     def check_stop(self, ev: dict[str, float], epoch: int) -> Stop | None:
         o = self.opts
         f = ev["objective"]
-        if not math.isfinite(f) or not math.isfinite(ev["rmse"]):
-            return Stop(R.FAILED, f"non-finite objective at epoch {epoch}")
+        bad = self.watch("objective", f, epoch) or self.watch("training RMSE", ev["rmse"], epoch)
+        if bad is not None:
+            return bad
         self.objectives.append(f)
         if o["target_rmse"] and ev["rmse"] <= o["target_rmse"]:
             return Stop(R.CONVERGED, f"training RMSE {ev['rmse']:.6g} <= target_rmse {o['target_rmse']}")

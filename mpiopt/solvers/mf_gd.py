@@ -17,16 +17,18 @@ import numpy as np
 from .. import result as R
 from ..options import Option
 from ..registry import register_solver
-from .base import Stop
+from .base import Stop, numerical_failure
 from .mf_base import GAMMA, SAFEGUARD, StratifiedMF, common_options
 
 ARMIJO_TRIALS = 60
+STATIONARY_RTOL = 1e-10   # stationary: the smallest trial step moves f by at most this (relative): rounding
 
 
 @register_solver("mf_gd")
 class MFGD(StratifiedMF):
     summary = "parallel gradient descent for matrix factorization (full gradient + Armijo, or stratified steps)"
     demo_settings = {"problem.n_ratings": 100000, "problem.latent_dim": 10, "solver.max_epochs": 30}
+    failure_hint = "try a smaller solver.step0 (mode=full) or solver.safeguard=true (mode=strata)"
     options = (
         Option("mode", "full", "full: full gradient with Armijo backtracking; strata: one stratum per "
                "step with the 1/beta_GD schedule (HAMSI without the L-BFGS model)", str,
@@ -71,6 +73,7 @@ class MFGD(StratifiedMF):
         f0 = float(mf.reduce(mf.full_loss_grad(x, g)[:, :1])[0])
         gg = mf.dot(g, g)
         t = self.t
+        f1 = math.nan
         for _ in range(ARMIJO_TRIALS):
             self.armijo_trials += 1
             np.multiply(g, t, out=xt)
@@ -82,7 +85,25 @@ class MFGD(StratifiedMF):
                 self.e += 1
                 return None
             t *= 0.5
-        return Stop(R.CONVERGED, "Armijo backtracking found no decrease (stationary to working precision)")
+        return self.no_decrease(f0, gg, f1, 2.0 * t)
+
+    def no_decrease(self, f0: float, gg: float, f1: float, t: float) -> Stop:
+        """The stop when no trial was accepted (``f1``: objective at the smallest trial step ``t``):
+        converged only when that step changed the objective by no more than rounding (stationary to
+        working precision); a non-finite or worse objective there is a failure, never convergence."""
+        epoch = self.nit + 1
+        bad = self.watch("objective", f0, epoch) or self.watch("squared gradient norm", gg, epoch)
+        if bad is None and not math.isfinite(f1):
+            bad = numerical_failure("objective", f1, epoch, f"(the smallest Armijo trial step, {t:.3g}); "
+                                    f"{self.failure_hint}", "epoch")
+            self.failure = self.failure or bad
+        if bad is not None:
+            return bad
+        if abs(f1 - f0) <= STATIONARY_RTOL * max(abs(f0), 1e-300):
+            return Stop(R.CONVERGED, "Armijo backtracking found no decrease (stationary to working precision)")
+        return Stop(R.FAILED, f"Armijo backtracking found no decrease in {ARMIJO_TRIALS} halvings at epoch {epoch}: "
+                              f"the smallest trial step {t:.3g} gives objective {f1:.10g} > {f0:.10g} "
+                              f"(not stationary); {self.failure_hint}")
 
     def losses(self, vec: np.ndarray) -> np.ndarray:
         """(q, 2) per-block partials [objective, sse] of the whole objective at ``vec``."""

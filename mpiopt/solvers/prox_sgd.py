@@ -16,7 +16,6 @@ from mpi4py import MPI
 from .. import options as O
 from .. import result as R
 from ..errors import CheckpointError
-from ..kernels import all_finite
 from ..options import Option
 from ..problems.base import CompositeProblem
 from ..comm.jit import compile_once
@@ -46,6 +45,7 @@ class ProxSGD(Solver):
     # a run at the default settings (measured in the signprox benchmark; run.history_every overrides it)
     history_points = 15
     diagnostics_seconds = 0.0
+    failure_hint = "try a smaller solver.step0"
     options = (
         O.max_iter(1000),
         O.tol(0.0, "stop when ||x_t - x_t+1|| / step < tol (stochastic gradient mapping; 0: never)"),
@@ -97,11 +97,12 @@ class ProxSGD(Solver):
         self.comm.Allreduce(MPI.IN_PLACE, self.wire, tag="gradient")
         x_old = x.copy() if o["tol"] > 0 else None
         prox_step(p.regularizer, x, self.wire, step, self.g)     # x <- prox(x - step * wire), self.g as scratch
-        if not all_finite(x):
-            return Stop(R.FAILED, f"non-finite iterate at iteration {self.nit + 1}")
         if x_old is not None and np.linalg.norm(x - x_old) / step < o["tol"]:
             return Stop(R.CONVERGED, f"gradient-mapping norm below tol={o['tol']}")
         return None
+
+    def numeric_checks(self) -> dict:
+        return {"iterate": self.x}
 
     def record_due(self, stop, budget) -> bool:
         return (stop is None or stop.status != R.FAILED) and super().record_due(stop, budget)

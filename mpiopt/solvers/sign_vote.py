@@ -96,6 +96,8 @@ class SignVoteSolver(Solver):
     # a history row costs ~3 passes over the data: 15 rows per run keep them near 5 % (measured, benchmark (c))
     history_points = 15
     diagnostics_seconds = 0.0
+    failure_hint = "try a smaller solver.step0"
+    last_step = 0.0                            # the step size applied at the last iteration
 
     # -- the hooks ------------------------------------------------------------------------------
     def message(self, x: np.ndarray, g: np.ndarray, gam: float, out: np.ndarray,
@@ -245,14 +247,23 @@ class SignVoteSolver(Solver):
     def step(self) -> Stop | None:
         gam = self.gamma(self.nit)
         g = self.local_gradient()              # g_p
-        self.encode(g, gam)                    # e_p = packed sign code of m_p (+ memory)
+        try:
+            self.encode(g, gam)                # e_p = packed sign code of m_p (+ memory)
+        except ValueError as exc:              # a NaN/inf in this rank's message: the job ends from here
+            raise FloatingPointError(f"numerical failure: this rank's sign message is not finite at iteration "
+                                     f"{self.nit + 1} ({exc}); {self.failure_hint}") from None
         self.agg.aggregate(self.nit)           # v = vote(e_1..e_P), the same on every rank
-        self.update(self.applied_step(gam))    # x -= gam * v (memory e_p = p_p - gam * v)
+        self.last_step = self.applied_step(gam)
+        self.update(self.last_step)            # x -= gam * v (memory e_p = p_p - gam * v)
         if self.ctx.debug and (self.nit + 1) % self.opts["check_every"] == 0:
             self.flush()
             if not replicas_identical(self.comm, self.x):
                 raise RuntimeError(f"replicas differ at iteration {self.nit + 1}")
         return None
+
+    def numeric_checks(self) -> dict[str, Any]:
+        """The applied step (x moves by it in every coordinate; the objective is checked at history rows)."""
+        return {"step size": self.last_step}
 
     # -- outputs ------------------------------------------------------------------------------------
     def record(self) -> None:

@@ -131,7 +131,10 @@ class SnapshotHost:
     def _record(self, tag: dict[str, Any], res: tuple, secs: float) -> None:
         vals = evaluation_row(res)
         tag = dict(tag, train_time=tag["time"] - self.eval_seconds, eval_seconds=secs)
-        self.s.notify(tag.pop("iteration"), None, vals.pop("objective"), **vals, **tag)
+        iteration, objective = tag.pop("iteration"), vals.pop("objective")
+        if secs == secs:                   # an evaluated snapshot (NaN seconds: a row without evaluation)
+            self.s.watch("objective", objective, iteration)
+        self.s.notify(iteration, None, objective, **vals, **tag)
         target = self.opts["target_accuracy"]
         self.target_hit = self.target_hit or (target > 0 and res[3] >= target)
         self.final = (res[0], res[2], res[3])
@@ -172,7 +175,9 @@ class SnapshotHost:
         ctx, ctl = self.ctx, self.control
         updates, samples = ctl.counters()
         self.decision = None
-        if epochs(samples, self.problem.n_train) >= self.opts["max_epochs"]:
+        if self.s.failure is not None:                      # a snapshot evaluated to NaN or inf
+            self.decision = (updates, R.FAILED)
+        elif epochs(samples, self.problem.n_train) >= self.opts["max_epochs"]:
             self.decision = (updates, R.MAX_ITER)
         elif self.target_hit:
             self.decision = (updates, R.CONVERGED)

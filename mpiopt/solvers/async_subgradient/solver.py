@@ -87,6 +87,8 @@ class AsyncSubgradient(Solver):
     default_problem = "digits"
     deterministic = False
     progress_unit = "update"
+    failure_hint = "try a smaller solver.gamma"
+    collective_records = False      # rows on the snapshot rank; it stops every rank on a failure it sees
     demo_settings = {"solver.method": "passm", "solver.max_epochs": 40, "solver.target_accuracy": 0.95,
                      "run.snapshot_every": 0.5, "run.max_time": 60}
     options = OPTIONS
@@ -197,6 +199,8 @@ class AsyncSubgradient(Solver):
         msg = {R.MAX_ITER: f"reached max_epochs={self.opts['max_epochs']}",
                R.CONVERGED: f"a snapshot reached target_accuracy={self.opts['target_accuracy']}"}.get(
             status, R.stop_message(status))
+        if status == R.FAILED:                # the snapshot rank's failure message, on every rank
+            msg = self.comm.bcast_obj(self.failure.message if self.failure is not None else msg, root=HOST)
         return self.finish(Stop(status, msg))
 
     def _train(self) -> int:
