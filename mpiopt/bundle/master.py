@@ -89,6 +89,8 @@ class Params:
 class LevelBundleMaster(Master):
     """Master state: bundles, bounds f_low <= f* <= f_up, level, centre, cycles, oracle bookkeeping."""
 
+    per_worker_state = ("answered_k",)
+
     def __init__(self, n: int, m: int, lower: np.ndarray, upper: np.ndarray, lipschitz: np.ndarray | None,
                  owners: Sequence[Sequence[int]], params: Params, x0: np.ndarray | None = None,
                  exact: bool = True, floors: Sequence[float] | None = None):

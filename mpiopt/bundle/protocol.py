@@ -85,6 +85,9 @@ class Master:
     lp_seconds: float
     n_lp: int = 0                  # exact LPs solved
     trace: Trace
+    # state_dict keys holding one iteration count per worker; a resume with another worker count gives
+    # each new worker the smallest count of the components it now owns (see :func:`redistribute_workers`)
+    per_worker_state: tuple[str, ...] = ()
 
     def init_outcome(self) -> None:
         self.status: int | None = None
@@ -151,3 +154,22 @@ class Master:
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
         raise NotImplementedError
+
+
+def redistribute_workers(state: dict[str, Any], keys: Sequence[str], old: Sequence[np.ndarray],
+                         new: Sequence[np.ndarray]) -> dict[str, Any]:
+    """``state`` (a master's :meth:`Master.state_dict`) for the component ownership ``new`` instead of
+    ``old`` (lists of component indices per worker): each per-worker count of ``keys`` becomes, per new
+    worker, the minimum over its components of their old owner's count. Everything else in a master's
+    state is per component or global (cuts, bounds, centre, RNG streams), so it carries over unchanged."""
+    m = sum(len(o) for o in old)
+    out = dict(state)
+    for key in keys:
+        if key not in state:
+            continue
+        counts = np.asarray(state[key]).reshape(-1)
+        per_comp = np.empty(m, dtype=counts.dtype)
+        for w, comps in enumerate(old):
+            per_comp[np.asarray(comps, dtype=np.int64)] = counts[w]
+        out[key] = np.array([per_comp[np.asarray(c, dtype=np.int64)].min() for c in new], dtype=counts.dtype)
+    return out

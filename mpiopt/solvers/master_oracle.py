@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .. import result as R
-from ..bundle.protocol import Master
+from ..bundle.protocol import Master, redistribute_workers
 from ..comm.rma import SeqlockRecord
 from ..errors import CheckpointError, InputError
 from ..problems.oracle import OracleProblem
@@ -178,11 +178,17 @@ class MasterOracleSolver(Solver):
                 "n_workers": self.W}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if int(state["n_workers"]) != self.W:
-            raise CheckpointError(f"checkpoint was written with {state['n_workers']} oracle ranks, this run "
-                                  f"has {self.W} (use mpirun -n {int(state['n_workers']) + 1})")
+        """Restore; a checkpoint of another oracle-rank count continues with the components spread over
+        this run's oracle ranks (the same components: the cuts, bounds and centre stay valid)."""
+        old_w = int(state["n_workers"])
+        if not 1 <= old_w <= self.problem.m:
+            raise CheckpointError(f"checkpoint has n_workers={old_w}, the problem {self.problem.m} components")
         if self.master is not None:
-            self.master.load_state_dict(state["master"])
+            master = state["master"]
+            if old_w != self.W:
+                master = redistribute_workers(master, self.master.per_worker_state, owners_of(self.problem.m, old_w),
+                                              self.owners)
+            self.master.load_state_dict(master)
             self.busy = float(state["busy"])
             self.last_ckpt = self.master.steps
         self.problem.delays.load_state(state["delay_rngs"])
