@@ -36,7 +36,7 @@ from .mf_base import ETA_GD, GAMMA, SAFEGUARD, WARMUP_GROWTH, StratifiedMF, beta
 class Hamsi(StratifiedMF):
     summary = "HAMSI: stratified incremental L-BFGS for matrix factorization (row blocks per rank, column blocks on a ring)"
     demo_settings = {"problem.n_ratings": 100000, "problem.latent_dim": 10, "solver.max_epochs": 30}
-    failure_hint = "try solver.safeguard=true or a larger solver.eta"
+    failure_hint = "try solver.safeguard=true or a larger solver.eta (solver.eta_gd in the warm-up)"
     options = (
         Option("preset", "none", "hamsi-mf: follow the reference code exactly (no L2, no centring, no "
                "biases, N(0,1) init, no safeguard, no early stop, no held-out split); overrides problem.l2, "

@@ -39,6 +39,7 @@ class MasterOracleSolver(Solver):
     """Base of the master/oracle methods; subclasses implement :meth:`make_master`."""
 
     progress_in_iterations = False      # True: the progress bar counts to max_iter
+    collective_records = False          # rows on rank 0; the master checks every oracle answer (Master.admit)
     problem_kind = OracleProblem
     default_problem = "polyhedral"
     min_ranks = 1
