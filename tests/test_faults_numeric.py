@@ -137,3 +137,24 @@ def test_master_oracle_checkpoint_continues_at_another_rank_count(solver, extra,
         if attrs_a["status"] == "converged":
             assert abs(attrs_b["fun"] - attrs_a["fun"]) <= 1e-4 * max(1.0, abs(attrs_a["fun"]))
         assert hb["upper_bound"][-1] <= hb["upper_bound"][k - 1]
+
+
+def test_redistribute_workers_takes_the_smallest_count_of_the_new_owners_components():
+    from mpiopt.bundle.protocol import redistribute_workers
+    from mpiopt.solvers.master_oracle import owners_of
+    st = {"answered_k": np.array([7, 4]), "f_up": 1.5}
+    out = redistribute_workers(st, ("answered_k",), owners_of(6, 2), owners_of(6, 3))
+    # old: worker 0 has 0,2,4 (7), worker 1 has 1,3,5 (4); new: {0,3} {1,4} {2,5}
+    assert out["answered_k"].tolist() == [4, 4, 4] and out["f_up"] == 1.5
+    back = redistribute_workers(out, ("answered_k",), owners_of(6, 3), owners_of(6, 6))
+    assert back["answered_k"].tolist() == [4] * 6
+    assert st["answered_k"].tolist() == [7, 4]          # the input is left as it was
+
+
+def test_in_process_failure_is_a_failed_result_and_polish_does_not_hide_it():
+    from mpiopt.api import minimize
+    opts = {"problem.n_samples": 500, "problem.n_features": 20, "solver.max_iter": 30, "solver.step0": 1e300}
+    for solver in ("prox_sgd", "signprox"):
+        res = minimize(solver, "logistic", dict(opts))
+        assert res.status == -1 and res.success is False, (solver, res.status, res.message)
+        assert res.message.startswith("numerical failure: ") and " at iteration " in res.message
