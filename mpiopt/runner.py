@@ -111,26 +111,39 @@ class Run:
 
     def execute(self, callback: Callable | None = None) -> R.OptimizeResult:
         """Collective: solve, write the final result file (rank 0), print the summary (rank 0).
-        The signal handlers installed by :func:`build_run` are removed when it returns."""
+
+        A run that ends ``failed`` leaves the previous result file as it was (its ``.part`` is
+        removed). The signal handlers installed by :func:`build_run` stay until the result is in
+        place (a signal during the final write only lets it finish), then they are removed; the
+        checkpoint folder is given back on every path out of here."""
         comm, ctx = self.comm, self.ctx
-        comm.Barrier()
-        ctx.stop.begin_solve()      # every rank has finished set-up: the watchdog's limit is hang_timeout
-        t0 = time.perf_counter()
         try:
+            comm.Barrier()
+            ctx.stop.begin_solve()      # every rank has finished set-up: the watchdog's limit is hang_timeout
+            t0 = time.perf_counter()
             res = self.solver.solve(callback=callback)
+            self._finish(res, t0)
         except BaseException:
             if self.writer is not None:
                 self.writer.abandon()
             raise
         finally:
             ctx.stop.restore_signal_handlers()
+            release_checkpoint_lock(ctx.checkpoints.manager if ctx.checkpoints is not None else None)
+        self._summary(res)
+        return res
+
+    def _finish(self, res: R.OptimizeResult, t0: float) -> None:
+        comm, ctx = self.comm, self.ctx
         self.wall_time = ctx.elapsed()
         ctx.history.close()
         st = comm.stats
         mine = [st.algorithm_bytes, st.diagnostic_bytes]
         self.bytes_total = [int(v) for v in (comm.allreduce_array(mine, tag="result") if comm.size > 1 else mine)]
         res["history"] = ctx.history.arrays()
-        if self.writer is not None:
+        if self.writer is not None and res.status == R.FAILED:
+            self.writer.abandon()          # a failed run never replaces the previous result
+        elif self.writer is not None:
             final = {"status": R.STATUS_NAMES.get(res.status, str(res.status)), "status_code": int(res.status),
                      "success": bool(res.success), "message": str(res.message), "wall_time": self.wall_time,
                      "run_time": time.perf_counter() - t0, "finished": now(), "nit": int(res.nit),
@@ -146,8 +159,6 @@ class Run:
             solution = res.get("solution") or ({"x": res.x} if res.get("x") is not None else {})
             self.writer.close(final, solution, res.get("extra_groups"))
         comm.Barrier()
-        self._summary(res)
-        return res
 
     def _summary(self, res: R.OptimizeResult) -> None:
         fstar = self.problem.reference_objective
@@ -165,7 +176,9 @@ class Run:
                          f"rank 0: {st.algorithm_bytes:,} and {st.diagnostic_bytes:,}; RMA counted at the origin)")
         if self.ctx.checkpoints.last_path:
             lines.append(f"last checkpoint: {self.ctx.checkpoints.last_path}")
-        if self.writer is not None:
+        if self.writer is not None and res.status == R.FAILED:
+            lines.append(f"result: not written (the run failed); {os.path.abspath(self.writer.path)} is as it was")
+        elif self.writer is not None:
             lines.append(f"result: {os.path.abspath(self.writer.path)}  (read it with mpiopt.io.load_result)")
         self.say("\n".join(lines))
 
@@ -250,8 +263,7 @@ def _world_rank() -> int:
 def _build_run(spec: RunSpec, comm: Any, *, verbose: bool, quiet: bool, write_result: bool, problem: Any,
                stop: Any) -> Run:
     from .comm import collective_check, world
-    from .context import RunContext
-    from .io.checkpoint import CheckpointManager, clean_stale_temporaries
+    from .io.checkpoint import CheckpointManager
     from .io.results import FORMAT, FORMAT_VERSION, ResultWriter
 
     t_build = time.perf_counter()
@@ -277,8 +289,55 @@ def _build_run(spec: RunSpec, comm: Any, *, verbose: bool, quiet: bool, write_re
     say(f"mpiopt {__version__}: {'demo: ' if spec.demo else ''}{spec.solver} on {spec.problem}, {comm.size} rank(s)")
     say(config_lines(cfg))
 
-    # 1. resume target (every rank reads the same file), before any heavy work
+    # 1. hold the checkpoint folder and the output (rank 0): a second run on either is refused here
     ckpts = CheckpointManager(run["checkpoint_dir"], run["keep_checkpoints"]) if run["checkpoint_dir"] else None
+    writer = None
+    want_writer = write_result and run["out"]
+
+    def take_files():
+        nonlocal writer
+        if rank != 0:
+            return
+        if ckpts is not None:
+            note = ckpts.acquire_lock().note
+            if note:
+                say(note)
+        if want_writer:
+            base = {"format": FORMAT, "format_version": FORMAT_VERSION, "solver": spec.solver,
+                    "problem": spec.problem, "config": cfg, "n_ranks": comm.size, "seed": run["seed"],
+                    "status": "running", "success": False, "message": "running", "started": now(),
+                    **{f"version_{k}": v for k, v in versions().items()}}
+            commit = git_commit()
+            if commit:
+                base["git_commit"] = commit
+            writer = ResultWriter(run["out"], base)
+            if writer.note:
+                say(writer.note)
+    try:
+        collective_check(comm, take_files)
+        return _build_rest(spec, comm, cfg, run, rank, say, verbose, quiet, problem, stop, ckpts, writer,
+                           t_build, problem_cls, solver_cls)
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        release_checkpoint_lock(ckpts)
+        raise
+
+
+def release_checkpoint_lock(ckpts: Any) -> None:
+    """Give back the checkpoint folder's lock, if this rank holds it."""
+    if ckpts is not None:
+        ckpts.release_lock()
+
+
+def _build_rest(spec: RunSpec, comm: Any, cfg: dict, run: dict, rank: int, say: Callable[[str], None],
+                verbose: bool, quiet: bool, problem: Any, stop: Any, ckpts: Any, writer: Any, t_build: float,
+                problem_cls: type, solver_cls: type) -> Run:
+    from .comm import collective_check
+    from .context import RunContext
+    from .io.checkpoint import clean_stale_temporaries
+
+    # 2. resume target (every rank reads the same file), before any heavy work
     if rank == 0:   # temporary files that killed runs left behind
         for folder in {run["checkpoint_dir"], os.path.dirname(os.path.abspath(run["out"])) if run["out"] else None}:
             if folder:
@@ -289,7 +348,7 @@ def _build_run(spec: RunSpec, comm: Any, *, verbose: bool, quiet: bool, write_re
     # identities of the data files, recorded in each checkpoint so that a resume can refuse changed data
     identities = comm.bcast_obj(input_identities(cfg) if rank == 0 else None) if ckpts is not None else {}
 
-    # 2. data: each rank loads or generates its shard; one error message for all ranks
+    # 3. data: each rank loads or generates its shard; one error message for all ranks
     if problem is None:
         problem = problem_cls(cfg["problem"], comm)
         t_setup = time.perf_counter()
@@ -306,42 +365,21 @@ def _build_run(spec: RunSpec, comm: Any, *, verbose: bool, quiet: bool, write_re
     if problem.reference_objective is not None:
         say(f"reference objective F* = {problem.reference_objective:.10g}")
 
-    # 3. the result file (rank 0), created only after every input was validated
-    writer = None
-    if write_result and run["out"]:
-        attrs: dict[str, Any] = {}
-        if rank == 0:
-            attrs = {"format": FORMAT, "format_version": FORMAT_VERSION, "solver": spec.solver,
-                     "problem": spec.problem, "config": cfg, "n_ranks": comm.size, "seed": run["seed"],
-                     "status": "running", "success": False, "message": "running", "started": now(),
-                     "resumed_from": resume.path if resume is not None else "",
-                     **{f"version_{k}": v for k, v in versions().items()}}
-            commit = git_commit()
-            if commit:
-                attrs["git_commit"] = commit
-            if problem.reference_objective is not None:
-                attrs["reference_objective"] = float(problem.reference_objective)
+    # 4. the rest of the result file's attributes (rank 0)
+    if writer is not None:
+        extra: dict[str, Any] = {"resumed_from": resume.path if resume is not None else ""}
+        if problem.reference_objective is not None:
+            extra["reference_objective"] = float(problem.reference_objective)
+        writer.set_attrs(extra)
 
-        def open_writer():
-            nonlocal writer
-            if rank == 0:
-                writer = ResultWriter(run["out"], attrs)
-        collective_check(comm, open_writer)
-
-    # 4. context and solver, then the resume state; a failure here (e.g. a solver's own input file)
-    # leaves no result file behind
-    try:
-        ctx = RunContext(comm, run, solver=spec.solver, problem=spec.problem, config=cfg, writer=writer,
-                         checkpoints=ckpts, resume=resume, verbose=verbose, quiet=quiet, stop=stop)
-        ctx.inputs = identities
-        solver = solver_cls(problem, cfg["solver"], ctx)
-        if resume is not None:
-            collective_check(comm, lambda: solver.load_state_dict(resume.state))
-            say(f"resumed from {resume.path} at iteration {resume.iteration}")
-    except BaseException:
-        if writer is not None:
-            writer.abandon()
-        raise
+    # 5. context and solver, then the resume state
+    ctx = RunContext(comm, run, solver=spec.solver, problem=spec.problem, config=cfg, writer=writer,
+                     checkpoints=ckpts, resume=resume, verbose=verbose, quiet=quiet, stop=stop)
+    ctx.inputs = identities
+    solver = solver_cls(problem, cfg["solver"], ctx)
+    if resume is not None:
+        collective_check(comm, lambda: solver.load_state_dict(resume.state))
+        say(f"resumed from {resume.path} at iteration {resume.iteration}")
     ctx.start_clock()       # history times and wall_time count from here; set-up is setup_time
     run_obj = Run(spec, comm, problem, solver, ctx, writer, resume, say, quiet)
     run_obj.setup_time = time.perf_counter() - t_build

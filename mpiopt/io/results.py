@@ -1,6 +1,7 @@
 """Result files: ``/history`` appended live (SWMR), ``/solution`` and root attributes at the end."""
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -12,6 +13,7 @@ import numpy as np
 
 from ..errors import InputError, OutputError
 from .fs import describe_os_error, fsync_dir
+from .lock import RECORD_SIZE, acquire
 from .safe import open_hdf5
 from .tree import dataset_kwargs, decode_attr, read_tree, write_tree
 
@@ -34,10 +36,14 @@ class ResultWriter:
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise InputError(f"--out {path}: folder {folder} does not exist")
-        try:
-            self._file = h5py.File(self.part, "w", libver="latest")
-        except OSError as exc:
-            raise InputError(f"--out {path}: cannot create {self.part}: {describe_os_error(exc)}") from None
+        # OUT.part is created exclusively (never through a planted name) and is the output's lock:
+        # its HDF5 user block holds the owner record, so a second run writing OUT is refused
+        self.lock, self._file = acquire(self.part, f"--out {path}", create=_create_live)
+        if _identity(self._file) != (self.lock.dev, self.lock.ino):
+            self._file.close()
+            self.lock.forget()
+            raise InputError(f"--out {path}: {self.part} was replaced while it was being created; not written")
+        self.note = self.lock.note
         for k, v in attrs.items():
             _set_attr(self._file.attrs, k, v)
         self._file.create_group("history")
@@ -47,6 +53,13 @@ class ResultWriter:
         self._series_rows: dict[str, list[np.ndarray]] = {}
         self._swmr = False
         self._n = 0
+
+    def set_attrs(self, attrs: dict[str, Any]) -> None:
+        """Add root attributes (before the first flush)."""
+        if self._swmr:
+            raise RuntimeError("set_attrs must come before the first flush")
+        for k, v in attrs.items():
+            _set_attr(self._file.attrs, k, v)
 
     # -- declarations before the first flush --------------------------------------------
     def declare_series(self, name: str, tail_shape: tuple[int, ...], dtype: Any = np.float32) -> None:
@@ -139,19 +152,34 @@ class ResultWriter:
         self.flush()
         try:
             self._file.close()
+            self._check_ours()
             self._finish(attrs, solution, extra)
-            with open(self.part, "rb+") as fh:
-                os.fsync(fh.fileno())
+            fd = os.open(self.part, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != (self.lock.dev, self.lock.ino):
+                    raise OSError(errno.ESTALE, "the file was replaced during the run")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._check_ours()
             os.replace(self.part, self.path)
+            self.lock.forget()
             fsync_dir(os.path.dirname(os.path.abspath(self.path)))
         except (OSError, RuntimeError) as exc:
             self.abandon()
             raise OutputError(f"{self.part}: cannot write the result file: {describe_os_error(exc)}; "
                               f"the previous {self.path} is unchanged") from None
 
+    def _check_ours(self) -> None:
+        if not self.lock.held():
+            raise OSError(errno.ESTALE, "the file was replaced or removed during the run")
+
     def _finish(self, attrs: dict[str, Any], solution: dict[str, np.ndarray] | None,
                 extra: dict[str, Any] | None) -> None:
         with h5py.File(self.part, "r+") as f:
+            if _identity(f) != (self.lock.dev, self.lock.ino):
+                raise OSError(errno.ESTALE, "the file was replaced during the run")
             for k, v in attrs.items():
                 _set_attr(f.attrs, k, v)
             if solution:
@@ -168,15 +196,24 @@ class ResultWriter:
                         f.create_dataset(k, data=v, **dataset_kwargs(v))
 
     def abandon(self) -> None:
-        """Close and delete the ``.part`` file of a run that failed (the previous result stays)."""
+        """Close and delete the ``.part`` file of a run that failed (the previous result stays); a
+        file that is no longer the one this writer created is left alone."""
         try:
             self._file.close()
         except Exception:  # noqa: BLE001
             pass
-        try:
-            os.unlink(self.part)
-        except OSError:
-            pass
+        self.lock.release()
+
+
+def _create_live(path: str) -> h5py.File:
+    """The live result file, created exclusively (``O_EXCL``: an existing name, a symbolic link
+    included, is never opened through), with a user block for the owner record."""
+    return h5py.File(path, "x", libver="latest", userblock_size=RECORD_SIZE)
+
+
+def _identity(f: h5py.File) -> tuple[int, int]:
+    st = os.fstat(f.id.get_vfd_handle())
+    return st.st_dev, st.st_ino
 
 
 def _set_attr(attrs: h5py.AttributeManager, key: str, value: Any) -> None:
