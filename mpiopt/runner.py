@@ -264,7 +264,6 @@ def _build_run(spec: RunSpec, comm: Any, *, verbose: bool, quiet: bool, write_re
                stop: Any) -> Run:
     from .comm import collective_check, world
     from .io.checkpoint import CheckpointManager
-    from .io.results import FORMAT, FORMAT_VERSION, ResultWriter
 
     t_build = time.perf_counter()
     comm = comm or world()
@@ -289,37 +288,22 @@ def _build_run(spec: RunSpec, comm: Any, *, verbose: bool, quiet: bool, write_re
     say(f"mpiopt {__version__}: {'demo: ' if spec.demo else ''}{spec.solver} on {spec.problem}, {comm.size} rank(s)")
     say(config_lines(cfg))
 
-    # 1. hold the checkpoint folder and the output (rank 0): a second run on either is refused here
+    # 1. hold the checkpoint folder (rank 0): a second run on it is refused here
     ckpts = CheckpointManager(run["checkpoint_dir"], run["keep_checkpoints"]) if run["checkpoint_dir"] else None
-    writer = None
-    want_writer = write_result and run["out"]
+    writers: list[Any] = []       # the result file, once created: abandoned if the build fails
 
-    def take_files():
-        nonlocal writer
-        if rank != 0:
-            return
-        if ckpts is not None:
+    def take_folder():
+        if rank == 0 and ckpts is not None:
             note = ckpts.acquire_lock().note
             if note:
                 say(note)
-        if want_writer:
-            base = {"format": FORMAT, "format_version": FORMAT_VERSION, "solver": spec.solver,
-                    "problem": spec.problem, "config": cfg, "n_ranks": comm.size, "seed": run["seed"],
-                    "status": "running", "success": False, "message": "running", "started": now(),
-                    **{f"version_{k}": v for k, v in versions().items()}}
-            commit = git_commit()
-            if commit:
-                base["git_commit"] = commit
-            writer = ResultWriter(run["out"], base)
-            if writer.note:
-                say(writer.note)
     try:
-        collective_check(comm, take_files)
-        return _build_rest(spec, comm, cfg, run, rank, say, verbose, quiet, problem, stop, ckpts, writer,
-                           t_build, problem_cls, solver_cls)
+        collective_check(comm, take_folder)
+        return _build_rest(spec, comm, cfg, run, rank, say, verbose, quiet, problem, stop, ckpts, writers,
+                           t_build, problem_cls, solver_cls, write_result)
     except BaseException:
-        if writer is not None:
-            writer.abandon()
+        for w in writers:
+            w.abandon()
         release_checkpoint_lock(ckpts)
         raise
 
@@ -331,11 +315,12 @@ def release_checkpoint_lock(ckpts: Any) -> None:
 
 
 def _build_rest(spec: RunSpec, comm: Any, cfg: dict, run: dict, rank: int, say: Callable[[str], None],
-                verbose: bool, quiet: bool, problem: Any, stop: Any, ckpts: Any, writer: Any, t_build: float,
-                problem_cls: type, solver_cls: type) -> Run:
+                verbose: bool, quiet: bool, problem: Any, stop: Any, ckpts: Any, writers: list, t_build: float,
+                problem_cls: type, solver_cls: type, write_result: bool) -> Run:
     from .comm import collective_check
     from .context import RunContext
     from .io.checkpoint import clean_stale_temporaries
+    from .io.results import FORMAT, FORMAT_VERSION, ResultWriter
 
     # 2. resume target (every rank reads the same file), before any heavy work
     if rank == 0:   # temporary files that killed runs left behind
@@ -365,12 +350,31 @@ def _build_rest(spec: RunSpec, comm: Any, cfg: dict, run: dict, rank: int, say: 
     if problem.reference_objective is not None:
         say(f"reference objective F* = {problem.reference_objective:.10g}")
 
-    # 4. the rest of the result file's attributes (rank 0)
-    if writer is not None:
-        extra: dict[str, Any] = {"resumed_from": resume.path if resume is not None else ""}
-        if problem.reference_objective is not None:
-            extra["reference_objective"] = float(problem.reference_objective)
-        writer.set_attrs(extra)
+    # 4. the result file (rank 0), created only after every input was validated; OUT.part is created
+    # exclusively and is the output's lock: a second run writing the same --out is refused here
+    writer = None
+    if write_result and run["out"]:
+        attrs: dict[str, Any] = {}
+        if rank == 0:
+            attrs = {"format": FORMAT, "format_version": FORMAT_VERSION, "solver": spec.solver,
+                     "problem": spec.problem, "config": cfg, "n_ranks": comm.size, "seed": run["seed"],
+                     "status": "running", "success": False, "message": "running", "started": now(),
+                     "resumed_from": resume.path if resume is not None else "",
+                     **{f"version_{k}": v for k, v in versions().items()}}
+            commit = git_commit()
+            if commit:
+                attrs["git_commit"] = commit
+            if problem.reference_objective is not None:
+                attrs["reference_objective"] = float(problem.reference_objective)
+
+        def open_writer():
+            nonlocal writer
+            if rank == 0:
+                writer = ResultWriter(run["out"], attrs)
+                writers.append(writer)
+                if writer.note:
+                    say(writer.note)
+        collective_check(comm, open_writer)
 
     # 5. context and solver, then the resume state
     ctx = RunContext(comm, run, solver=spec.solver, problem=spec.problem, config=cfg, writer=writer,

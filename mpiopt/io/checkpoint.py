@@ -253,7 +253,8 @@ class CheckpointManager:
         if not name:
             raise CheckpointError(f"--resume latest: {pointer} is empty{hint}")
         if not _NAME.match(name):
-            raise CheckpointError(f"--resume latest: {pointer} does not name a checkpoint file of this folder{hint}")
+            raise CheckpointError(f"--resume latest: {pointer} names something that is not a checkpoint file of this "
+                                  f"folder (its content is not shown){hint}")
         path = os.path.join(self.folder, name)
         if not os.path.lexists(path):
             raise CheckpointError(f"--resume latest: {pointer} names {name}, which does not exist{hint}")

@@ -93,7 +93,7 @@ def is_stale(rec: dict[str, Any], me: dict[str, Any] | None = None) -> bool:
     except (TypeError, ValueError):
         return False
     if rec.get("host") == me["host"]:
-        return pid == me["pid"] or not pid_alive(pid)
+        return pid == me["pid"] or _gone(pid, rec.get("started_unix"))
     job = rec.get("slurm_job_id")
     if job and job == me["slurm_job_id"]:
         try:
@@ -101,6 +101,38 @@ def is_stale(rec: dict[str, Any], me: dict[str, Any] | None = None) -> bool:
         except ValueError:
             return False
     return False
+
+
+def _proc_start(pid: int) -> tuple[str, float] | None:
+    """State letter and start time (seconds since the epoch) of process ``pid`` from /proc; None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat", encoding="ascii") as fh:
+            btime = next(float(ln.split()[1]) for ln in fh if ln.startswith("btime"))
+        return fields[0], btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _gone(pid: int, started: Any, wait: float = 3.0) -> bool:
+    """Process ``pid`` on this host no longer runs: it does not exist, is a zombie, or is a newer
+    process that reused the pid (started after the lock was taken). A process that is being killed
+    (an aborted job) is waited for up to ``wait`` seconds."""
+    t_end = time.monotonic() + wait
+    while True:
+        if not pid_alive(pid):
+            return True
+        info = _proc_start(pid)
+        if info is not None:
+            state, t0 = info
+            if state in "ZX":
+                return True
+            if isinstance(started, (int, float)) and t0 > float(started) + 2.0:
+                return True
+        if time.monotonic() >= t_end:
+            return False
+        time.sleep(0.1)
 
 
 @dataclass

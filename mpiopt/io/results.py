@@ -54,13 +54,6 @@ class ResultWriter:
         self._swmr = False
         self._n = 0
 
-    def set_attrs(self, attrs: dict[str, Any]) -> None:
-        """Add root attributes (before the first flush)."""
-        if self._swmr:
-            raise RuntimeError("set_attrs must come before the first flush")
-        for k, v in attrs.items():
-            _set_attr(self._file.attrs, k, v)
-
     # -- declarations before the first flush --------------------------------------------
     def declare_series(self, name: str, tail_shape: tuple[int, ...], dtype: Any = np.float32) -> None:
         """A growing dataset ``/<name>`` of shape (N, *tail_shape) (e.g. model snapshots)."""
