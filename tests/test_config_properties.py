@@ -42,7 +42,7 @@ from mpiopt.errors import InputError  # noqa: E402
 
 IN_CI = bool(os.environ.get("CI"))
 HYPOTHESIS_EXAMPLES = int(os.environ.get("MPIOPT_PROPERTY_EXAMPLES", "400"))
-SAMPLE = 30
+SAMPLE = 16
 registry.load_builtins()
 
 # Problems that need data files (no generated variant) take part only in the in-process checks.

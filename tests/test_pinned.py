@@ -211,8 +211,8 @@ def test_pinned_trajectory(name, runs):
 
 
 # Cases whose bit-identity across runs no resume test already checks (a resumed run is compared bit for
-# bit with the uninterrupted one in tests/test_cli.py (prox_sgd), test_signprox.py, test_hamsi_mpi.py
-# (hamsi, mf_gd, dsgd) and test_level_bundle.py).
+# bit with the uninterrupted one in tests/test_cli.py (prox_sgd), test_signprox.py (signprox),
+# test_hamsi_mpi.py (hamsi, mf_gd, dsgd) and test_level_bundle.py (level_bundle)).
 RERUN = ("signsgd_mv", "sign_then_prox", "projected_subgradient")
 
 
