@@ -289,7 +289,8 @@ def check_checkpoint_dir_not_input(ckpt_dir: str | None, out: str | None) -> Non
         return
     if _same(_folder(out), ckpt_dir):
         name = os.path.basename(out)
-        if name == "latest" or (name.startswith("ckpt-") and name.endswith(".h5")):
+        from .io.checkpoint import LOCK_NAME
+        if name in ("latest", LOCK_NAME) or (name.startswith("ckpt-") and name.endswith(".h5")):
             raise InputError(f"--out {out}: would overwrite a checkpoint file of --checkpoint-dir {ckpt_dir}")
 
 

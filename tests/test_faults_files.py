@@ -322,9 +322,9 @@ def test_lock_is_released_after_failure_and_signal(tmp_path):
 
 
 # -- 4. one --out, two runs, HDF5's own locking switched off ---------------------------------------------------
-def test_second_run_on_a_held_output_is_refused_without_hdf5_locking(tmp_path):
+@pytest.mark.parametrize("env", [{"HDF5_USE_FILE_LOCKING": "FALSE"}, {}], ids=["hdf5_locking_off", "hdf5_locking_on"])
+def test_second_run_on_a_held_output_is_refused(tmp_path, env):
     from mpiopt.io import load_result
-    env = {"HDF5_USE_FILE_LOCKING": "FALSE"}
     code_a, out_a, b = _second_while_first_runs(tmp_path, _slow("out.h5", "ck1"), _slow("out.h5", "ck2"),
                                                 tmp_path / "out.h5.part", env=env)
     lines = error_lines(b.output)
@@ -410,3 +410,11 @@ def test_results_and_checkpoints_follow_the_umask(tmp_path, mask, mode):
     files = [tmp_path / "r.h5", *sorted((tmp_path / "ck").iterdir())]
     modes = {f.name: oct(f.stat().st_mode & 0o777) for f in files}
     assert set(modes.values()) == {oct(mode)}, modes
+
+
+def test_out_onto_the_checkpoint_folders_lock_is_refused(tmp_path):
+    before = snapshot(tmp_path)
+    (tmp_path / "ck").mkdir()
+    p = run_mpi(["prox_sgd", *QUICK, "--checkpoint-dir", "ck", "--out", "ck/mpiopt.lock"], n=1, timeout=120,
+                cwd=tmp_path)
+    assert_contract(p, 2, r"would overwrite a checkpoint file", before, snapshot(tmp_path))
