@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -256,6 +257,46 @@ def test_sigterm_to_launcher_checkpoints_and_resume_finishes(cluster, tmp_path):
     assert f"at iteration {it}" in p.stdout, p.stdout
     with h5py.File(tmp_path / "run.h5", "r") as f:
         assert f.attrs["nit"] == it + 20 and f.attrs["status"] == "max_iter"
+
+
+def test_watchdog_ends_the_job_when_a_node_is_cut_off(tmp_path):
+    """One node's link goes down mid-run (``ip link set down``): no rank can make progress, the
+    watchdog (run.hang_timeout) fires and the whole job ends with exit 1 and its message, within a
+    bound, leaving no process on any node and, with the cluster, no namespace."""
+    _need(unavailable_reason())
+    hang_timeout = 10
+    ck = tmp_path / "ck"
+    cut: dict[str, float] = {}
+    with Cluster(nodes=4, rate="1gbit") as c:
+        def cut_when_solving():            # after the first checkpoint: the run is past set-up
+            t_end = time.monotonic() + 120
+            while time.monotonic() < t_end and not any(ck.glob("ckpt-*.h5")):
+                time.sleep(0.1)
+            if any(ck.glob("ckpt-*.h5")):
+                time.sleep(1)
+                c.set_link(2, up=False)
+                cut["t"] = time.monotonic()
+        cutter = threading.Thread(target=cut_when_solving, daemon=True)
+        cutter.start()
+        p, _ = mpiopt_across(c, ["prox_sgd", "--problem", "faulty", "--plugin", FAULTY, "--set", "problem.slow=0.01",
+                                 "solver.max_iter=100000", f"run.hang_timeout={hang_timeout}", "run.progress=none",
+                                 "--checkpoint-dir", ck, "--checkpoint-every", "20", "--out", "r.h5"], 4, 1, tmp_path,
+                             timeout=240)
+        t_end = time.monotonic()
+        cutter.join(timeout=5)
+        assert "t" in cut, f"the run never checkpointed, the link was not cut:\n{p.output[-3000:]}"
+        print(f"cut off: the job ended {t_end - cut['t']:.1f} s after the link went down "
+              f"(run.hang_timeout={hang_timeout})")
+        assert p.returncode == 1, p.output[-3000:]
+        assert "no progress for" in p.stderr and f"run.hang_timeout={hang_timeout}" in p.stderr, p.output[-3000:]
+        assert "Traceback" not in p.output
+        assert t_end - cut["t"] < hang_timeout + 90, f"ended {t_end - cut['t']:.0f} s after the cut"
+        for _ in range(300):                 # no rank left behind, on the cut-off node either
+            if not no_process_left(c):
+                break
+            time.sleep(0.1)
+        assert not no_process_left(c), no_process_left(c)
+    assert not [ns for ns in list_namespaces() if ns.startswith(c.id)]
 
 
 # -- bytes_sent against the links --------------------------------------------------------------------

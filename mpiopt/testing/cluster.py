@@ -367,6 +367,13 @@ exec ip netns exec "$ns" unshare --ipc --pid --uts --fork --mount-proc --kill-ch
                        PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe")
         return env
 
+    def set_link(self, node: int, up: bool) -> None:
+        """Take node ``node``'s link down (``up=False``: its ``eth0`` stops carrying anything, as a
+        failed cable or switch port) or bring it back up."""
+        if not self._started:
+            raise RuntimeError("start the cluster first")
+        self._run("ip", "-n", self.nodes[node], "link", "set", "eth0", "up" if up else "down")
+
     def counters(self) -> LinkCounters:
         """The switch ports' byte/packet counters (port k is node k's link)."""
         r = subprocess.run(["ip", "-n", self.switch, "-s", "-j", "link", "show"], capture_output=True,
