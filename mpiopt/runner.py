@@ -281,7 +281,7 @@ def _build_run(spec: RunSpec, comm: Any, *, verbose: bool, quiet: bool, write_re
     solver_cls.check_config(cfg, comm.size)
     Every.parse(run["checkpoint_every"], "run.checkpoint_every")
     collective_check(comm, lambda: preflight(spec, problem_cls, comm.size, write_result))
-    estimate = problem_cls.memory_estimate(cfg["problem"], comm.size) if problem is None else None
+    estimate = solver_cls.run_memory_estimate(problem_cls, cfg, comm.size, with_problem=problem is None)
     ranks_here = comm.node_size()
     collective_check(comm, lambda: check_memory(estimate, ranks_here, available_memory()))
 

@@ -10,6 +10,11 @@ from ..comm import Comm
 from ..options import Option
 
 
+def settings(opts: dict[str, Any], *keys: str, section: str = "problem") -> str:
+    """``problem.a=1, problem.b=2``: the settings a memory estimate names (its error names the key)."""
+    return ", ".join(f"{section}.{k}={opts[k]}" for k in keys)
+
+
 class Problem:
     """Base of every problem. ``__init__`` is cheap; :meth:`setup` loads or generates this rank's
     data and raises :class:`~mpiopt.errors.InputError` on bad input (reported once, exit 2)."""

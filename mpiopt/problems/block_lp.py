@@ -23,6 +23,7 @@ from ..bundle import highs
 from ..errors import InputError
 from ..options import Option
 from ..registry import register_problem
+from .base import settings
 from .oracle import DELAY_OPTIONS, Oracle, OracleProblem
 
 
@@ -116,6 +117,18 @@ class BlockLPDual(OracleProblem):
         Option("reference", True, "compute f* from the primal LP (HiGHS) on rank 0", bool),
         *DELAY_OPTIONS,
     )
+
+    @classmethod
+    def shape_estimate(cls, opts):
+        return int(opts["n"]), int(opts["m"])
+
+    @classmethod
+    def memory_estimate(cls, opts, n_ranks):
+        n, m = float(opts["n"]), float(opts["m"])
+        ni = float(opts["block_size"]) * float(opts["block_spread"])      # the largest block's columns
+        block = 8.0 * (3 * n * ni + ni * ni / 4 + 3 * ni)   # A (and its generator's two draws), D, c, d
+        lp = 3 * m * block if opts["reference"] else 0.0    # the primal LP on rank 0
+        return 2 * m * block + lp + 8.0 * n * 40, settings(opts, "n", "m", "block_size", "block_spread")
 
     def setup(self) -> None:
         o = self.opts

@@ -14,6 +14,7 @@ After :meth:`setup` each rank holds an arbitrary shard of the training (and test
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI
@@ -22,9 +23,10 @@ from .. import options as O
 from ..errors import InputError
 from ..options import Option
 from ..registry import register_problem
-from .base import Problem
+from .base import Problem, settings
 
 GEN_CHUNK = 1 << 18     # generated ratings per generator (rank-count independent data)
+LATENT_MAX = 1 << 16    # the largest factorization rank k accepted (files: the data size is unknown before set-up)
 BIAS_L2 = 0.1           # default bias L2 (chosen by a sweep on generated MovieLens-like data, docs/hamsi.md)
 
 
@@ -45,7 +47,7 @@ class MFProblem(Problem):
 
     kind_name = "matrix factorization"
     options = (
-        Option("latent_dim", 10, "rank k of the factorization", int, low=1),
+        Option("latent_dim", 10, "rank k of the factorization", int, low=1, high=LATENT_MAX),
         Option("l2", 0.1, "L2 weight lam, attached to ratings (keeps partial separability)", float, low=0.0),
         Option("reg", "rating", "L2 form: rating (lam/2 (|a_i|^2+|b_j|^2) per rating, weighted-lambda) "
                "or uniform (lam/2 (|A|^2+|B|^2) in total)", str, choices=("rating", "uniform")),
@@ -61,6 +63,11 @@ class MFProblem(Problem):
     n: int
     nnz: int
     nnz_test: int
+
+    @classmethod
+    def shape_estimate(cls, opts: dict[str, Any]) -> tuple[int, int] | None:
+        """(rows, columns) of the ratings matrix known from ``opts`` before set-up; None for files."""
+        return None
 
     def setup(self) -> None:
         r, c, v, tr, tc, tv, m, n = self._load()
@@ -261,12 +268,18 @@ class SyntheticMF(MFProblem):
     FACTOR_VECTORS = 18
 
     @classmethod
+    def shape_estimate(cls, opts):
+        N = int(opts["n_ratings"])
+        return opts["n_rows"] or max(20, N // 50), opts["n_cols"] or max(10, N // 200)
+
+    @classmethod
     def memory_estimate(cls, opts, n_ranks):
         N = int(opts["n_ratings"])
-        m, n = opts["n_rows"] or max(20, N // 50), opts["n_cols"] or max(10, N // 200)
+        m, n = cls.shape_estimate(opts)
         factors = cls.FACTOR_VECTORS * 8.0 * (m + n) * (int(opts["latent_dim"]) + 1)
-        per_rank = (cls.BYTES_PER_RATING * N + factors) / max(1, n_ranks)
-        return per_rank, f"problem.n_ratings={N}"
+        planted = 3 * 8.0 * (m + n) * int(opts["rank"])     # U, V and their popularity-ordered copies, every rank
+        per_rank = (cls.BYTES_PER_RATING * N + factors) / max(1, n_ranks) + planted + 3 * 8.0 * (m + n)
+        return per_rank, settings(opts, "n_ratings", "n_rows", "n_cols", "rank", "latent_dim")
 
     def _tables(self):
         """(N, m, n, U, V, prow, pcol, crow, ccol): the planted factors and the popularity tables."""

@@ -91,6 +91,11 @@ class OracleProblem(Problem):
 
     kind_name = "sum of convex oracles"
     options = DELAY_OPTIONS
+
+    @classmethod
+    def shape_estimate(cls, opts: dict[str, Any]) -> tuple[int, int] | None:
+        """(variables n, components m) known from ``opts`` before set-up; None when unknown."""
+        return None
     n_vars: int
     m: int
     lower: np.ndarray

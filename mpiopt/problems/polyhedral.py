@@ -8,6 +8,7 @@ from .. import options as O
 from ..bundle import highs
 from ..options import Option
 from ..registry import register_problem
+from .base import settings
 from .oracle import DELAY_OPTIONS, Oracle, OracleProblem
 
 
@@ -35,6 +36,17 @@ class Polyhedral(OracleProblem):
         Option("reference", True, "compute f* with the epigraph LP (HiGHS) on rank 0", bool),
         *DELAY_OPTIONS,
     )
+
+    @classmethod
+    def shape_estimate(cls, opts):
+        return int(opts["n"]), int(opts["m"])
+
+    @classmethod
+    def memory_estimate(cls, opts, n_ranks):
+        n, m, rows = float(opts["n"]), float(opts["m"]), float(opts["rows"])
+        data = 8.0 * m * (rows * (n + 1) + n)     # every rank holds all m blocks (C_i, d_i, c_i)
+        lp = 4 * data if opts["reference"] else 0.0   # the epigraph LP on rank 0: sparse copies in HiGHS
+        return 2 * data + lp + 8.0 * n * 40, settings(opts, "n", "m", "rows")
 
     def setup(self) -> None:
         o = self.opts

@@ -16,7 +16,7 @@ from .. import options as O
 from ..errors import InputError
 from ..options import Option
 from ..registry import register_problem
-from .base import Problem
+from .base import Problem, settings
 
 
 class TorchModelProblem(Problem):
@@ -26,6 +26,7 @@ class TorchModelProblem(Problem):
     requires = (("torch", "torch"),)    # (module, pip extra): checked before any work
     default_model = "cnn"
     in_shape: tuple[int, ...] = ()
+    image_shape: tuple[int, ...] = ()     # (C, H, W) of the data set's images, known before set-up
     n_classes = 10
 
     @classmethod
@@ -49,6 +50,29 @@ class TorchModelProblem(Problem):
         self.mean = np.zeros(1, np.float32)
         self.std = np.ones(1, np.float32)
         self.scale = 1.0
+
+    @classmethod
+    def memory_estimate(cls, opts, n_ranks):
+        """The model on every rank: its parameters (counted exactly: a quadratic in the width, fitted
+        on three small widths) as float32, times the copies a training run keeps (weights, gradients,
+        momentum, shared window, snapshots, evaluation)."""
+        if not cls.image_shape:
+            return None
+        from ..nn.models import build_model
+
+        def count(width):
+            return sum(p.numel() for p in build_model(opts["model"], cls.image_shape, cls.n_classes, width).parameters())
+
+        w = opts["width"]
+        if not w:
+            params = float(count(None))
+        else:
+            p4, p8, p12 = (float(count(v)) for v in (4, 8, 12))
+            a = (p12 - 2 * p8 + p4) / 32.0          # params(w) = a w^2 + b w + c exactly
+            b = (p8 - p4) / 4.0 - 12 * a
+            c = p4 - 16 * a - 4 * b
+            params = a * w * w + b * w + c
+        return 8 * 4.0 * params, settings(opts, "model", "width")
 
     # -- data --------------------------------------------------------------------------------
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -117,6 +141,7 @@ class TorchModelProblem(Problem):
 
 @register_problem("digits")
 class Digits(TorchModelProblem):
+    image_shape = (1, 8, 8)
     summary = "scikit-learn's bundled 8x8 digits (1797 images, offline), torch model (cnn/mlp)"
     options = (*TorchModelProblem.model_options("cnn"),
                Option("test_fraction", 0.2, "fraction of the images held out for testing", float,
@@ -139,6 +164,7 @@ class Digits(TorchModelProblem):
 
 @register_problem("mnist")
 class Mnist(TorchModelProblem):
+    image_shape = (1, 28, 28)
     summary = "MNIST from the standard idx files in problem.path (never downloads), torch model"
     options = (O.path("folder with train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-*-ubyte (optionally .gz)"),
                *TorchModelProblem.model_options("cnn"))
@@ -156,6 +182,7 @@ class Mnist(TorchModelProblem):
 
 @register_problem("cifar10")
 class Cifar10(TorchModelProblem):
+    image_shape = (3, 32, 32)
     summary = "CIFAR-10 from the python batches in problem.path (never downloads), ResNet18 by default"
     options = (O.path("folder with cifar-10-batches-py/ (data_batch_1..5, test_batch)"),
                *TorchModelProblem.model_options("resnet18"))

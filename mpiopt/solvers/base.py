@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar, Mapping, NamedTuple
 from ..comm import Comm
 from ..context import RunContext
 from ..options import Option
-from ..problems.base import Problem
+from ..problems.base import Problem, settings
 from ..result import (CALLBACK_STOP, CONVERGED, FAILED, INTERRUPTED, MAX_ITER, OptimizeResult, failure_message,
                       nonfinite, stop_message)
 
@@ -36,6 +36,15 @@ class Stop(NamedTuple):
 def numerical_failure(quantity: str, value: float, iteration: int, hint: str = "", unit: str = "iteration") -> Stop:
     """The FAILED stop of a non-finite ``quantity`` (message: :func:`mpiopt.result.failure_message`)."""
     return Stop(FAILED, failure_message(quantity, value, iteration, hint, unit))
+
+
+def minibatch_estimate(cfg: dict[str, dict[str, Any]], samples: float, *keys: str) -> tuple[float, str]:
+    """A minibatch of ``samples`` samples of a composite problem: indices, losses and residuals, and the
+    gathered rows (``problem.n_features`` x ``problem.density`` numbers each, where the problem says),
+    named by the ``solver.*`` ``keys`` that set it."""
+    p = cfg["problem"]
+    row = float(p.get("n_features") or 0) * float(p.get("density", 1.0))
+    return 8.0 * samples * (4 + 2 * row), settings(cfg["solver"], *keys, section="solver")
 
 
 class Solver:
@@ -96,6 +105,24 @@ class Solver:
     @classmethod
     def check_config(cls, cfg: dict[str, dict[str, Any]], n_ranks: int) -> None:
         """Cross-option validation before any work; raise InputError."""
+
+    @classmethod
+    def memory_estimate(cls, problem_cls: type, cfg: dict[str, dict[str, Any]],
+                        n_ranks: int) -> tuple[float, str] | None:
+        """Bytes per rank of this solver's own state on ``problem_cls`` beyond what the problem's
+        estimate counts, and the settings that drive it (``solver.*``/``problem.*`` keys); None: nothing."""
+        return None
+
+    @classmethod
+    def run_memory_estimate(cls, problem_cls: type, cfg: dict[str, dict[str, Any]], n_ranks: int,
+                            with_problem: bool = True) -> tuple[float, str] | None:
+        """This solver's estimate plus the problem's (unless ``with_problem`` is false: a problem
+        already set up), checked against the node's memory before set-up; None when neither is known."""
+        parts = [e for e in (problem_cls.memory_estimate(cfg["problem"], n_ranks) if with_problem else None,
+                             cls.memory_estimate(problem_cls, cfg, n_ranks)) if e is not None]
+        if not parts:
+            return None
+        return sum(b for b, _ in parts), ", ".join(w for _, w in parts)
 
     # -- to implement ------------------------------------------------------------------
     def step(self) -> Stop | None:

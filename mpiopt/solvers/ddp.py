@@ -36,6 +36,7 @@ from .torch_training import (
     evaluation_row,
     evaluator,
     steps_for_epochs,
+    training_memory_estimate,
 )
 
 
@@ -62,6 +63,11 @@ class DDP(Solver):
         *TRAINING_OPTIONS,
         Option("timeout", 300.0, "seconds a gloo collective may wait before failing", float, low=1.0),
     )
+
+    @classmethod
+    def memory_estimate(cls, problem_cls: type, cfg: dict[str, dict[str, Any]],
+                        n_ranks: int) -> tuple[float, str] | None:
+        return training_memory_estimate(problem_cls, cfg)
 
     def __init__(self, problem: TorchModelProblem, options: dict[str, Any], ctx: Any):
         super().__init__(problem, options, ctx)

@@ -37,6 +37,14 @@ class DSGD(MFSolver):
         Option("batch_size", 256, "ratings per vectorized minibatch inside a block (1: plain SGD, slow)", int, low=1),
     )
 
+    @classmethod
+    def memory_estimate(cls, problem_cls, cfg, n_ranks):
+        """The block grid and a vectorized minibatch of batch_size ratings (indices, residuals and the
+        gathered factor rows)."""
+        grid, what = super().memory_estimate(problem_cls, cfg, n_ranks)
+        bs, k = float(cfg["solver"]["batch_size"]), float(cfg["problem"]["latent_dim"]) + 1
+        return grid + 8.0 * bs * (4 + 4 * k), f"{what}, solver.batch_size={cfg['solver']['batch_size']}"
+
     def __init__(self, problem, options, ctx):
         super().__init__(problem, options, ctx)
         from ..mf.fused import sgd_block     # here, not at the top: it imports numba (the registry loads this module)

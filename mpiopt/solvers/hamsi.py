@@ -28,8 +28,11 @@ import numpy as np
 
 from ..errors import InputError
 from ..options import Option
+from ..problems.base import settings
 from ..registry import register_solver
 from .mf_base import ETA_GD, GAMMA, SAFEGUARD, WARMUP_GROWTH, StratifiedMF, beta, common_options
+
+MEMORY_MAX = 1000        # the largest L-BFGS memory accepted (the reference code uses 5)
 
 
 @register_solver("hamsi")
@@ -44,7 +47,7 @@ class Hamsi(StratifiedMF):
                "safeguard, patience, tol, curvature, warmup_growth, step_form",
                str, choices=("none", "hamsi-mf")),
         *common_options(max_epochs=50),
-        Option("memory", 5, "L-BFGS memory M (curvature pairs)", int, low=1),
+        Option("memory", 5, "L-BFGS memory M (curvature pairs)", int, low=1, high=MEMORY_MAX),
         Option("eta", 0.06, "step schedule: 1/beta with beta = (eta (e+1))^gamma", float, low=0.0, low_open=True),
         GAMMA,
         ETA_GD,
@@ -83,6 +86,19 @@ class Hamsi(StratifiedMF):
                 cfg["problem"]["split"] = "none"      # the reference trains on the whole file
             cfg["solver"].update(init_scale=1.0, safeguard=False, patience=0, tol=0.0, curvature="reference",
                                  warmup_growth=False, step_form="reference")
+
+    @classmethod
+    def memory_estimate(cls, problem_cls, cfg, n_ranks):
+        """The grid's plans plus the L-BFGS model: 2M vectors over this rank's factors (the problem's
+        estimate counts those of M=5) and its 2M x 2M matrices."""
+        grid, what = super().memory_estimate(problem_cls, cfg, n_ranks)
+        M = float(cfg["solver"]["memory"])
+        lbfgs = 8.0 * 6 * (2 * M) ** 2
+        shape = problem_cls.shape_estimate(cfg["problem"])
+        if shape is not None:
+            k = float(cfg["problem"]["latent_dim"]) + 1
+            lbfgs += 8.0 * 2 * max(0.0, M - 5) * (shape[0] + shape[1]) * k / max(1, n_ranks)
+        return grid + lbfgs, f"{what}, {settings(cfg['solver'], 'memory', section='solver')}"
 
     def __init__(self, problem, options, ctx):
         super().__init__(problem, options, ctx)

@@ -29,8 +29,11 @@ from ..bundle import highs
 from ..bundle.master import STARTS, VARIANTS, LevelBundleMaster, Params
 from ..errors import InputError
 from ..options import Option
+from ..problems.base import settings
 from ..registry import register_solver
 from .master_oracle import MasterOracleSolver
+
+HIGHS_THREADS_MAX = 1024     # the most threads one HiGHS model is given
 
 
 @register_solver("level_bundle")
@@ -77,7 +80,7 @@ class LevelBundle(MasterOracleSolver):
         Option("time_limit", 300.0, "seconds per level QP and exact LP solve (DAQP, HiGHS); at the limit a QP "
                "falls back to the other solver, an LP gives no bound", float, low=0.0, low_open=True),
         Option("highs_threads", 1, "threads of each HiGHS model on each rank (the ranks already share the cores)",
-               int, low=1),
+               int, low=1, high=HIGHS_THREADS_MAX),
         Option("start", "sync", "sync: wait for every oracle at x1 before the first QP; async (upper_model, "
                "coordination): no waiting, f_up = +inf and f_low = -inf until every oracle has answered, steps on "
                "the components that answered meanwhile (docs/level_bundle.md)", str, choices=STARTS),
@@ -92,6 +95,20 @@ class LevelBundle(MasterOracleSolver):
         if s.get("start") == "async" and s.get("variant", "sync") == "sync":
             raise InputError("solver.start=async needs an asynchronous variant (solver.variant=upper_model or "
                              "coordination); sync waits for every oracle at every point anyway")
+
+    @classmethod
+    def memory_estimate(cls, problem_cls: type, cfg: dict[str, dict[str, Any]],
+                        n_ranks: int) -> tuple[float, str] | None:
+        """The master's cut storage (m (cut_cap max_cuts + 2) cuts of n + 2 numbers, twice while it
+        grows) and the upper model's points (m upper_points of n numbers)."""
+        shape = problem_cls.shape_estimate(cfg["problem"])
+        if shape is None:
+            return None
+        n, m = float(shape[0]), float(shape[1])
+        s = cfg["solver"]
+        cuts = 2 * 8.0 * m * (s["cut_cap"] * s["max_cuts"] + 2) * (n + 2)
+        upper = 8.0 * m * s["upper_points"] * (n + 1)
+        return cuts + upper, settings(s, "max_cuts", "cut_cap", "upper_points", section="solver")
 
     def __init__(self, problem: Any, options: dict[str, Any], ctx: Any):
         highs.configure(threads=options["highs_threads"], verbose=ctx.verbose)   # before any model is built

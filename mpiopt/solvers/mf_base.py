@@ -24,6 +24,7 @@ from ..mf.cuts import stratum_at
 from ..mf.init import read_factors, reference_normals
 from ..options import Option
 from ..problems.mf import MFProblem
+from ..problems.base import settings
 from .base import Solver, Stop
 
 SAFEGUARD_RTOL = 1e-4
@@ -84,6 +85,14 @@ class MFSolver(Solver):
         nb = cfg["solver"]["blocks"]
         if nb and nb % n_ranks:
             raise InputError(f"solver.blocks={nb} must be a multiple of the rank count {n_ranks}")
+
+    @classmethod
+    def memory_estimate(cls, problem_cls: type, cfg: dict[str, dict[str, Any]],
+                        n_ranks: int) -> tuple[float, str] | None:
+        """The block grid: nb per-stratum exchange plans of nb/P groups each (Python objects, about
+        80 bytes a group) and the block cuts."""
+        nb = float(cfg["solver"]["blocks"] or n_ranks)
+        return nb * (80.0 * nb / max(1, n_ranks) + 400.0 + 32.0), settings(cfg["solver"], "blocks", section="solver")
 
     def __init__(self, problem, options, ctx):
         super().__init__(problem, options, ctx)

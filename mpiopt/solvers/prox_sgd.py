@@ -22,7 +22,7 @@ from ..comm.jit import compile_once
 from ..prox import prox_step, warm_prox_step
 from ..registry import register_solver
 from ..rng import RankStreams
-from .base import Solver, Stop
+from .base import Solver, Stop, minibatch_estimate
 
 
 DEMO_PROBLEM = {"problem.n_samples": 20000, "problem.n_features": 1000, "problem.density": 0.05,
@@ -54,6 +54,10 @@ class ProxSGD(Solver):
         Option("schedule", "sqrt", "step schedule: sqrt (step0/sqrt(t+1)) or const", str, choices=("sqrt", "const")),
         Option("dtype", "float32", "precision of the gradient on the wire", str, choices=("float32", "float64")),
     )
+
+    @classmethod
+    def memory_estimate(cls, problem_cls, cfg, n_ranks):
+        return minibatch_estimate(cfg, cfg["solver"]["batch_size"], "batch_size")
 
     def __init__(self, problem, options, ctx):
         super().__init__(problem, options, ctx)

@@ -23,7 +23,7 @@ from ..errors import CheckpointError, InputError
 from ..options import Option
 from ..problems.base import CompositeProblem
 from ..rng import RankStreams
-from .base import Solver, Stop
+from .base import Solver, Stop, minibatch_estimate
 
 
 def sign_step_size(step0: float, t: int, schedule: str, horizon: int) -> float:
@@ -122,6 +122,14 @@ class SignVoteSolver(Solver):
         return False
 
     # -- setup ---------------------------------------------------------------------------------------
+    @classmethod
+    def memory_estimate(cls, problem_cls: type, cfg: dict[str, dict[str, Any]],
+                        n_ranks: int) -> tuple[float, str] | None:
+        """The minibatch per rank (:func:`batch_per_rank`)."""
+        o = cfg["solver"]
+        keys = ("batch_size", "max_iter") if o["schedule"] in ("heuristic", "theory") else ("batch_size",)
+        return minibatch_estimate(cfg, batch_per_rank(o), *keys)
+
     @classmethod
     def check_config(cls, cfg: dict[str, dict[str, Any]], n_ranks: int) -> None:
         if cfg["solver"]["aggregator"] == "int8_allreduce" and n_ranks > 127:

@@ -40,6 +40,12 @@ class SignProx(SignVoteSolver):
                int, low=1),
     )
 
+    @classmethod
+    def memory_estimate(cls, problem_cls, cfg, n_ranks):
+        """The minibatch and the prox_samples component draws of an iteration."""
+        batch, what = super().memory_estimate(problem_cls, cfg, n_ranks)
+        return batch + 8.0 * cfg["solver"]["prox_samples"], f"{what}, solver.prox_samples={cfg['solver']['prox_samples']}"
+
     def __init__(self, problem, options, ctx):
         self.sampled = options["randomness"] == "sampled_prox"
         self.K = n_components(problem.regularizer) if self.sampled else 1

@@ -7,6 +7,7 @@ from typing import Any
 
 from .. import options as O
 from ..options import Option
+from ..problems.base import settings
 
 # u = m*u + g ; x -= (1-m) * alpha * gamma / sqrt(k) * u ; g += wd*x + l1*sign(x)
 TRAINING_OPTIONS: tuple[Option, ...] = (
@@ -27,6 +28,17 @@ TRAINING_OPTIONS: tuple[Option, ...] = (
     Option("target_accuracy", 0.0, "stop (converged) when an evaluation reaches this test accuracy (0: never)",
            float, low=0.0, high=1.0),
 )
+
+
+def training_memory_estimate(problem_cls: type, cfg: dict[str, dict[str, Any]]) -> tuple[float, str] | None:
+    """The images a training rank holds at once beyond the problem's estimate: a minibatch (and its
+    activations and gradients, a few copies) and the bn_batches minibatches cached for BatchNorm."""
+    shape = getattr(problem_cls, "image_shape", ())
+    if not shape:
+        return None
+    s = cfg["solver"]
+    image = 4.0 * math.prod(shape)
+    return image * s["batch_size"] * (8 + s["bn_batches"]), settings(s, "batch_size", "bn_batches", section="solver")
 
 
 def epochs(samples: int, n_train: int) -> float:

@@ -25,10 +25,11 @@ from ...comm.shared_model import (
 )
 from ...errors import CheckpointError, InputError
 from ...options import Option
+from ...problems.base import settings
 from ...problems.torch_models import TorchModelProblem
 from ...registry import register_solver
 from ..base import Solver, Stop
-from ..torch_training import TRAINING_OPTIONS, epochs
+from ..torch_training import TRAINING_OPTIONS, epochs, training_memory_estimate
 from .host import Decision, SnapshotHost
 from .worker import Worker
 
@@ -92,6 +93,15 @@ class AsyncSubgradient(Solver):
     demo_settings = {"solver.method": "passm", "solver.max_epochs": 40, "solver.target_accuracy": 0.95,
                      "run.snapshot_every": 0.5, "run.max_time": 60}
     options = OPTIONS
+
+    @classmethod
+    def memory_estimate(cls, problem_cls: type, cfg: dict[str, dict[str, Any]],
+                        n_ranks: int) -> tuple[float, str] | None:
+        """The training rank's minibatches plus passm's pieces of its block (a Python pair each)."""
+        base = training_memory_estimate(problem_cls, cfg)
+        pieces = 120.0 * cfg["solver"]["passm_subblocks"]
+        what = settings(cfg["solver"], "passm_subblocks", section="solver")
+        return (pieces, what) if base is None else (base[0] + pieces, f"{base[1]}, {what}")
 
     @classmethod
     def check_config(cls, cfg: dict[str, dict[str, Any]], n_ranks: int) -> None:
