@@ -44,6 +44,13 @@ def batch_per_rank(o: dict[str, Any]) -> int:
     return o["batch_size"]
 
 
+def batch_estimate(cfg: dict[str, dict[str, Any]]) -> tuple[float, str]:
+    """Memory of the minibatch per rank (:func:`batch_per_rank`) and the settings that set it."""
+    o = cfg["solver"]
+    keys = ("batch_size", "max_iter") if o["schedule"] in ("heuristic", "theory") else ("batch_size",)
+    return minibatch_estimate(cfg, batch_per_rank(o), *keys)
+
+
 def mapping_norm_l1(problem: CompositeProblem, x: np.ndarray, gam: float) -> float:
     """Collective: ||G(x)||_1 = ||x - prox_{gam r}(x - gam grad d(x))||_1 / gam, full batch."""
     _, g = problem.full_grad(x)
@@ -122,13 +129,7 @@ class SignVoteSolver(Solver):
         return False
 
     # -- setup ---------------------------------------------------------------------------------------
-    @classmethod
-    def memory_estimate(cls, problem_cls: type, cfg: dict[str, dict[str, Any]],
-                        n_ranks: int) -> tuple[float, str] | None:
-        """The minibatch per rank (:func:`batch_per_rank`)."""
-        o = cfg["solver"]
-        keys = ("batch_size", "max_iter") if o["schedule"] in ("heuristic", "theory") else ("batch_size",)
-        return minibatch_estimate(cfg, batch_per_rank(o), *keys)
+    memory_estimate = classmethod(lambda cls, problem_cls, cfg, n_ranks: batch_estimate(cfg))
 
     @classmethod
     def check_config(cls, cfg: dict[str, dict[str, Any]], n_ranks: int) -> None:
