@@ -232,6 +232,50 @@ def test_real_hang_ends_the_job_with_exit_1(tmp_path, case):
         assert gone(pid), f"rank pid {pid} outlived its job"
 
 
+def test_ranks_end_themselves_when_the_launcher_does_not_answer(tmp_path):
+    """mpirun and its proxy frozen (SIGSTOP: as unreachable as the launcher of a node cut off from the
+    network): when the watchdog fires, no MPI_Abort is answered and nobody reads the message, yet
+    every rank exits by itself (bounded waits for both), exit 1."""
+    marker = tmp_path / "stuck"
+    job = Job(["prox_sgd", "--problem", "faulty", "--plugin", FAULTY, "--set", "problem.fail_rank=1",
+               "problem.hang_at=5", f"problem.hang_marker={marker}", "run.hang_timeout=3", "run.progress=none",
+               "--out", "r.h5"], 2, tmp_path)
+    job.wait_for(marker.exists)
+    ranks = job.all_ranks()
+    launcher = [job.p.pid, *(int(k) for k in Path(f"/proc/{job.p.pid}/task/{job.p.pid}/children").read_text().split())]
+    job.signal(signal.SIGSTOP, launcher)
+    try:
+        left = [r for r, pid in ranks.items() if not gone(pid, timeout=90)]
+    finally:
+        job.signal(signal.SIGCONT, launcher)
+    out = job.finish(timeout=60)
+    assert not left, f"ranks {left} did not end by themselves"
+    assert job.p.returncode == 1, out[-3000:]
+
+
+def test_watchdog_counts_only_running_time():
+    """The tick accounting in-process: a gap far longer than the tick period (a stop) counts as one
+    period; progress inside a gap restarts the count at no more than the gap's credit."""
+    from mpiopt.stopping import SUSPEND_GAP, Watchdog
+    w = Watchdog(rank=0, limit=5.0, setup_limit=60.0)
+    assert w.period == 0.5 and w.max_gap == SUSPEND_GAP
+    for k in range(8):                          # 4 s of normal ticks, no progress
+        w.tick(now=0.5 * (k + 1), gap=0.5, stamp=0.0, seen=0.0)
+    assert w.idle == pytest.approx(4.0) and w.expired() is None
+    w.tick(now=1004.0, gap=1000.0, stamp=0.0, seen=0.0)   # stopped for 1000 s: one period
+    assert w.idle == pytest.approx(4.5) and w.expired() is None
+    w.tick(now=2004.0, gap=1000.0, stamp=5.0, seen=0.0)   # progress just before a long stop
+    assert w.idle == pytest.approx(0.5)
+    assert w.expired() is None                  # set-up: its own limit
+    w.idle = 10.0
+    assert w.expired() is None
+    w.begin_solve()
+    w.idle = 10.0
+    assert "run.hang_timeout=5" in w.expired()
+    w.idle, w.solving = 61.0, False
+    assert "during set-up" in w.expired() and "run.setup_timeout=60" in w.expired()
+
+
 # -- repeated signals ----------------------------------------------------------------------------------
 # MPICH's mpirun forwards every SIGTERM, but only the first SIGINT: a second Ctrl-C to mpirun itself
 # makes it kill the job at once (its "force abort", exit 255), so SIGINT repeats go to the ranks
