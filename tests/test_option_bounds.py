@@ -7,10 +7,14 @@ from typing import Any
 
 import pytest
 
+from mpiopt import options as O
 from mpiopt import registry
 from mpiopt import runner
 from mpiopt.errors import InputError
 from mpiopt.preflight import available_memory, check_memory, check_requirements
+
+from conftest import run_mpi
+from test_faults import assert_contract, snapshot
 
 HUGE = 2 ** 62
 NODE_MEMORY = 64 << 30        # when this machine does not say how much memory it has
@@ -33,6 +37,10 @@ UNBOUNDED: dict[str, str] = {
     "group_size": "features per group: more than the features is one group",
     "min_batch": "answers before a QP: clipped to the idle oracles",
     "coord_max": "a cap on coordinations in flight (at most one per answer round)",
+    "report_every": "a period in iterations of the progress lines",
+    "history_every": "a period in iterations of the history records",
+    "poll_every": "a period in iterations of the collective stop/checkpoint poll",
+    "keep_checkpoints": "a cap on the checkpoints kept (only those written are stored)",
 }
 # Per owner: "solver:NAME.key" or "problem:NAME.key" (the same key meaning something else there).
 UNBOUNDED_AT: dict[str, str] = {}
@@ -51,6 +59,9 @@ def _cases() -> list[tuple[str, str, str, str]]:
         for o in pcls.options:
             if o.kind is int:
                 cases.append((solver, pname, "problem", o.name))
+    for o in O.RUN_OPTIONS:
+        if o.kind is int:
+            cases.append(("prox_sgd", "logistic", "run", o.name))
     return cases
 
 
@@ -70,13 +81,26 @@ def pre_setup_checks(solver: str, problem: str, values: list[tuple[str, Any, str
 
 
 def _option(solver: str, problem: str, section: str, name: str):
+    if section == "run":
+        return next(o for o in O.RUN_OPTIONS if o.name == name)
     cls = registry.get_solver(solver) if section == "solver" else registry.get_problem(problem)
     return next(o for o in cls.options if o.name == name)
 
 
-@pytest.mark.parametrize("solver,problem,section,name", CASES, ids=[f"{c[2]}.{c[3]}@{c[0] if c[2] == 'solver' else c[1]}" for c in CASES])
+def _owner(solver: str, problem: str, section: str, name: str) -> str:
+    return f"{section}:{ {'solver': solver, 'problem': problem, 'run': 'run'}[section]}.{name}"
+
+
+def test_allow_list_names_integer_options():
+    names = {c[3] for c in CASES}
+    owners = {_owner(*c) for c in CASES}
+    assert not set(UNBOUNDED) - names, f"stale allow-list entries: {set(UNBOUNDED) - names}"
+    assert not set(UNBOUNDED_AT) - owners, f"stale allow-list entries: {set(UNBOUNDED_AT) - owners}"
+
+
+@pytest.mark.parametrize("solver,problem,section,name", CASES, ids=[_owner(*c) for c in CASES])
 def test_impossible_sizes_are_refused_before_setup(solver, problem, section, name):
-    owner = f"{section}:{solver if section == 'solver' else problem}.{name}"
+    owner = _owner(solver, problem, section, name)
     key = f"{section}.{name}"
     opt = _option(solver, problem, section, name)
     try:
@@ -98,3 +122,19 @@ def test_impossible_sizes_are_refused_before_setup(solver, problem, section, nam
         else:
             assert (name in UNBOUNDED or owner in UNBOUNDED_AT) and opt.high is None, \
                 f"{owner}={value} passes every check before set-up: give it high= or a memory estimate"
+
+
+# What crashed set-up ("array is too big", exit 1) or hung before these checks: one real run each.
+REAL_RUNS = [
+    ("hamsi", "solver.blocks"),
+    ("mf_gd", "problem.rank"),
+    ("level_bundle", "solver.max_cuts"),
+    ("level_bundle", "problem.rows"),
+]
+
+
+@pytest.mark.parametrize("solver,key", REAL_RUNS, ids=[f"{s}-{k}" for s, k in REAL_RUNS])
+def test_real_run_refuses_an_impossible_size(solver, key, tmp_path):
+    before = snapshot(tmp_path)
+    p = run_mpi([solver, "--set", f"{key}={2 ** 63 - 1}", "--out", "r.h5"], n=1, timeout=180, cwd=tmp_path)
+    assert_contract(p, 2, rf"mpiopt: error: .*{key}=9223372036854775807.*needs about", before, snapshot(tmp_path))
