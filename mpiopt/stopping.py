@@ -12,7 +12,7 @@ import time
 from typing import Any, Callable
 
 from . import result as R
-from .comm.abort import let_launcher_read
+from .comm.abort import abort_job, let_launcher_read
 from .comm.core import last_progress, mark_progress
 from .errors import EXIT_FAILURE
 
@@ -55,15 +55,6 @@ def _bounded(fn: Callable[[], Any], seconds: float) -> None:
     t.join(seconds)
 
 
-def _abort(code: int) -> None:
-    try:
-        from mpi4py import MPI
-        if MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
-            MPI.COMM_WORLD.Abort(code)
-    except BaseException:  # noqa: BLE001 - the exit below ends the process anyway
-        pass
-
-
 def end_job(message: str, code: int) -> None:
     """End the whole job from any thread: write ``message`` (one line, stderr), wait until the
     launcher has read it (:func:`~mpiopt.comm.abort.let_launcher_read`), call ``MPI_Abort(code)`` (the launcher ends every rank),
@@ -77,7 +68,7 @@ def end_job(message: str, code: int) -> None:
         os.write(2, (message.rstrip("\n") + "\n").encode(errors="replace"))
         _bounded(sys.stdout.flush, 1.0)          # never blocks on a stdout the main thread holds
         let_launcher_read()
-        _bounded(lambda: _abort(code), ABORT_WAIT)
+        _bounded(lambda: abort_job(code), ABORT_WAIT)
     finally:
         os._exit(code)
 

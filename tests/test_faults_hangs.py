@@ -301,3 +301,14 @@ def test_repeated_signal_does_not_skip_the_orderly_stop(tmp_path, sig, target):
     status, nit = status_of(tmp_path / "r.h5")
     assert status == "interrupted" and nit > 0
     assert (ck / "latest").read_text().strip() == f"ckpt-{nit:09d}.h5"
+
+
+def test_signal_before_the_run_ends_at_once_with_one_line():
+    """SIGTERM while the command line is still starting (before any run has handlers): one line, exit
+    128+15, no traceback."""
+    code = ("import os, signal, time; from mpiopt.comm.abort import abort_on_exception\n"
+            "def start():\n    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(30)\n    return 0\n"
+            "abort_on_exception(start)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=mpi_env())
+    assert p.returncode == 128 + signal.SIGTERM, p.stderr
+    assert p.stderr.strip().splitlines() == ["rank 0: stopped by signal 15 before the run started (nothing to checkpoint)"]

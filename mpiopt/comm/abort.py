@@ -40,6 +40,17 @@ def let_launcher_read(timeout: float = FORWARD_WAIT) -> None:
     time.sleep(0.5)
 
 
+def abort_job(code: int) -> None:
+    """``MPI_Abort(code)`` on the world when MPI runs with more than one rank (the launcher then ends
+    every rank, this one included); otherwise, or if the abort fails, it returns."""
+    try:
+        from mpi4py import MPI
+        if MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
+            MPI.COMM_WORLD.Abort(code)
+    except Exception:  # noqa: BLE001 - the caller exits anyway
+        pass
+
+
 def report_exception(exc: BaseException, rank: int, verbose: bool) -> None:
     """Print ``rank R: <type>: <message>`` (and the traceback when verbose) to stderr."""
     if verbose:
@@ -96,5 +107,5 @@ def abort_on_exception(fn: Callable[[], int], verbose: bool = False) -> int:
         sys.stderr.flush()
         if MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
             let_launcher_read()
-            MPI.COMM_WORLD.Abort(code)
+            abort_job(code)
         os._exit(code)
