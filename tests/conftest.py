@@ -90,3 +90,20 @@ def run_mpi(args: list[str], n: int = 2, timeout: float = 120, cwd: str | os.Pat
 @pytest.fixture
 def mpirun():
     return run_mpi
+
+
+# -- running the suite on two workers (pytest-xdist, `--dist loadgroup`) ----------------------------
+# Tests that share machine-wide state run on one worker, one after the other: the Slurm daemons,
+# the emulated nodes (fixed namespace names and test subnet) and the 40-rank oversubscription runs.
+# pytest-isolate-mpi's tests (marked ``mpi``) cannot run under xdist: the README's command runs them
+# in a second, serial pass (``-m mpi``).
+SERIAL_GROUPS = {"test_slurm.py": "system", "test_slurm_multinode.py": "system", "test_cluster.py": "system"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = SERIAL_GROUPS.get(item.path.name)
+        if group is None and ("forty" in item.name or "[40]" in item.name):
+            group = "heavy"
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
