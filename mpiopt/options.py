@@ -68,8 +68,8 @@ class Every:
                 raise ValueError
             return cls(iters, 0.0)
         except (ValueError, OverflowError):
-            raise InputError(f"{where}: expected N iterations (0 to 2**63-1) or Ns seconds (0 to {DURATION_MAX:g}), "
-                             f"e.g. 100 or 30s, got {show(text)}") from None
+            raise InputError(f"{where}: expected N iterations or Ns seconds (N from 0 to 2**63-1, seconds from 0 to "
+                             f"{DURATION_MAX:g}), e.g. 100 or 30s, got {show(text)}") from None
 
     @property
     def never(self) -> bool:
