@@ -1,13 +1,93 @@
 """Proximal operators: prox(v, t) = argmin_u t*r(u) + 0.5*||u - v||^2, vectorised numpy.
 
-Each regularizer object has ``value(x)`` and ``prox(v, t, out=None)``; ``out`` may alias ``v``.
+Every regularizer implements :class:`mpiopt.protocols.Regularizer`: ``value(x)`` and
+``prox(v, t, out=None)`` (``out`` may alias ``v``), plus the optional hooks whose defaults
+:class:`RegularizerBase` carries. ``@register_regularizer("name")`` on a subclass makes it
+``problem.reg=name`` of the linear-model problems.
 """
 from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
 
 import numpy as np
 
 from . import kernels as K
+from .errors import InputError
 from .kernels import BLOCK, blocks
+from .protocols import Optimum, ReferenceSolvers
+from .registry import register_regularizer
+
+
+class RegularizerBase:
+    """Base of every regularizer: subclasses implement :meth:`value` and :meth:`prox`; every other
+    hook of :class:`mpiopt.protocols.Regularizer` has a default here."""
+
+    #: the name under which the class is registered (set by :func:`~mpiopt.registry.register_regularizer`)
+    reg_name: ClassVar[str] = ""
+    #: prox acts on each element alone with scalar parameters, so it may be applied to any slice
+    elementwise: ClassVar[bool] = False
+    #: r is convex: the default :meth:`reference_optimum` then runs the prox-gradient reference solver
+    convex: ClassVar[bool] = False
+    #: K when r = (1/K) sum_k r_k with a cheap exact prox per component (see :meth:`prox_component`)
+    n_components: int = 1
+
+    def value(self, x: np.ndarray) -> float:
+        """r(x) (``inf`` outside a constraint set)."""
+        raise NotImplementedError
+
+    def prox(self, v: np.ndarray, t: float, out: np.ndarray | None = None) -> np.ndarray:
+        """argmin_u t r(u) + 1/2 ||u - v||^2 (``out`` may alias ``v``)."""
+        raise NotImplementedError
+
+    def prox_component(self, v: np.ndarray, t: float, k: int, out: np.ndarray | None = None) -> np.ndarray:
+        """prox_{t r_k}(v) of component ``k`` (default, one component: the prox of r)."""
+        return self.prox(v, t, out=out)
+
+    def gradient_mapping(self, x: np.ndarray, g: np.ndarray, t: float, out: np.ndarray,
+                         work: np.ndarray | None = None) -> np.ndarray:
+        """out = x - prox_{t r}(x - t g) (default: from :meth:`prox`; ``work`` is for fused versions)."""
+        return _generic_mapping(self, x, g, t, out)
+
+    def reference_optimum(self, ref: ReferenceSolvers) -> Optimum | None:
+        """Collective: (F*, x*) of the problem's smooth part + r. Default: the prox-gradient reference
+        solver when :attr:`convex`, else None (no certified optimum)."""
+        return ref.prox_gradient(self) if self.convex else None
+
+    @classmethod
+    def from_options(cls, opts: dict[str, Any], n_vars: int) -> "RegularizerBase":
+        """The regularizer for ``problem.reg=NAME`` from the problem's options (default:
+        ``cls(problem.l1)``; ``problem.l2 > 0`` is refused). InputError on bad options."""
+        cls.refuse_l2(opts)
+        return cls(opts["l1"])
+
+    @classmethod
+    def refuse_l2(cls, opts: dict[str, Any]) -> None:
+        """InputError when ``problem.l2 > 0`` (for regularizers that have no L2 term)."""
+        if opts.get("l2", 0.0) > 0:
+            raise InputError(f"problem.l2: not supported with problem.reg={cls.reg_name}")
+
+
+class _Adapted(RegularizerBase):
+    """A duck-typed object with only ``value`` and ``prox``, seen through the protocol's defaults."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def value(self, x: np.ndarray) -> float:
+        return self.inner.value(x)
+
+    def prox(self, v: np.ndarray, t: float, out: np.ndarray | None = None) -> np.ndarray:
+        return self.inner.prox(v, t, out=out)
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+
+def as_regularizer(reg: Any) -> RegularizerBase:
+    """``reg`` itself when it subclasses :class:`RegularizerBase`; otherwise an object with just
+    ``value`` and ``prox`` taken with the default hooks."""
+    return reg if isinstance(reg, RegularizerBase) else _Adapted(reg)
 
 
 def soft_threshold(v: np.ndarray, thresh: float | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -28,11 +108,12 @@ def soft_threshold(v: np.ndarray, thresh: float | np.ndarray, out: np.ndarray | 
     return out
 
 
-class ElasticNet:
+@register_regularizer("elastic_net")
+class ElasticNet(RegularizerBase):
     """r(x) = l1*||x||_1 + (l2/2)*||x||^2 (l1 = 0: ridge; l2 = 0: lasso penalty)."""
 
-    #: prox acts on each element alone with scalar parameters, so it may be applied to any slice
     elementwise = True
+    convex = True
 
     def __init__(self, l1: float = 0.0, l2: float = 0.0):
         self.l1 = float(l1)
@@ -55,10 +136,18 @@ class ElasticNet:
     def __repr__(self) -> str:
         return f"ElasticNet(l1={self.l1}, l2={self.l2})"
 
+    @classmethod
+    def from_options(cls, opts: dict[str, Any], n_vars: int) -> "ElasticNet":
+        return ElasticNet(opts["l1"], opts["l2"])
+
+    def reference_optimum(self, ref: ReferenceSolvers) -> Optimum:
+        """By L-BFGS-B on the split x = u - v."""
+        return ref.split_l1(np.full(ref.n_vars, float(self.l1)), self.l2)
+
     def gradient_mapping(self, x: np.ndarray, g: np.ndarray, t: float, out: np.ndarray,
-                         work: np.ndarray) -> np.ndarray:
+                         work: np.ndarray | None = None) -> np.ndarray:
         """out = x - prox_{t r}(x - t g) in four passes for the pure L1 case (see :func:`gradient_mapping`)."""
-        if self.l2 > 0:
+        if self.l2 > 0 or work is None:
             return _generic_mapping(self, x, g, t, out)
         a = t * self.l1
         np.multiply(g, t, out=out)                 # t g
@@ -81,10 +170,11 @@ def _out(v: np.ndarray, out: np.ndarray | None) -> np.ndarray:
 _FEAS_TOL = 1e-9
 
 
-class Zero:
+class Zero(RegularizerBase):
     """r = 0 (prox = identity)."""
 
     elementwise = True
+    convex = True
 
     def value(self, x: np.ndarray) -> float:
         return 0.0
@@ -106,8 +196,10 @@ class L1(ElasticNet):
         return f"L1(lam={self.l1})"
 
 
-class WeightedL1:
+class WeightedL1(RegularizerBase):
     """``r(x) = lam * sum_i w_i |x_i|``, ``w_i >= 0`` (``w_i = 0``: unpenalised)."""
+
+    convex = True
 
     def __init__(self, lam: float, weights: np.ndarray):
         self.lam = float(lam)
@@ -124,9 +216,61 @@ class WeightedL1:
     def __repr__(self) -> str:
         return f"WeightedL1(lam={self.lam}, n={self.w.size})"
 
+    def reference_optimum(self, ref: ReferenceSolvers) -> Optimum:
+        return ref.split_l1(self.lam * self.w)
 
-class Box:
+
+@register_regularizer("weighted_l1")
+class WeightedElasticNet(RegularizerBase):
+    """``l1 * sum_i w_i |x_i| + l2/2 ||x||^2`` (``problem.weights``: a .npy file of the w_i)."""
+
+    convex = True
+
+    def __init__(self, l1: float, l2: float, w: np.ndarray):
+        self.inner = WeightedL1(l1, w)
+        self.w = self.inner.w
+        self.l2 = float(l2)
+
+    def value(self, x: np.ndarray) -> float:
+        return self.inner.value(x) + 0.5 * self.l2 * float(x @ x)
+
+    def prox(self, v: np.ndarray, t: float, out: np.ndarray | None = None) -> np.ndarray:
+        out = self.inner.prox(v, t, out)
+        if self.l2 > 0:
+            out /= 1.0 + t * self.l2
+        return out
+
+    def reference_optimum(self, ref: ReferenceSolvers) -> Optimum:
+        return ref.split_l1(self.inner.lam * self.w, self.l2)
+
+    @classmethod
+    def from_options(cls, opts: dict[str, Any], n_vars: int) -> "WeightedElasticNet":
+        return cls(opts["l1"], opts["l2"], cls.read_weights(opts.get("weights"), n_vars))
+
+    @staticmethod
+    def read_weights(path: str | None, n: int) -> np.ndarray:
+        """The weights in the .npy file ``path`` (none: feature 0 unpenalised, 1 elsewhere)."""
+        if not path:
+            w = np.ones(n)
+            w[0] = 0.0
+            return w
+        if not os.path.isfile(path):
+            raise InputError(f"problem.weights {path}: file not found")
+        try:
+            w = np.asarray(np.load(path, allow_pickle=False), dtype=np.float64).ravel()
+        except (OSError, ValueError) as exc:
+            raise InputError(f"problem.weights {path}: cannot read a .npy array ({exc})") from None
+        if w.size != n:
+            raise InputError(f"problem.weights {path}: {w.size} weights for {n} features")
+        if not np.isfinite(w).all() or (w < 0).any():
+            raise InputError(f"problem.weights {path}: weights must be finite and >= 0")
+        return w
+
+
+class Box(RegularizerBase):
     """Indicator of lo <= x <= hi (lo = 0, hi = inf: nonnegativity); with ``l1`` > 0 adds l1*||x||_1."""
+
+    convex = True
 
     def __init__(self, lo: float | np.ndarray = 0.0, hi: float | np.ndarray = np.inf, l1: float = 0.0):
         self.lo, self.hi, self.l1 = lo, hi, float(l1)
@@ -147,13 +291,26 @@ class Box:
         return f"Box(lo={self.lo}, hi={self.hi}, l1={self.l1})"
 
 
+@register_regularizer("nonneg_l1")
+class NonNegativeL1(Box):
+    """Indicator of x >= 0, plus l1*sum x_i (prox: max(v - t*l1, 0))."""
+
+    def __init__(self, l1: float = 0.0):
+        super().__init__(0.0, np.inf, l1)
+
+    def reference_optimum(self, ref: ReferenceSolvers) -> Optimum:
+        return ref.split_l1(self.l1 * np.ones(ref.n_vars), 0.0, nonneg=True)
+
+
 def NonNegative(l1: float = 0.0) -> Box:
     """Indicator of x >= 0, plus l1*||x||_1 (prox: max(v - t*l1, 0))."""
-    return Box(0.0, np.inf, l1)
+    return NonNegativeL1(l1)
 
 
-class L2Norm:
+class L2Norm(RegularizerBase):
     """r(x) = lam*||x||_2 (block soft threshold of the whole vector)."""
+
+    convex = True
 
     def __init__(self, lam: float):
         self.lam = float(lam)
@@ -170,8 +327,10 @@ class L2Norm:
         return f"L2Norm(lam={self.lam})"
 
 
-class L2Ball:
+class L2Ball(RegularizerBase):
     """Indicator of ||x||_2 <= radius (radial projection)."""
+
+    convex = True
 
     def __init__(self, radius: float):
         if radius < 0:
@@ -189,9 +348,18 @@ class L2Ball:
         return f"L2Ball(radius={self.radius})"
 
 
-class GroupLasso:
+@register_regularizer("group_lasso")
+class GroupLasso(RegularizerBase):
     """``r(x) = lam * sum_g sqrt(|g|) ||x_g||_2`` over non-overlapping groups (``groups[i]`` = group id
     of x_i, ids 0..G-1); block soft threshold per group."""
+
+    convex = True
+
+    @classmethod
+    def from_options(cls, opts: dict[str, Any], n_vars: int) -> "GroupLasso":
+        """Consecutive groups of ``problem.group_size`` features."""
+        cls.refuse_l2(opts)
+        return cls(opts["l1"], np.arange(n_vars) // opts["group_size"])
 
     def __init__(self, lam: float, groups: np.ndarray, weighted: bool = True):
         self.lam = float(lam)
@@ -217,9 +385,10 @@ class GroupLasso:
         return f"GroupLasso(lam={self.lam}, groups={self.weights.size})"
 
 
-class L0:
-    """r(x) = lam * #{i: x_i != 0} (nonconvex); prox: hard threshold at sqrt(2 t lam)
-    (ties ``|v_i| = sqrt(2 t lam)`` keep v_i)."""
+@register_regularizer("l0")
+class L0(RegularizerBase):
+    """r(x) = lam * #{i: x_i != 0} (nonconvex: no reference optimum); prox: hard threshold at
+    sqrt(2 t lam) (ties ``|v_i| = sqrt(2 t lam)`` keep v_i)."""
 
     def __init__(self, lam: float):
         self.lam = float(lam)
@@ -247,8 +416,10 @@ def project_simplex(v: np.ndarray, radius: float = 1.0, out: np.ndarray | None =
     return np.maximum(out, 0.0, out=out)
 
 
-class Simplex:
+class Simplex(RegularizerBase):
     """Indicator of the simplex {x >= 0, sum x = radius}."""
+
+    convex = True
 
     def __init__(self, radius: float = 1.0):
         if radius <= 0:
@@ -266,8 +437,10 @@ class Simplex:
         return f"Simplex(radius={self.radius})"
 
 
-class L1Ball:
+class L1Ball(RegularizerBase):
     """Indicator of ``||x||_1 <= radius`` (projection through the simplex of ``|v|``)."""
+
+    convex = True
 
     def __init__(self, radius: float = 1.0):
         if radius <= 0:
@@ -418,8 +591,10 @@ def prox_tv2d(v: np.ndarray, lam: float, n_iter: int = 100, out: np.ndarray | No
     return out
 
 
-class TotalVariation:
+class TotalVariation(RegularizerBase):
     """r(x) = lam * anisotropic TV of x viewed with ``shape`` (1-D: exact prox; 2-D: FGP)."""
+
+    convex = True
 
     def __init__(self, lam: float, shape: tuple[int, ...], n_iter: int = 50):
         self.lam = float(lam)
@@ -483,20 +658,21 @@ class TotalVariation:
         return out
 
 
-def n_components(reg) -> int:
+def n_components(reg: Any) -> int:
     """K when r = (1/K) sum_k r_k with cheap exact prox per component (1: r itself)."""
-    return int(getattr(reg, "n_components", 1))
+    return int(as_regularizer(reg).n_components)
 
 
-def prox_component(reg, v: np.ndarray, t: float, k: int, out: np.ndarray | None = None) -> np.ndarray:
+def prox_component(reg: Any, v: np.ndarray, t: float, k: int, out: np.ndarray | None = None) -> np.ndarray:
     """prox_{t r_k}(v) (the prox of r when r has one component)."""
+    reg = as_regularizer(reg)
     if n_components(reg) == 1:
         return reg.prox(v, t, out=out)
     return reg.prox_component(v, t, k, out=out)
 
 
 
-def _generic_mapping(reg, x: np.ndarray, g: np.ndarray, t: float, out: np.ndarray) -> np.ndarray:
+def _generic_mapping(reg: Any, x: np.ndarray, g: np.ndarray, t: float, out: np.ndarray) -> np.ndarray:
     np.multiply(g, -t, out=out)
     out += x
     reg.prox(out, t, out=out)
@@ -504,17 +680,17 @@ def _generic_mapping(reg, x: np.ndarray, g: np.ndarray, t: float, out: np.ndarra
     return out
 
 
-def gradient_mapping(reg, x: np.ndarray, g: np.ndarray, t: float, out: np.ndarray,
+def gradient_mapping(reg: Any, x: np.ndarray, g: np.ndarray, t: float, out: np.ndarray,
                      work: np.ndarray | None = None) -> np.ndarray:
     """out = x - prox_{t r}(x - t g), the gradient mapping scaled by t (``work``: a float buffer
     like ``x`` used by regularizers with a fused version)."""
-    fused = getattr(reg, "gradient_mapping", None)
-    if fused is not None and work is not None:
-        return fused(x, g, t, out, work)
+    reg = as_regularizer(reg)
+    if work is not None:
+        return reg.gradient_mapping(x, g, t, out, work)
     return _generic_mapping(reg, x, g, t, out)
 
 
-def prox_step(reg, x: np.ndarray, d: np.ndarray, t: float, work: np.ndarray,
+def prox_step(reg: Any, x: np.ndarray, d: np.ndarray, t: float, work: np.ndarray,
               compiled: bool | None = None) -> np.ndarray:
     """x <- prox_{t r}(x - t d) in place, in float64 (``d`` of any float dtype, e.g. the fp32 wire).
 
@@ -528,7 +704,8 @@ def prox_step(reg, x: np.ndarray, d: np.ndarray, t: float, work: np.ndarray,
         l1, l2 = w
         K.prox_step_en(x, d, t, t * l1, l1 > 0, 1.0 + t * l2, l2 > 0)
         return x
-    if not getattr(reg, "elementwise", False):
+    reg = as_regularizer(reg)
+    if not reg.elementwise:
         w = work[:x.size]
         np.multiply(d, t, out=w, dtype=np.float64)
         np.subtract(x, w, out=x)
@@ -541,7 +718,7 @@ def prox_step(reg, x: np.ndarray, d: np.ndarray, t: float, work: np.ndarray,
     return x
 
 
-def elastic_net_weights(reg) -> tuple[float, float] | None:
+def elastic_net_weights(reg: Any) -> tuple[float, float] | None:
     """(l1, l2) when ``reg`` is the elastic net (L1, ridge) or zero, whose prox the compiled kernels
     of :mod:`mpiopt.kernels` implement; None for any other regulariser."""
     if type(reg) in (ElasticNet, L1):

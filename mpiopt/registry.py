@@ -1,4 +1,4 @@
-"""Name -> class registries of solvers and problems (PETSc/TAO style)."""
+"""Name -> class registries of solvers, problems and regularizers (PETSc/TAO style)."""
 from __future__ import annotations
 
 import importlib
@@ -12,6 +12,7 @@ T = TypeVar("T", bound=type)
 
 SOLVERS: dict[str, type] = {}
 PROBLEMS: dict[str, type] = {}
+REGULARIZERS: dict[str, type] = {}
 
 # Every module in these packages is imported on first lookup, so a new built-in solver or problem
 # is one new file. Importing them must stay cheap: no torch, no data loading at import time.
@@ -35,6 +36,43 @@ def register_problem(name: str) -> Callable[[T], T]:
         PROBLEMS[name] = cls
         return cls
     return deco
+
+
+def register_regularizer(name: str) -> Callable[[T], T]:
+    """Class decorator: make a regularizer (a :class:`~mpiopt.prox.RegularizerBase` subclass) available
+    as ``problem.reg=name``; the problem builds it with the class's ``from_options``."""
+    def deco(cls: T) -> T:
+        cls.reg_name = name
+        REGULARIZERS[name] = cls
+        return cls
+    return deco
+
+
+class RegisteredNames:
+    """A live view of a registry's names, in registration order (an option's ``choices``: names
+    registered later, e.g. by a plug-in, are accepted too)."""
+
+    def __init__(self, registry: dict[str, type]):
+        self._registry = registry
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._registry
+
+    def __iter__(self):
+        return iter(list(self._registry))
+
+    def __len__(self) -> int:
+        return len(self._registry)
+
+    def __repr__(self) -> str:
+        return repr(tuple(self._registry))
+
+
+def get_regularizer(name: str) -> type:
+    try:
+        return REGULARIZERS[name]
+    except KeyError:
+        raise InputError(f"unknown regularizer {name!r} (known: {', '.join(REGULARIZERS)})") from None
 
 
 def load_builtins() -> None:

@@ -2,12 +2,28 @@
 a run; plain scalars and arrays, so a result file or checkpoint can hold it)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .master import LevelBundleMaster
+
+class MasterWithState(Protocol):
+    """What the checkpoint state reads and restores of a :class:`~mpiopt.bundle.master.LevelBundleMaster`:
+    the attributes named below and in ``SCALARS``/``ARRAYS`` (those of ``bounds`` and ``book`` in
+    ``BOUNDS_SCALARS``/``BOOK_ARRAYS``); the parts with their own ``state_dict``/``load_state_dict``."""
+
+    idle: np.ndarray
+    bounds: Any
+    book: Any
+    lam: np.ndarray | None
+    last_infeasible: bool
+    pending: bool
+    coordination: Any
+    model: Any
+    accuracy: Any
+    umodel: Any
+    early: Any
+    trace: Any
 
 SCALARS = ("f_low", "f_up", "gap_ref", "lev", "lev_prev", "last_infeasible", "k", "steps", "cycle",
            "n_infeasible", "n_midcycle_compressions", "cycle_k",
@@ -18,7 +34,7 @@ BOUNDS_SCALARS = ("n_lp_checks", "n_lp", "n_certified", "n_uncertified", "lp_sec
 BOOK_ARRAYS = ("answered_k",)                                                           # M.book
 
 
-def master_state(M: "LevelBundleMaster") -> dict[str, Any]:
+def master_state(M: MasterWithState) -> dict[str, Any]:
     """Everything needed to continue ``M`` (taken while no request is in flight)."""
     if not M.idle.all():
         raise RuntimeError("master state_dict needs every worker idle")
@@ -41,7 +57,7 @@ def master_state(M: "LevelBundleMaster") -> dict[str, Any]:
     return st
 
 
-def load_master_state(M: "LevelBundleMaster", st: dict[str, Any]) -> None:
+def load_master_state(M: MasterWithState, st: dict[str, Any]) -> None:
     """Restore ``M`` from :func:`master_state` (every worker idle afterwards)."""
     for obj, names in ((M, SCALARS), (M.bounds, BOUNDS_SCALARS)):
         for k in names:

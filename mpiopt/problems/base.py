@@ -1,13 +1,14 @@
 """Problem interfaces. A problem owns its data (each rank its shard) and evaluates the objective."""
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 from mpi4py import MPI
 
 from ..comm import Comm
 from ..options import Option
+from ..prox import RegularizerBase, as_regularizer
 
 
 def settings(opts: dict[str, Any], *keys: str, section: str = "problem") -> str:
@@ -55,16 +56,26 @@ class Problem:
 class CompositeProblem(Problem):
     """min_x F(x) = (1/N) sum_i loss_i(x) + r(x) over data sharded by rank.
 
-    Subclasses set ``n_vars``, ``n_samples`` (global N), ``n_local`` and ``regularizer`` (an object
-    with ``prox(v, t, out=None)`` and ``value(x)``) in :meth:`setup`, and implement
-    :meth:`local_loss_grad`.
+    Implements :class:`mpiopt.protocols.CompositeProblemProtocol`. Subclasses set ``n_vars``,
+    ``n_samples`` (global N), ``n_local`` and ``regularizer`` (a :class:`mpiopt.prox.RegularizerBase`;
+    any object with ``prox(v, t, out=None)`` and ``value(x)`` is taken with the default hooks) in
+    :meth:`setup`, and implement :meth:`local_loss_grad`. Optional hooks, with defaults here: the
+    sparse minibatch gradient (:meth:`supports_sparse_batch_grad`) and :meth:`metrics`.
     """
 
     kind_name = "composite (smooth finite sum + prox-friendly regularizer)"
     n_vars: int
     n_samples: int
     n_local: int
-    regularizer: Any
+
+    @property
+    def regularizer(self) -> RegularizerBase:
+        """r, with every hook of :class:`mpiopt.protocols.Regularizer`."""
+        return self._regularizer
+
+    @regularizer.setter
+    def regularizer(self, reg: Any) -> None:
+        self._regularizer = as_regularizer(reg)
 
     def x0(self) -> np.ndarray:
         return np.zeros(self.n_vars, dtype=np.float64)
@@ -73,6 +84,28 @@ class CompositeProblem(Problem):
                         grad_out: np.ndarray | None = None) -> tuple[float, np.ndarray]:
         """Sum of losses and of gradients over local samples ``idx`` (None: all local samples)."""
         raise NotImplementedError
+
+    def supports_sparse_batch_grad(self) -> bool:
+        """Whether the problem has :meth:`use_sparse_batch_grad`, :meth:`csr_structure` and
+        :meth:`batch_grad_sparse` (default False; the same on every rank)."""
+        return False
+
+    def use_sparse_batch_grad(self) -> list[Callable[[], None]]:
+        """Collective where supported: turn the sparse minibatch gradient on; the calls that compile
+        its kernels, [] when it stays off (default: off)."""
+        return []
+
+    def csr_structure(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row pointers, column indices) of this rank's CSR data (with the sparse gradient on)."""
+        raise NotImplementedError(f"{type(self).__name__} has no sparse minibatch gradient")
+
+    def batch_grad_sparse(self, x: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean gradient over local samples ``idx`` as (dense buffer, columns it touches)."""
+        raise NotImplementedError(f"{type(self).__name__} has no sparse minibatch gradient")
+
+    def metrics(self, x: np.ndarray) -> dict[str, float]:
+        """Problem-specific values at ``x`` for the history and the result (e.g. PSNR); default none."""
+        return {}
 
     def batch_grad(self, x: np.ndarray, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Mean gradient of the smooth part over local samples ``idx``."""

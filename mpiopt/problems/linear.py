@@ -2,7 +2,6 @@
 scikit-learn's bundled datasets, sharded by rank."""
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import numpy as np
@@ -15,14 +14,14 @@ from .. import options as O
 from ..comm import collective_check
 from ..errors import InputError
 from ..options import Option
-from ..prox import ElasticNet
-from ..registry import register_problem
+from ..prox import RegularizerBase
+from ..registry import REGULARIZERS, RegisteredNames, get_regularizer, register_problem
 from .base import CompositeProblem
-from .reference import elastic_net_optimum, prox_gradient_optimum, weighted_split_optimum
+from .reference import CompositeReference
 
 CHUNK = 1024  # generated rows come in chunks keyed by (seed, chunk): identical data at any rank count
 BUNDLED = ("breast_cancer", "digits", "diabetes")
-REGS = ("elastic_net", "weighted_l1", "nonneg_l1", "group_lasso", "l0")
+REGS = RegisteredNames(REGULARIZERS)   # every registered regularizer, plug-ins' included
 
 
 def _split(n: int, rank: int, size: int) -> tuple[int, int]:
@@ -47,7 +46,8 @@ class LinearModelProblem(CompositeProblem):
         Option("reference", "auto", "compute F* with L-BFGS-B: auto (when nnz <= 2e7), yes, no", str, choices=("auto", "yes", "no")),
         Option("reg", "elastic_net", "regulariser: elastic_net (l1||x||_1 + l2/2||x||^2), weighted_l1 "
                "(l1 sum w_i|x_i| + l2 term), nonneg_l1 (x >= 0, l1 sum x_i), group_lasso (l1 sum sqrt(|g|)||x_g||, "
-               "consecutive groups of group_size), l0 (l1 * number of nonzeros, nonconvex)", str, choices=REGS),
+               "consecutive groups of group_size), l0 (l1 * number of nonzeros, nonconvex), or any regulariser "
+               "registered by a plug-in", str, choices=REGS),
         Option("weights", None, "weighted_l1: .npy file of per-feature weights >= 0 (none: feature 0 unpenalised, "
                "1 elsewhere)", str, nullable=True),
         Option("group_size", 10, "group_lasso: features per group (consecutive)", int, low=1),
@@ -97,6 +97,9 @@ class LinearModelProblem(CompositeProblem):
         """Sum of the losses and the per-sample coefficients c (gradient = A^T c) at margins A x."""
         raise NotImplementedError
 
+    def supports_sparse_batch_grad(self) -> bool:
+        return True
+
     def use_sparse_batch_grad(self) -> list[Callable[[], None]]:
         """Collective: turn :meth:`batch_grad_sparse` on when every rank's data are float64 CSR and
         the compiled kernels are on. Returns the calls that compile (or load) its kernels, for
@@ -144,62 +147,19 @@ class LinearModelProblem(CompositeProblem):
                                        g, mark, touched, self._cnt, float(max(1, rows.size)))
         return g, touched[:self._cnt]
 
-    def _make_regularizer(self):
-        """The regulariser named by ``problem.reg`` (InputError on bad weights)."""
-        from .. import prox as P
-        o, n = self.opts, self.n_vars
-        reg = o.get("reg", "elastic_net")
-        if reg == "elastic_net":
-            return ElasticNet(o["l1"], o["l2"])
-        if reg == "weighted_l1":
-            w = self._weights()
-            return _WeightedElasticNet(o["l1"], o["l2"], w)
-        if reg in ("nonneg_l1", "group_lasso", "l0") and o["l2"] > 0:
-            raise InputError(f"problem.l2: not supported with problem.reg={reg}")
-        if reg == "nonneg_l1":
-            return P.NonNegative(o["l1"])
-        if reg == "group_lasso":
-            return P.GroupLasso(o["l1"], np.arange(n) // o["group_size"])
-        return P.L0(o["l1"])
-
-    def _weights(self) -> np.ndarray:
-        path, n = self.opts.get("weights"), self.n_vars
-        if not path:
-            w = np.ones(n)
-            w[0] = 0.0
-            return w
-        if not os.path.isfile(path):
-            raise InputError(f"problem.weights {path}: file not found")
-        try:
-            w = np.asarray(np.load(path, allow_pickle=False), dtype=np.float64).ravel()
-        except (OSError, ValueError) as exc:
-            raise InputError(f"problem.weights {path}: cannot read a .npy array ({exc})") from None
-        if w.size != n:
-            raise InputError(f"problem.weights {path}: {w.size} weights for {n} features")
-        if not np.isfinite(w).all() or (w < 0).any():
-            raise InputError(f"problem.weights {path}: weights must be finite and >= 0")
-        return w
+    def _make_regularizer(self) -> RegularizerBase:
+        """The regulariser named by ``problem.reg``, built by its class (InputError on bad options)."""
+        return get_regularizer(self.opts.get("reg", "elastic_net")).from_options(self.opts, self.n_vars)
 
     def compute_reference(self) -> None:
-        """Collective: F* by L-BFGS-B on the split formulation (skipped for large data)."""
+        """Collective: F* from the regulariser's reference hook (skipped for large data)."""
         mode = self.opts["reference"]
         if mode == "no" or (mode == "auto" and self.nnz_total > 2e7):
             return
-        reg = self.opts.get("reg", "elastic_net")
-        if reg in ("weighted_l1", "nonneg_l1"):
-            w = self.regularizer.w if reg == "weighted_l1" else np.ones(self.n_vars)
-            self.reference_objective, self.reference_x = weighted_split_optimum(
-                self.comm, self.local_loss_grad, self.n_vars, self.n_samples, self.opts["l1"] * w,
-                self.opts["l2"], nonneg=reg == "nonneg_l1")
-            return
-        if reg == "group_lasso":
-            self.reference_objective, self.reference_x = prox_gradient_optimum(
-                self.comm, self.local_loss_grad, self.n_vars, self.n_samples, self.regularizer)
-            return
-        if reg != "elastic_net":
-            return  # l0: nonconvex, no certified optimum
-        self.reference_objective, self.reference_x = elastic_net_optimum(
-            self.comm, self.local_loss_grad, self.n_vars, self.n_samples, self.opts["l1"], self.opts["l2"])
+        optimum = self.regularizer.reference_optimum(
+            CompositeReference(self.comm, self.local_loss_grad, self.n_vars, self.n_samples))
+        if optimum is not None:   # None: no certified optimum (e.g. l0, nonconvex)
+            self.reference_objective, self.reference_x = optimum
 
     def describe(self) -> str:
         src = self.opts["path"] or self.opts["dataset"]
@@ -340,22 +300,3 @@ class Logistic(LinearModelProblem):
             grad_out[:] = g
             g = grad_out
         return loss, np.asarray(g, dtype=np.float64)
-
-
-class _WeightedElasticNet:
-    """l1 * sum w_i |x_i| + l2/2 ||x||^2."""
-
-    def __init__(self, l1: float, l2: float, w: np.ndarray):
-        from ..prox import WeightedL1
-        self.inner = WeightedL1(l1, w)
-        self.w = self.inner.w
-        self.l2 = float(l2)
-
-    def value(self, x: np.ndarray) -> float:
-        return self.inner.value(x) + 0.5 * self.l2 * float(x @ x)
-
-    def prox(self, v: np.ndarray, t: float, out: np.ndarray | None = None) -> np.ndarray:
-        out = self.inner.prox(v, t, out)
-        if self.l2 > 0:
-            out /= 1.0 + t * self.l2
-        return out

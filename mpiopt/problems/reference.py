@@ -8,6 +8,7 @@ from mpi4py import MPI
 from scipy.optimize import minimize
 
 from ..comm import Comm
+from ..protocols import Optimum, Regularizer
 
 LocalFG = Callable[[np.ndarray], tuple[float, np.ndarray]]
 
@@ -116,3 +117,21 @@ def prox_gradient_optimum(comm: Comm, local_loss_grad: Callable, n_vars: int, n_
     loss, _ = local_loss_grad(x, None)
     total = float(comm.sum_ordered(np.array([loss]), tag="reference")[0]) / n_samples
     return total + 0.5 * l2 * float(x @ x) + reg.value(x), x
+
+
+class CompositeReference:
+    """The reference solvers (:class:`mpiopt.protocols.ReferenceSolvers`) bound to a composite
+    problem's ``local_loss_grad`` and sizes; collective, like the functions they call."""
+
+    def __init__(self, comm: Comm, local_loss_grad: Callable, n_vars: int, n_samples: int):
+        self.comm, self.local_loss_grad = comm, local_loss_grad
+        self.n_vars, self.n_samples = n_vars, n_samples
+
+    def split_l1(self, lam: np.ndarray, l2: float = 0.0, nonneg: bool = False) -> Optimum:
+        """:func:`weighted_split_optimum` with per-feature L1 weights ``lam``."""
+        return weighted_split_optimum(self.comm, self.local_loss_grad, self.n_vars, self.n_samples, lam, l2,
+                                      nonneg=nonneg)
+
+    def prox_gradient(self, reg: Regularizer, l2: float = 0.0) -> Optimum:
+        """:func:`prox_gradient_optimum` for the convex ``reg``."""
+        return prox_gradient_optimum(self.comm, self.local_loss_grad, self.n_vars, self.n_samples, reg, l2)

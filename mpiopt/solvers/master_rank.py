@@ -15,23 +15,35 @@ With one rank the same master runs under the discrete-event simulator with in-pr
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from .. import result as R
-from ..bundle.protocol import Answer
+from ..bundle.protocol import Answer, Master
 from ..bundle.simulate import simulate
 from ..comm.master import HEADER_ANSWER, MasterChannel
+from ..context import RunContext
+from .oracle_rank import OracleRankHost
 
-if TYPE_CHECKING:
-    from .master_oracle import MasterOracleSolver
+
+class MasterRankHost(OracleRankHost, Protocol):
+    """What rank 0's role uses of its solver (a :class:`~mpiopt.solvers.master_oracle.MasterOracleSolver`)."""
+
+    ctx: RunContext
+    master: Master
+    batch: bool
+    busy: float
+    last_ckpt: int
+    callback_stopped: bool
+
+    def record(self) -> None: ...
 
 
 class MasterRank:
     """The master role of ``solver`` (a :class:`~mpiopt.solvers.master_oracle.MasterOracleSolver`)."""
 
-    def __init__(self, solver: "MasterOracleSolver"):
+    def __init__(self, solver: MasterRankHost):
         self.s = solver
         self.ctx = solver.ctx
         self.M = solver.master

@@ -234,12 +234,11 @@ class MFSolver(Solver):
             W, H = self.mf.split_global(full)
             k = self.k
             solution = {"W": W[:, :k].copy(), "H": H[:, :k].copy(),
-                        "offset": np.array([getattr(self.problem, "offset", 0.0)])}
+                        "offset": np.array([self.problem.offset])}
             if self.mf.bias:
                 solution["row_bias"] = W[:, k].copy()
                 solution["col_bias"] = H[:, k].copy()
-            for name in ("row_ids", "col_ids"):
-                ids = getattr(self.problem, name, None)
+            for name, ids in (("row_ids", self.problem.row_ids), ("col_ids", self.problem.col_ids)):
                 if ids is not None:
                     solution[name] = np.asarray(ids)
         return R.make_result(full, ev.get("objective"), self.nit, stop.status, stop.message, solution=solution,

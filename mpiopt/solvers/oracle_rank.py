@@ -9,16 +9,27 @@
 from __future__ import annotations
 
 import traceback
-from typing import TYPE_CHECKING
+from typing import Any, Protocol, Sequence
 
+import numpy as np
+
+from ..comm import Comm
 from ..comm.master import HEADER_ANSWER, POLL, STOP, WorkerChannel
-from ..problems.oracle import OracleBlock
-
-if TYPE_CHECKING:
-    from .master_oracle import MasterOracleSolver
+from ..problems.oracle import OracleBlock, OracleProblem
 
 
-def run_oracle_rank(solver: "MasterOracleSolver") -> float:
+class OracleRankHost(Protocol):
+    """What an oracle rank uses of its solver (a :class:`~mpiopt.solvers.master_oracle.MasterOracleSolver`)."""
+
+    problem: OracleProblem
+    comm: Comm
+    owners: Sequence[np.ndarray]
+    bounds: Any            # the bounds record rank 0 publishes (a SeqlockRecord)
+
+    def apply_poll(self, iteration: int, checkpoint: bool, status: int) -> int | None: ...
+
+
+def run_oracle_rank(solver: OracleRankHost) -> float:
     """Serve rank 0 until STOP (or a stop decided at a POLL); returns the seconds spent waiting."""
     p, comm = solver.problem, solver.comm
     mine = solver.owners[comm.rank - 1]

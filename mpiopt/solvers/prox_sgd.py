@@ -68,8 +68,7 @@ class ProxSGD(Solver):
         self.wire = np.empty(p.n_vars, dtype=np.dtype(options["dtype"]))
         self.g = np.empty(p.n_vars)
         # the minibatch gradient: compiled and sparse (O(batch nonzeros)) on CSR data
-        use = getattr(p, "use_sparse_batch_grad", None)
-        warm = use() if use is not None else []
+        warm = p.use_sparse_batch_grad() if p.supports_sparse_batch_grad() else []
         self.sparse_grad = bool(warm)
         self.cols: np.ndarray | None = None
         compile_once(self.comm, (lambda: warm_prox_step(self.wire.dtype), *warm))

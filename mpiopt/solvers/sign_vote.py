@@ -179,8 +179,8 @@ class SignVoteSolver(Solver):
     def batch_grad_kernels(self) -> list:
         """Collective: the problem's compiled sparse minibatch gradient on where it has one (CSR data,
         kernels on); returns the calls that compile its kernels, [] when off."""
-        use = getattr(self.problem, "use_sparse_batch_grad", None)
-        return use() if use is not None else []
+        p = self.problem
+        return p.use_sparse_batch_grad() if p.supports_sparse_batch_grad() else []
 
     # -- one iteration --------------------------------------------------------------------------------
     def local_gradient(self) -> np.ndarray:
@@ -313,9 +313,7 @@ class SignVoteSolver(Solver):
                 vals["gap_polished"] = fp - fstar
         if self.opts["mapping_norm"]:
             vals["mapping_norm_l1"] = self.mapping_norm(self.x)
-        metrics = getattr(p, "metrics", None)   # optional problem-specific values (e.g. PSNR)
-        if metrics is not None:
-            vals.update(metrics(self.x))
+        vals.update(p.metrics(self.x))          # optional problem-specific values (e.g. PSNR)
         return vals
 
     def finish(self, stop: Stop) -> R.OptimizeResult:
@@ -337,7 +335,7 @@ class SignVoteSolver(Solver):
             randomness=self.opts.get("randomness", "minibatch"),
             diagnostics_seconds=self.diagnostics_seconds,
             gap=None if fstar is None else fun - fstar,
-            **(p.metrics(xp) if hasattr(p, "metrics") else {}))
+            **p.metrics(xp))
 
     # -- checkpoints --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any] | None:

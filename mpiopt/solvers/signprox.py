@@ -84,7 +84,7 @@ class SignProx(SignVoteSolver):
         return out
 
     def message_elementwise(self) -> bool:
-        return self.K == 1 and bool(getattr(self.problem.regularizer, "elementwise", False))
+        return self.K == 1 and bool(self.problem.regularizer.elementwise)
 
     def message_kernel(self):
         """The compiled mapping: elastic net / L1 / zero regularisers (the float operations of
