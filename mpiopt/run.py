@@ -194,9 +194,11 @@ def _main(argv: Sequence[str] | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m mpiopt.run``: any exception on any rank aborts the whole job."""
     from .comm import abort_on_exception
+    from .stopping import hold_signals_until_exit, ignore_signals_at_exit
     args = sys.argv[1:] if argv is None else argv
     verbose = "-v" in args or "--verbose" in args
-    return abort_on_exception(lambda: _main(argv), verbose=verbose)
+    return abort_on_exception(lambda: _main(argv), verbose=verbose, hold=hold_signals_until_exit,
+                              release=ignore_signals_at_exit)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import pytest
 from scipy.optimize import minimize
 
 from mpiopt import prox as P
+from mpiopt.errors import InputError
 
 RNG = np.random.default_rng(0)
 
@@ -215,3 +216,65 @@ def test_tv_components_average_to_tv_and_have_exact_pair_prox(shape):
         ta[...] = True
         tb[...] = True
         assert np.array_equal(u[~touched.ravel()], x[~touched.ravel()])
+
+
+# -- the Regularizer contract and the registry ----------------------------------------------------------
+class _Recorder:
+    """ReferenceSolvers that records which solver a regulariser asks for (and with what)."""
+
+    n_vars = 6
+
+    def __init__(self):
+        self.calls = []
+
+    def split_l1(self, lam, l2=0.0, nonneg=False):
+        self.calls.append(("split", np.asarray(lam).tolist(), l2, nonneg))
+        return 0.0, np.zeros(self.n_vars)
+
+    def prox_gradient(self, reg, l2=0.0):
+        self.calls.append(("prox_gradient", type(reg).__name__, l2))
+        return 0.0, np.zeros(self.n_vars)
+
+
+def test_registered_regularizers_build_from_problem_options_and_pick_their_reference():
+    from mpiopt.protocols import ReferenceSolvers, Regularizer
+    from mpiopt.registry import REGULARIZERS, get_regularizer
+    assert list(REGULARIZERS)[:5] == ["elastic_net", "weighted_l1", "nonneg_l1", "group_lasso", "l0"]
+    opts = {"l1": 0.5, "l2": 0.0, "weights": None, "group_size": 2}
+    want = {"elastic_net": ("split", [0.5] * 6, 0.0, False),
+            "weighted_l1": ("split", [0.0] + [0.5] * 5, 0.0, False),
+            "nonneg_l1": ("split", [0.5] * 6, 0.0, True),
+            "group_lasso": ("prox_gradient", "GroupLasso", 0.0)}
+    assert isinstance(_Recorder(), ReferenceSolvers)
+    for name in ("elastic_net", "weighted_l1", "nonneg_l1", "group_lasso", "l0"):
+        reg = get_regularizer(name).from_options(opts, 6)
+        assert isinstance(reg, Regularizer) and reg.reg_name == name
+        ref = _Recorder()
+        got = reg.reference_optimum(ref)
+        assert ref.calls == ([want[name]] if name in want else []) and (got is None) == (name == "l0")
+    for name in ("nonneg_l1", "group_lasso", "l0"):
+        with pytest.raises(InputError, match=f"problem.l2: not supported with problem.reg={name}"):
+            get_regularizer(name).from_options({**opts, "l2": 0.1}, 6)
+    with pytest.raises(InputError, match="unknown regularizer 'nope'"):
+        get_regularizer("nope")
+
+
+def test_default_hooks_of_the_base_and_of_a_duck_typed_regularizer():
+    class Plain:                                   # value and prox only, no base class
+        def value(self, x):
+            return float(np.abs(x).sum())
+
+        def prox(self, v, t, out=None):
+            return P.soft_threshold(v, t, out)
+
+    rng = np.random.default_rng(3)
+    x, g = rng.normal(size=40), rng.normal(size=40)
+    reg = P.as_regularizer(Plain())
+    assert (reg.elementwise, reg.convex, P.n_components(Plain())) == (False, False, 1)
+    assert reg.reference_optimum(_Recorder()) is None
+    want = x - P.L1(1.0).prox(x - 0.3 * g, 0.3)
+    for r in (Plain(), P.L1(1.0)):
+        got = P.gradient_mapping(r, x, g, 0.3, np.empty(40), np.empty(40))
+        assert np.allclose(got, want, rtol=0, atol=1e-15)
+    assert np.array_equal(P.prox_component(Plain(), x, 0.3, 0), P.L1(1.0).prox(x, 0.3))
+    assert P.as_regularizer(P.L1(1.0)).__class__ is P.L1

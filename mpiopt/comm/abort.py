@@ -71,15 +71,20 @@ def _early_signal(signum, frame):  # noqa: ARG001
     raise Interrupted(signum)
 
 
-def abort_on_exception(fn: Callable[[], int], verbose: bool = False) -> int:
+def _nothing() -> None:
+    pass
+
+
+def abort_on_exception(fn: Callable[[], int], verbose: bool = False, *, hold: Callable[[], None] = _nothing,
+                       release: Callable[[], None] = _nothing) -> int:
     """Run ``fn`` (the whole life of this process: the command line); return its exit code. On an
     exception (other than SystemExit) print it with the rank and call ``MPI.COMM_WORLD.Abort`` so no
     rank is left waiting. SIGTERM/SIGINT never take their default action: before a run installs its
     handlers they end the job at once (one line, exit 128+N), the run's handlers stay after it
-    (:func:`mpiopt.stopping.hold_signals_until_exit`), and once ``fn`` has returned the exit code
-    they are ignored until the process has exited."""
-    from ..stopping import hold_signals_until_exit, ignore_signals_at_exit
-    hold_signals_until_exit()
+    (``hold``, called first: :func:`mpiopt.stopping.hold_signals_until_exit`), and once ``fn`` has
+    returned the exit code they are ignored until the process has exited (``release``:
+    :func:`mpiopt.stopping.ignore_signals_at_exit`)."""
+    hold()
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             signal.signal(sig, _early_signal)
@@ -87,10 +92,10 @@ def abort_on_exception(fn: Callable[[], int], verbose: bool = False) -> int:
             pass
     try:
         code = fn()
-        ignore_signals_at_exit()
+        release()
         return code
     except SystemExit:
-        ignore_signals_at_exit()
+        release()
         raise
     except BaseException as exc:  # noqa: BLE001 - last line of defence for the whole job
         from mpi4py import MPI
