@@ -25,11 +25,11 @@ class ReferenceSolvers(Protocol):
     n_vars: int
 
     def split_l1(self, lam: np.ndarray, l2: float = 0.0, nonneg: bool = False) -> Optimum:
-        """min smooth(x) + sum lam_i |x_i| + l2/2 ||x||^2 (x >= 0 if ``nonneg``) by L-BFGS-B on x = u - v."""
+        """``min smooth(x) + sum lam_i |x_i| + l2/2 ||x||^2`` (``x >= 0`` if ``nonneg``) by L-BFGS-B on ``x = u - v``."""
         ...
 
     def prox_gradient(self, reg: "Regularizer", l2: float = 0.0) -> Optimum:
-        """min smooth(x) + l2/2 ||x||^2 + reg(x) for a convex ``reg`` by FISTA with restarts."""
+        """``min smooth(x) + l2/2 ||x||^2 + reg(x)`` for a convex ``reg`` by FISTA with restarts."""
         ...
 
 
@@ -38,7 +38,7 @@ class Regularizer(Protocol):
     """r(x) of a composite problem, with its proximal operator.
 
     Required: ``value(x)`` (``inf`` outside a constraint set) and ``prox(v, t, out=None)`` =
-    argmin_u t r(u) + 1/2 ||u - v||^2 (``out`` may alias ``v``). Optional, with defaults in
+    ``argmin_u t r(u) + 1/2 ||u - v||^2`` (``out`` may alias ``v``). Optional, with defaults in
     :class:`mpiopt.prox.RegularizerBase`: ``elementwise`` (False), ``convex`` (False),
     ``n_components`` (1) with ``prox_component``, ``gradient_mapping`` (from ``prox``),
     ``reference_optimum`` (None, or the prox-gradient solver when ``convex``) and ``from_options``

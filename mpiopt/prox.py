@@ -37,7 +37,7 @@ class RegularizerBase:
         raise NotImplementedError
 
     def prox(self, v: np.ndarray, t: float, out: np.ndarray | None = None) -> np.ndarray:
-        """argmin_u t r(u) + 1/2 ||u - v||^2 (``out`` may alias ``v``)."""
+        """``argmin_u t r(u) + 1/2 ||u - v||^2`` (``out`` may alias ``v``)."""
         raise NotImplementedError
 
     def prox_component(self, v: np.ndarray, t: float, k: int, out: np.ndarray | None = None) -> np.ndarray:
