@@ -137,7 +137,9 @@ class TorchModelProtocol(Protocol):
     """A torch classification problem (``async_subgradient``, ``ddp``).
 
     Required: ``load()`` returning ``(X_train, y_train, X_test, y_test)`` and ``build_model()``
-    returning the (seeded) ``torch.nn.Module``."""
+    returning the (seeded) ``torch.nn.Module``; ``image_shape`` (``()`` when unknown before set-up)."""
+
+    image_shape: tuple[int, ...]
 
     def load(self) -> tuple[Any, Any, Any, Any]: ...
 

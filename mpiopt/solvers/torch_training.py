@@ -8,6 +8,7 @@ from typing import Any
 from .. import options as O
 from ..options import Option
 from ..problems.base import settings
+from ..problems.torch_models import TorchModelProblem
 
 # u = m*u + g ; x -= (1-m) * alpha * gamma / sqrt(k) * u ; g += wd*x + l1*sign(x)
 TRAINING_OPTIONS: tuple[Option, ...] = (
@@ -33,7 +34,7 @@ TRAINING_OPTIONS: tuple[Option, ...] = (
 def training_memory_estimate(problem_cls: type, cfg: dict[str, dict[str, Any]]) -> tuple[float, str] | None:
     """The images a training rank holds at once beyond the problem's estimate: a minibatch (and its
     activations and gradients, a few copies) and the bn_batches minibatches cached for BatchNorm."""
-    shape = getattr(problem_cls, "image_shape", ())
+    shape = problem_cls.image_shape if issubclass(problem_cls, TorchModelProblem) else ()
     if not shape:
         return None
     s = cfg["solver"]
