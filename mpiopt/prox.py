@@ -700,9 +700,7 @@ def prox_step(reg: Any, x: np.ndarray, d: np.ndarray, t: float, work: np.ndarray
     at least one block); others take the whole vector (``work`` as long as ``x``)."""
     w = elastic_net_weights(reg) if (K.JIT if compiled is None else compiled) else None
     if w is not None and x.dtype == np.float64 and x.flags.c_contiguous and d.flags.c_contiguous:
-        K.compile_kernels()
-        l1, l2 = w
-        K.prox_step_en(x, d, t, t * l1, l1 > 0, 1.0 + t * l2, l2 > 0)
+        K.get("prox_step_en")(x, d, K.prox_params(t, *w))
         return x
     reg = as_regularizer(reg)
     if not reg.elementwise:
@@ -731,6 +729,4 @@ def elastic_net_weights(reg: Any) -> tuple[float, float] | None:
 def warm_prox_step(wire: np.dtype) -> None:
     """Compile (or load from the cache) the prox-step kernel for a ``wire`` dtype."""
     if K.JIT:
-        K.compile_kernels()
-        x = np.zeros(8)
-        K.prox_step_en(x, np.zeros(8, dtype=wire), 0.1, 0.0, False, 1.0, False)
+        K.get("prox_step_en")(np.zeros(8), np.zeros(8, dtype=wire), K.prox_params(0.1, 0.0, 0.0))

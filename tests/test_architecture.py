@@ -8,7 +8,9 @@
 - no solver class is longer than about 250 lines;
 - solvers and ``mpiopt/prox.py`` call the declared hooks of problems and regularizers
   (:mod:`mpiopt.protocols`), never probe them with ``getattr``/``hasattr``;
-- no two modules import each other (imports under ``TYPE_CHECKING`` and inside functions included).
+- no two modules import each other (imports under ``TYPE_CHECKING`` and inside functions included);
+- ``mpiopt/comm/`` (words, windows, messages) imports nothing from ``mpiopt.kernels``, ``mpiopt.solvers``
+  or ``mpiopt.problems``.
 """
 from __future__ import annotations
 
@@ -99,6 +101,20 @@ def test_lower_layers_do_not_import_solvers_or_problems():
                 if any(n == f"mpiopt.{u}" or n.startswith(f"mpiopt.{u}.") for u in UPPER):
                     bad.append(f"{rel(p)}:{node.lineno}: imports {n}")
     assert not bad, "imports from a lower layer up to solvers/ or problems/:\n" + "\n".join(bad)
+
+
+def test_comm_imports_no_kernels_solvers_or_problems():
+    bad = []
+    for p in MODULES:
+        if layer(p) != "comm":
+            continue
+        for node in ast.walk(tree(p)):
+            # ``from mpiopt import kernels`` counts as an import of mpiopt.kernels
+            names = ([f"{resolve(p, node)}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            bad += [f"{rel(p)}:{node.lineno}: imports {n}" for n in names
+                    if any(n == f"mpiopt.{u}" or n.startswith(f"mpiopt.{u}.") for u in ("kernels",) + UPPER)]
+    assert not bad, "mpiopt/comm/ imports a layer above it:\n" + "\n".join(bad)
 
 
 @pytest.mark.parametrize("path", [p for p in MODULES if layer(p) == "solvers"], ids=lambda p: str(p.relative_to(PKG)))

@@ -1,5 +1,5 @@
 """The compiled sign-path kernels (mpiopt.kernels) against their numpy reference implementations
-(mpiopt.comm.sign_codec, mpiopt.prox): bit-identical results on random and edge-case inputs."""
+(mpiopt.kernels.codec, mpiopt.prox): bit-identical results on random and edge-case inputs."""
 import os
 import shutil
 from pathlib import Path
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mpiopt import kernels as K
-from mpiopt.comm.sign_codec import StepTable, n_words, pack_bits, sign_planes, tie_bits, vote
+from mpiopt.kernels.codec import StepTable, n_words, pack_bits, sign_planes, tie_bits, vote
 from mpiopt.prox import ElasticNet, L1, Zero, gradient_mapping, prox_step
 
 pytestmark = pytest.mark.skipif(not K.HAVE_NUMBA, reason="numba not installed")
@@ -53,10 +53,10 @@ def reference_message(kind, x, g, t, l1, l2):
 
 def kernel_pack(kind, x, g, t, l1, l2, ef, ternary, words):
     neg = np.full(words, np.uint64(0xDEAD), dtype=np.uint64)
-    nz = np.full(words, np.uint64(0xDEAD), dtype=np.uint64) if ternary else K._NO_W
+    nz = np.full(words, np.uint64(0xDEAD), dtype=np.uint64) if ternary else K.NO_W
     bad = np.zeros(1)
-    i = K.sign_message_pack(kind, x, g, t, t * l1, l1 > 0, l1, 1.0 + t * l2, l2 > 0, l2,
-                            K._NO_F if ef is None else ef, ef is not None, ternary, neg, nz, bad, K._NO_I, False)
+    i = K.get("sign_message_pack")(K.message_params(kind, t, l1, l2), x, g, K.NO_F if ef is None else ef,
+                                   ef is not None, K.NO_I, False, (neg, nz, ternary, bad))
     return i, bad[0], neg, nz
 
 
@@ -135,9 +135,9 @@ def test_vote_on_words_equals_reference_vote(encoding, tie):
             rand = tie_bits(3, P, W)
             want = vote(recv[:, 0, :], recv[:, 1, :] if ternary else None, tie, rand)
             out = (np.empty(W, dtype=np.uint64), np.empty(W, dtype=np.uint64))
-            K.vote_words(recv[:, 0, :], recv[:, 1, :] if ternary else recv[:, 0, :], ternary,
-                         ("zero", "plus", "shared_random").index(tie), rand if tie == "shared_random" else K._NO_W,
-                         *out)
+            K.get("vote_words")(recv[:, 0, :], recv[:, 1, :] if ternary else recv[:, 0, :], ternary,
+                                ("zero", "plus", "shared_random").index(tie),
+                                rand if tie == "shared_random" else K.NO_W, *out)
             assert np.array_equal(out[0], want[0]), (P, n)
             assert np.array_equal(out[1], want[1]), (P, n)
 
@@ -157,15 +157,15 @@ def test_apply_on_words_equals_step_table(dtype):
         for planes in ((neg, nz), (neg, None)):
             want = table.apply(x.copy(), *planes, gam)
             got = x.copy()
-            K.apply_words(got, planes[0], K._NO_W if planes[1] is None else planes[1], planes[1] is not None,
-                          got.dtype.type(gam), K._NO_F, False, False, 0.0, False, 1.0, False)
+            K.get("apply_words")(got, K.decision_of(*planes), got.dtype.type(gam), K.NO_F, False, False,
+                                 K.prox_params(0.0, 0.0, 0.0))
             assert np.array_equal(bits(got), bits(want)), (n, dtype)
         # with error feedback (float64 memory): e - gamma v, as p - deltas
         if dtype == np.float64:
             e = rng.standard_normal(n)
             want_e = e - StepTable(n).deltas(neg, nz, gam)
             got = x.copy()
-            K.apply_words(got, neg, nz, True, gam, e, True, False, 0.0, False, 1.0, False)
+            K.get("apply_words")(got, (neg, nz, True), gam, e, True, False, K.prox_params(0.0, 0.0, 0.0))
             assert np.array_equal(bits(e), bits(want_e))
             assert np.array_equal(bits(got), bits(table.apply(x.copy(), neg, nz, gam)))
 
@@ -183,7 +183,7 @@ def test_apply_then_prox_equals_apply_and_elastic_net_prox(l1, l2):
         reg = ElasticNet(l1, l2) if (l1, l2) != (0.0, 0.0) else Zero()
         want = reg.prox(StepTable(n).apply(x.copy(), neg, nz, gam), gam)
         got = x.copy()
-        K.apply_words(got, neg, nz, True, gam, K._NO_F, False, True, gam * l1, l1 > 0, 1.0 + gam * l2, l2 > 0)
+        K.get("apply_words")(got, (neg, nz, True), gam, K.NO_F, False, True, K.prox_params(gam, l1, l2))
         assert np.array_equal(bits(got), bits(want)), n
 
 
@@ -199,7 +199,7 @@ def test_prox_step_kernel_equals_blocked_numpy_prox_step(reg, wire):
         want = x.copy()
         prox_step(reg, want, d, t, np.empty(1 << 15), compiled=False)
         got = x.copy()
-        K.prox_step_en(got, d, t, t * reg.l1, reg.l1 > 0, 1.0 + t * reg.l2, reg.l2 > 0)
+        K.get("prox_step_en")(got, d, K.prox_params(t, reg.l1, reg.l2))
         assert np.array_equal(bits(got), bits(want))
         got = x.copy()
         prox_step(reg, got, d, t, np.empty(1 << 15))         # the dispatching entry point
@@ -337,11 +337,11 @@ def test_sparse_message_pack_equals_dense(kind, l1, l2, encoding):
             out = []
             for sparse in (False, True):
                 neg = np.full(W, np.uint64(0xDEAD), dtype=np.uint64)
-                nz = np.full(W, np.uint64(0xDEAD), dtype=np.uint64) if ternary else K._NO_W
+                nz = np.full(W, np.uint64(0xDEAD), dtype=np.uint64) if ternary else K.NO_W
                 bad = np.zeros(1)
                 with np.errstate(invalid="ignore"):
-                    i = K.sign_message_pack(kind, x, g, 0.5, 0.5 * l1, l1 > 0, l1, 1.0 + 0.5 * l2, l2 > 0, l2,
-                                            K._NO_F, False, ternary, neg, nz, bad, cols.astype(np.int64), sparse)
+                    i = K.get("sign_message_pack")(K.message_params(kind, 0.5, l1, l2), x, g, K.NO_F, False,
+                                                   cols.astype(np.int64), sparse, (neg, nz, ternary, bad))
                 out.append((i, bad[0], neg, nz))
             (i0, b0, n0, z0), (i1, b1, n1, z1) = out
             assert i0 == i1 and (i0 < 0 or np.array_equal(b0, b1, equal_nan=True)), (n, case)
@@ -367,35 +367,34 @@ def test_apply_message_pack_equals_apply_then_pack(kind, l1, l2, encoding):
             v = rng.integers(-1, 2, size=n) if case == "zeros_in_vote" else rng.choice([-1, 1], size=n)
             W = n_words(n, 4)
             dneg = pack_bits(v < 0, np.zeros(W, dtype=np.uint64))
-            dnz = pack_bits(v != 0, np.zeros(W, dtype=np.uint64)) if case == "zeros_in_vote" else K._NO_W
+            dnz = pack_bits(v != 0, np.zeros(W, dtype=np.uint64)) if case == "zeros_in_vote" else K.NO_W
             if case == "nan_x":
                 x[rng.integers(0, n)] = np.nan
             if case == "inf_g":
                 g[cols[0]] = np.inf
             gam = 0.0371
             want_x = x.copy()
-            K.apply_words(want_x, dneg, dnz, dnz.size > 0, gam, K._NO_F, False, False, 0.0, False, 1.0, False)
+            dec = (dneg, dnz, dnz.size > 0)
+            K.get("apply_words")(want_x, dec, gam, K.NO_F, False, False, K.prox_params(0.0, 0.0, 0.0))
             out = []
             for merged in (False, True):
                 xx = want_x.copy() if not merged else x.copy()
                 neg = np.zeros(W, dtype=np.uint64)
-                nz = np.zeros(W, dtype=np.uint64) if ternary else K._NO_W
+                nz = np.zeros(W, dtype=np.uint64) if ternary else K.NO_W
                 bad = np.zeros(1)
-                args = (0.5, 0.5 * l1, l1 > 0, l1, 1.0 + 0.5 * l2, l2 > 0, l2)
+                msg, code = K.message_params(kind, 0.5, l1, l2), (neg, nz, ternary, bad)
                 with np.errstate(invalid="ignore"):
                     if merged:
                         done = np.zeros(W, dtype=np.uint64)
                         # a CSR structure whose rows 0 and 2 cover some columns: applied first, marked
                         ip = np.array([0, 2, 2, 5], dtype=np.int32)
                         ix = np.array([0, n - 1, 1, 2, 3], dtype=np.int32) % n
-                        K.apply_at_rows(ip, ix, np.array([0, 2, 0]), xx, dneg, dnz, dnz.size > 0, gam, done)
+                        K.get("apply_at_rows")(ip, ix, np.array([0, 2, 0]), xx, dec, gam, done)
                         assert np.array_equal(bits(xx[ix]), bits(want_x[ix]))
-                        i = K.apply_message_pack(kind, xx, g, *args, ternary, neg, nz, bad, cols, dneg, dnz,
-                                                 dnz.size > 0, gam, done)
+                        i = K.get("apply_message_pack")(msg, xx, g, cols, code, dec, gam, done)
                         assert not done.any()
                     else:
-                        i = K.sign_message_pack(kind, xx, g, *args, K._NO_F, False, ternary, neg, nz, bad,
-                                                K._NO_I, False)
+                        i = K.get("sign_message_pack")(msg, xx, g, K.NO_F, False, K.NO_I, False, code)
                 out.append((i, bad[0], neg, nz, xx))
             (i0, b0, n0, z0, x0), (i1, b1, n1, z1, x1) = out
             assert np.array_equal(bits(x0), bits(x1)), (n, case)
@@ -412,7 +411,7 @@ def test_a_read_only_install_runs_with_and_without_a_cache_directory(tmp_path):
     all the run still succeeds (each process compiles, one warning), for the sign and the MF kernels."""
     import subprocess
     import sys
-    src = Path(K.__file__).resolve().parent
+    src = Path(K.__file__).resolve().parent.parent
     pkg = tmp_path / "ro"
     shutil.copytree(src, pkg / "mpiopt", ignore=shutil.ignore_patterns("__pycache__"))
     run = tmp_path / "run"
@@ -433,7 +432,7 @@ def test_a_read_only_install_runs_with_and_without_a_cache_directory(tmp_path):
         assert (run / f"{case}.h5").exists()
         assert not (pkg / "mpiopt" / "__pycache__").exists()          # nothing written into the package
         if case == "cache_dir":
-            assert any(f.name.startswith("kernels.") for f in (tmp_path / "numba").rglob("*.nbi"))
+            assert any(f.name.startswith("sign.") for f in (tmp_path / "numba").rglob("*.nbi"))
         else:
             assert "no writable cache directory" in p.stderr
     # the MF kernels (decorated when their modules are imported) fall back the same way

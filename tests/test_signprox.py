@@ -61,7 +61,7 @@ def test_replicas_bit_identical_after_many_iterations_at_4_ranks():
 def test_blockwise_message_equals_whole_vector_message(monkeypatch):
     """The cache-blocked path (message made and packed block by block) gives bit-identical iterates."""
 
-    import mpiopt.comm.signs as signs
+    import mpiopt.solvers.sign_engine as signs
     from mpiopt.registry import register_solver
     from mpiopt.solvers.signprox import SignProx
     from mpiopt.runner import build_run, resolve_spec

@@ -1,11 +1,12 @@
-"""Packed sign codes, the bit-sliced majority vote and the MPI vote aggregators (mpiopt.comm.sign_codec, mpiopt.comm.signs)."""
+"""Packed sign codes, the bit-sliced majority vote and the MPI vote aggregators (mpiopt.kernels.codec,
+mpiopt.comm.signs, mpiopt.solvers.sign_engine)."""
 import numpy as np
 import pytest
 
 from mpiopt.kernels import BLOCK
-from mpiopt.comm.sign_codec import (StepTable, bitsliced_count, decision_values, n_words, pack_bits, sign_planes,
+from mpiopt.kernels.codec import (StepTable, bitsliced_count, decision_values, n_words, pack_bits, sign_planes,
                                     tie_bits, unpack_bits, vote)
-from mpiopt.comm.signs import AGGREGATORS
+from mpiopt.solvers.sign_engine import AGGREGATORS
 
 
 def numpy_vote(codes: np.ndarray, tie: str, rand_flags: np.ndarray | None = None) -> np.ndarray:
@@ -126,7 +127,7 @@ def test_aggregators_agree_with_numpy_vote_and_count_bytes():
     from mpi4py import MPI
 
     from mpiopt.comm import Comm
-    from mpiopt.comm.signs import SignAggregator
+    from mpiopt.solvers.sign_engine import SignAggregator
 
     comm = Comm(MPI.COMM_WORLD)
     P = comm.size
@@ -168,7 +169,7 @@ def test_blockwise_encoding_equals_whole_vector_encoding(encoding):
     from mpi4py import MPI
 
     from mpiopt.comm import Comm
-    from mpiopt.comm.signs import SignAggregator
+    from mpiopt.solvers.sign_engine import SignAggregator
 
     comm = Comm(MPI.COMM_SELF)
     rng = np.random.default_rng(11)

@@ -117,9 +117,9 @@ class LinearModelProblem(CompositeProblem):
         def warm() -> None:
             ip, ix = np.zeros(2, dtype=A.indptr.dtype), np.zeros(0, dtype=A.indices.dtype)
             rows, out = np.zeros(1, dtype=np.int64), np.zeros(1)
-            K.csr_rows_dot(ip, ix, np.zeros(0), rows, np.zeros(1), out)
-            K.csr_rows_scatter(ip, ix, np.zeros(0), rows, out, np.zeros(1), np.zeros(1, dtype=np.uint8),
-                               np.zeros(1, dtype=np.int64), 0, 1.0)
+            K.get("csr_rows_dot")(ip, ix, np.zeros(0), rows, np.zeros(1), out)
+            K.get("csr_rows_scatter")(ip, ix, np.zeros(0), rows, out, np.zeros(1), np.zeros(1, dtype=np.uint8),
+                                      np.zeros(1, dtype=np.int64), 0, 1.0)
         return [warm]
 
     def csr_structure(self) -> tuple[np.ndarray, np.ndarray]:
@@ -141,10 +141,11 @@ class LinearModelProblem(CompositeProblem):
             touched = np.concatenate([touched[:self._cnt], np.empty(need - self._cnt, dtype=np.int64)])
             self._sparse = (g, mark, touched)
         margin = np.empty(rows.size)
-        K.csr_rows_dot(A.indptr, A.indices, A.data, rows, x, margin)
+        K.get("csr_rows_dot")(A.indptr, A.indices, A.data, rows, x, margin)
         _, coef = self.loss_coef(margin, self.y[rows])
-        self._cnt = K.csr_rows_scatter(A.indptr, A.indices, A.data, rows, np.ascontiguousarray(coef, dtype=np.float64),
-                                       g, mark, touched, self._cnt, float(max(1, rows.size)))
+        self._cnt = K.get("csr_rows_scatter")(A.indptr, A.indices, A.data, rows,
+                                              np.ascontiguousarray(coef, dtype=np.float64), g, mark, touched,
+                                              self._cnt, float(max(1, rows.size)))
         return g, touched[:self._cnt]
 
     def _make_regularizer(self) -> RegularizerBase:

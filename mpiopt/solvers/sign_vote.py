@@ -16,14 +16,13 @@ import numpy as np
 from .. import options as O
 from .. import result as R
 from .. import kernels as K
-from ..comm.sign_codec import n_words
-from ..comm.signs import (AGGREGATORS, ENCODINGS, TIE_RULES, SignAggregator, apply_encode_warmers,
-                          replicas_identical, sign_bytes)
+from ..comm.signs import replicas_identical, sign_bytes
 from ..errors import CheckpointError, InputError
 from ..options import Option
 from ..problems.base import CompositeProblem
 from ..rng import RankStreams
 from .base import Solver, Stop, minibatch_estimate
+from .sign_engine import AGGREGATORS, ENCODINGS, TIE_RULES, SignAggregator, apply_encode_warmers, n_words
 
 
 def sign_step_size(step0: float, t: int, schedule: str, horizon: int) -> float:

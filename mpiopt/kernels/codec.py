@@ -1,6 +1,7 @@
 """The sign codec: one-bit and ternary sign messages packed into uint64 words, the bit-sliced
 majority vote on packed words, and the step table that applies a decision. Pure numpy, no MPI
-(the collectives that move these words are in :mod:`mpiopt.comm.signs`).
+(the collectives that move these words are in :mod:`mpiopt.comm.signs`, the policy that uses them in
+:mod:`mpiopt.solvers.sign_engine`).
 
 Conventions (fixed by tests):
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import BLOCK, blocks, first_nonfinite
+from .vector import BLOCK, blocks, first_nonfinite
 
 WORD_BITS = 64
 TIE_RULES = ("zero", "plus", "shared_random")
