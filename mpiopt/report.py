@@ -26,6 +26,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .errors import EXIT_OK, EXIT_USAGE, InputError
+from .io.fs import atomic_write_bytes
 from .io.results import Result, load_result
 
 # history columns that are x axes or counters of progress, never a figure of their own
@@ -705,7 +706,9 @@ def plot_runs(runs: Sequence[Run], out_dir: str, metrics: Sequence[str] | str | 
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in metric)
         for fmt in formats:
             path = os.path.join(out_dir, f"{prefix}{safe}.{fmt}")
-            fig.savefig(path, format=fmt)
+            buf = _io.BytesIO()
+            fig.savefig(buf, format=fmt)
+            atomic_write_bytes(path, buf.getvalue())   # a planted link at path is replaced, never followed
             fig.set_layout_engine("none")     # laid out once: the other formats reuse it
             info.paths.append(path)
         figures.append(info)
@@ -773,8 +776,7 @@ def evaluate_files(paths: Sequence[str], out_dir: str, eval_samples: int | None,
         rows = evaluate_file(r.path, eval_samples, every, settings=settings)
         os.makedirs(out_dir, exist_ok=True)      # only once there is something to write
         out = os.path.join(out_dir, f"evaluation-{os.path.splitext(os.path.basename(r.path))[0]}.csv")
-        with open(out, "w", encoding="utf-8") as fh:
-            fh.write(to_csv(rows))
+        atomic_write_bytes(out, to_csv(rows).encode("utf-8"))
         if not quiet:
             print(f"{r.path}: {len(rows)} snapshot(s) evaluated\n{format_rows(rows)}\nwrote {out}\n")
 
@@ -789,10 +791,9 @@ def report(paths: Sequence[str], out_dir: str = "report", metrics: Sequence[str]
     runs = [Run(r, lab) for r, lab in zip(results, make_labels(results))]
     rows = summary_rows(runs)
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "summary.csv"), "w", encoding="utf-8") as fh:
-        fh.write(to_csv(rows))
-    with open(os.path.join(out_dir, "summary.md"), "w", encoding="utf-8") as fh:
-        fh.write(to_markdown(rows, [*shown_columns(rows), "file"]))
+    atomic_write_bytes(os.path.join(out_dir, "summary.csv"), to_csv(rows).encode("utf-8"))
+    atomic_write_bytes(os.path.join(out_dir, "summary.md"),
+                       to_markdown(rows, [*shown_columns(rows), "file"]).encode("utf-8"))
     bad = [f for f in formats if f not in ("png", "pdf", "svg")]
     if bad:
         raise InputError(f"--formats: {', '.join(bad)} not supported (png, pdf, svg)")

@@ -418,3 +418,23 @@ def test_out_onto_the_checkpoint_folders_lock_is_refused(tmp_path):
     p = run_mpi(["prox_sgd", *QUICK, "--checkpoint-dir", "ck", "--out", "ck/mpiopt.lock"], n=1, timeout=120,
                 cwd=tmp_path)
     assert_contract(p, 2, r"would overwrite a checkpoint file", before, snapshot(tmp_path))
+
+
+def test_report_replaces_planted_links_in_its_out_dir_never_writes_through(tmp_path):
+    """The report tool's summary and plot files are written by rename: a link planted at one of their
+    names is replaced, and the file it pointed at keeps its bytes."""
+    from mpiopt.report import report
+    out = tmp_path / "r.h5"
+    p = run_mpi(["prox_sgd", *QUICK, "--out", out], n=1, timeout=180)
+    assert p.returncode == 0, p.output
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine\n")
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    for name in ("summary.csv", "summary.md", "objective.png"):
+        (rep / name).symlink_to(victim)
+    report([str(out)], out_dir=str(rep), metrics=["objective"], formats=["png"])
+    assert victim.read_text() == "mine\n"
+    for name in ("summary.csv", "summary.md"):
+        assert not (rep / name).is_symlink() and (rep / name).stat().st_size > 0
+    assert not any(p.is_symlink() for p in rep.iterdir())
