@@ -78,8 +78,11 @@ def test_my_prox_example_through_the_cli_reaches_a_kkt_optimum(tmp_path):
     from mpiopt.registry import REGULARIZERS, load_plugin
 
     load_plugin(str(ROOT / "examples" / "my_prox.py"))
-    cls = REGULARIZERS["box_l1"]
-    _, p = minimize("prox_sgd", "lasso", {**BOX_L1, "solver.max_iter": 1}, return_problem=True)
+    try:
+        cls = REGULARIZERS["box_l1"]
+        _, p = minimize("prox_sgd", "lasso", {**BOX_L1, "solver.max_iter": 1}, return_problem=True)
+    finally:                                             # the registry stays as other tests expect it
+        REGULARIZERS.pop("box_l1", None)
     assert type(p.regularizer) is cls
     x, fstar = p.reference_x, p.reference_objective
     A, y = p.A, p.y                                      # one rank: all the data
