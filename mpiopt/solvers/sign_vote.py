@@ -57,6 +57,23 @@ def mapping_norm_l1(problem: CompositeProblem, x: np.ndarray, gam: float) -> flo
     return float(np.abs(x - u).sum() / gam)
 
 
+def check_replicas(comm: Any, x: np.ndarray, where: str) -> None:
+    """Collective (debug runs): raise RuntimeError naming ``where`` unless every rank holds the same ``x``."""
+    if not replicas_identical(comm, x):
+        raise RuntimeError(f"replicas differ at {where}")
+
+
+def polish(x: np.ndarray, mode: str, gam: float, regularizer: Any) -> np.ndarray:
+    """A copy of ``x`` polished by ``mode``: ``prox`` (the regularizer's prox with step ``gam``),
+    ``band`` (entries with ``|x_i| <= gam`` set to 0) or ``none``."""
+    if mode == "prox":
+        return regularizer.prox(x.copy(), gam)
+    out = x.copy()
+    if mode == "band":
+        out[np.abs(out) <= gam] = 0.0
+    return out
+
+
 def sign_options(polish: str = "band") -> tuple[Option, ...]:
     """The options every sign-vote solver has (``polish``: its default final polish)."""
     return (
@@ -141,8 +158,8 @@ class SignVoteSolver(Solver):
         self.x = problem.x0()
         self.n = problem.n_vars
         self.streams = RankStreams(comm, ctx.seed, 0x5169)
-        method = o["aggregator"] if o["aggregator"] != "auto" else ("allgather" if comm.size <= 16 else "twophase")
-        self.method = method
+        self.method = method = (o["aggregator"] if o["aggregator"] != "auto"
+                                else ("allgather" if comm.size <= 16 else "twophase"))
         # the minibatch gradient: compiled and sparse (O(batch nonzeros)) on CSR data, see batch_grad_kernels
         warm = self.batch_grad_kernels()
         self.sparse_grad = bool(warm)
@@ -172,8 +189,7 @@ class SignVoteSolver(Solver):
         self.batch = batch_per_rank(o)
 
     def gamma(self, t: int) -> float:
-        o = self.opts
-        return sign_step_size(o["step0"], t, o["schedule"], o["max_iter"])
+        return sign_step_size(self.opts["step0"], t, self.opts["schedule"], self.opts["max_iter"])
 
     def batch_grad_kernels(self) -> list:
         """Collective: the problem's compiled sparse minibatch gradient on where it has one (CSR data,
@@ -265,8 +281,7 @@ class SignVoteSolver(Solver):
         self.update(self.last_step)            # x -= gam * v (memory e_p = p_p - gam * v)
         if self.ctx.debug and (self.nit + 1) % self.opts["check_every"] == 0:
             self.flush()
-            if not replicas_identical(self.comm, self.x):
-                raise RuntimeError(f"replicas differ at iteration {self.nit + 1}")
+            check_replicas(self.comm, self.x, f"iteration {self.nit + 1}")
         return None
 
     def numeric_checks(self) -> dict[str, Any]:
@@ -282,15 +297,8 @@ class SignVoteSolver(Solver):
         self.diagnostics_seconds += time.perf_counter() - t0
 
     def polished(self, x: np.ndarray) -> np.ndarray:
-        """The reported solution: polish(x) with gamma_T = gamma of the last iteration."""
-        mode = self.opts["polish"]
-        gam = self.gamma(max(0, self.nit - 1))
-        if mode == "prox":
-            return self.problem.regularizer.prox(x.copy(), gam)
-        out = x.copy()
-        if mode == "band":
-            out[np.abs(out) <= gam] = 0.0
-        return out
+        """The reported solution: :func:`polish` with gamma_T = gamma of the last iteration."""
+        return polish(x, self.opts["polish"], self.gamma(max(0, self.nit - 1)), self.problem.regularizer)
 
     def mapping_norm(self, x: np.ndarray) -> float:
         """Collective: ||G(x)||_1 of the full-batch mapping with the last step (:func:`mapping_norm_l1`)."""
@@ -318,8 +326,8 @@ class SignVoteSolver(Solver):
     def finish(self, stop: Stop) -> R.OptimizeResult:
         self.flush()
         p, x, comm = self.problem, self.x, self.comm
-        if self.ctx.debug and not replicas_identical(comm, x):
-            raise RuntimeError(f"replicas differ at the end (iteration {self.nit})")
+        if self.ctx.debug:
+            check_replicas(comm, x, f"the end (iteration {self.nit})")
         xp = self.polished(x)
         fun = p.objective(xp)
         fun_raw = p.objective(x)
