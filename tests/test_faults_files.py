@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import ROOT, mpi_env, run_mpi  # noqa: E402
 from test_faults import QUICK, assert_contract, error_lines, snapshot  # noqa: E402
 
-FAILING = str(ROOT / "tests" / "plugins" / "failing.py")
+FAILING = str(ROOT / "tests" / "plugins" / "nan_numeric.py")
 CKPT = "ck/ckpt-000000020.h5"
 
 
@@ -210,7 +210,7 @@ def test_checkpoint_reached_through_a_symlink_is_refused(tmp_path):
 def test_live_part_is_readable_while_the_run_goes(tmp_path):
     """OUT.part (now created exclusively, with its owner record in the HDF5 user block) is read live."""
     from mpiopt.io import load_result
-    args = ["prox_sgd", "--problem", "nan_after", "--plugin", FAILING, "--set", "problem.nan_at=0",
+    args = ["prox_sgd", "--problem", "nan_loss", "--plugin", FAILING, "--set", "problem.nan_at=0",
             "problem.slow=0.05", "solver.max_iter=60", "run.history_every=1", "run.progress=none", "--out", "r.h5"]
     seen = {}
 
@@ -235,7 +235,7 @@ def test_live_part_is_readable_while_the_run_goes(tmp_path):
 def test_failed_status_keeps_the_previous_result(tmp_path, nan_at):
     result_run(tmp_path / "r.h5")
     before = snapshot(tmp_path)
-    p = run_mpi(["prox_sgd", "--problem", "nan_after", "--plugin", FAILING, "--set", f"problem.nan_at={nan_at}",
+    p = run_mpi(["prox_sgd", "--problem", "nan_loss", "--plugin", FAILING, "--set", f"problem.nan_at={nan_at}",
                  "solver.max_iter=30", "run.history_every=1", "run.progress=none", "--checkpoint-dir", "ck2",
                  "--out", "r.h5"],
                 n=2, timeout=120, cwd=tmp_path)
@@ -248,7 +248,7 @@ def test_failed_status_keeps_the_previous_result(tmp_path, nan_at):
 
 # -- 3. one checkpoint folder, two runs ------------------------------------------------------------------------
 def _slow(out: str, ck: str = "ck", iters: int = 80) -> list:
-    return ["prox_sgd", "--problem", "nan_after", "--plugin", FAILING, "--set", "problem.nan_at=0",
+    return ["prox_sgd", "--problem", "nan_loss", "--plugin", FAILING, "--set", "problem.nan_at=0",
             "problem.slow=0.05", f"solver.max_iter={iters}", "run.progress=none", "--checkpoint-dir", ck,
             "--checkpoint-every", "10", "--out", out]
 
@@ -310,7 +310,7 @@ def test_lock_of_a_live_run_elsewhere_is_refused(tmp_path):
 
 
 def test_lock_is_released_after_failure_and_signal(tmp_path):
-    p = run_mpi(["prox_sgd", "--problem", "nan_after", "--plugin", FAILING, "--set", "problem.nan_at=12",
+    p = run_mpi(["prox_sgd", "--problem", "nan_loss", "--plugin", FAILING, "--set", "problem.nan_at=12",
                  "solver.max_iter=30", "run.progress=none", "--checkpoint-dir", "ck", "--checkpoint-every", "5",
                  "--out", "r.h5"], n=2, timeout=120, cwd=tmp_path)
     assert p.returncode == 1, p.output

@@ -1,4 +1,6 @@
 """Test plug-in: problems whose numbers turn NaN on purpose (a loss, an oracle answer)."""
+import time
+
 import numpy as np
 
 from mpiopt import register_problem
@@ -12,7 +14,9 @@ from mpiopt.prox import ElasticNet
 class NanLoss(CompositeProblem):
     summary = "least squares whose loss and gradient turn NaN at a given call (test)"
     options = (
-        Option("nan_at", 5, "loss/gradient call (on every rank) from which the answers are NaN", int, low=1),
+        Option("nan_at", 5, "loss/gradient call (on every rank) from which the answers are NaN (0: never)", int,
+               low=0),
+        Option("slow", 0.0, "seconds of sleep per loss/gradient call", float, low=0.0),
     )
 
     def setup(self):
@@ -26,10 +30,12 @@ class NanLoss(CompositeProblem):
 
     def local_loss_grad(self, x, idx=None, grad_out=None):
         self.calls += 1
+        if self.opts["slow"]:
+            time.sleep(self.opts["slow"])
         A, b = (self.A, self.b) if idx is None else (self.A[idx], self.b[idx])
         r = A @ x - b
         g = A.T @ r
-        if self.calls >= self.opts["nan_at"]:
+        if self.calls >= self.opts["nan_at"] > 0:
             return float("nan"), np.full_like(g, np.nan)
         return 0.5 * float(r @ r), g
 
