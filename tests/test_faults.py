@@ -231,18 +231,22 @@ def _result_file(path: Path) -> None:
     assert p.returncode == 0, p.output
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input_and_faults(name, tmp_path):
-    case = CASES[name]
+def run_case(case, tmp_path: Path, allow_new: Callable[[str], bool] | None = None) -> None:
+    """Set up ``case`` in ``tmp_path``, run it (bounded in time) and assert the contract."""
     if case.setup is not None:
         case.setup(tmp_path)
     before = snapshot(tmp_path)
     t0 = time.monotonic()
     p = run_mpi(case.args, n=case.n, timeout=120, cwd=tmp_path, env=case.env)
     assert time.monotonic() - t0 < 110
+    assert_contract(p, case.code, case.pattern, before, snapshot(tmp_path), allow_new=allow_new)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_and_faults(name, tmp_path):
+    case = CASES[name]
     # an aborted job cannot delete its live OUT.part (MPI_Abort kills rank 0); the next run replaces it
-    assert_contract(p, case.code, case.pattern, before, snapshot(tmp_path),
-                    allow_new=(lambda n: n.endswith(".h5.part")) if case.code == 1 else None)
+    run_case(case, tmp_path, allow_new=(lambda n: n.endswith(".h5.part")) if case.code == 1 else None)
 
 
 def test_plugin_by_module_name_loads(tmp_path):

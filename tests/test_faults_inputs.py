@@ -29,7 +29,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import run_mpi  # noqa: E402
-from test_faults import QUICK, Case, assert_contract, make_checkpoint, snapshot, write_svm  # noqa: E402
+from test_faults import QUICK, Case, assert_contract, make_checkpoint, run_case, snapshot, write_svm  # noqa: E402
 
 from mpiopt.errors import InputError  # noqa: E402
 
@@ -308,14 +308,7 @@ def write_ratings(path: Path, n: int = 300) -> None:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_cases(name, tmp_path):
-    case = CASES[name]
-    if case.setup is not None:
-        case.setup(tmp_path)
-    before = snapshot(tmp_path)
-    t0 = time.monotonic()
-    p = run_mpi(case.args, n=case.n, timeout=120, cwd=tmp_path, env=case.env)
-    assert time.monotonic() - t0 < 110
-    assert_contract(p, case.code, case.pattern, before, snapshot(tmp_path))
+    run_case(CASES[name], tmp_path)
 
 
 # -- 4. a data file changed at the same path since the checkpoint -----------------------------------------

@@ -3,6 +3,7 @@ set-up with one InputError naming the key (a declared upper bound or the memory 
 is explicitly allowed to be unbounded (an iteration count, a seed, ...) with the reason here."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -106,8 +107,8 @@ def test_impossible_sizes_are_refused_before_setup(solver, problem, section, nam
     try:
         pre_setup_checks(solver, problem, [])
     except InputError as exc:
-        if "needs the Python package" in str(exc):
-            pytest.skip(str(exc))
+        if "needs the Python package" in str(exc) and not os.environ.get("CI"):
+            pytest.skip(str(exc))     # under CI every extra is installed: a missing one fails
         raise
     values = [HUGE] + ([int(opt.high) + 1] if opt.high is not None else [])
     for value in values:
